@@ -1,0 +1,1 @@
+"""augsense.design"""
