@@ -1,0 +1,239 @@
+"""The sensitivity run: design blocks → augmented batches → hooked forward → accumulators.
+
+One streaming pass: each design block is regenerated from (seed, block), its rows become
+per-sample augmentation parameters, the augmented images go through the model with hooks that
+reduce activations in place, and the (rows, group, units) outputs update float64 accumulators.
+Nothing per sample outlives its batch. Finished blocks are checkpointed; a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from augsense.config import SensitivityConfig
+from augsense.design import Design, make_design
+from augsense.errors import AugsenseError
+from augsense.estimators import make_accumulator
+from augsense.factors import FactorSpace, get_factor, preset
+from augsense.io.checkpoints import load_checkpoint, save_checkpoint
+from augsense.io.images import ImageSet, load_images
+from augsense.io.models import ModelBundle, load_model
+from augsense.parallel import Shard, current_shard, gather_states
+from augsense.probe.hooks import ActivationProbe
+from augsense.progress import Progress
+
+PRESETS = ("paper-set1", "paper-set2")
+
+
+def build_factor_space(config: SensitivityConfig) -> FactorSpace:
+    """The factors of a config: presets expanded, bounds narrowed, switches added."""
+    factors = []
+    for name in config.factors:
+        factors.extend(preset(name) if name in PRESETS else [get_factor(name)])
+    names = [factor.name for factor in factors]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise AugsenseError(f"factor {duplicated[0]!r} is chosen twice")
+    for key in list(config.bounds) + list(config.switches):
+        if key not in names:
+            raise AugsenseError(f"bounds/switches name factor {key!r}, which the run does not include "
+                                f"(factors: {', '.join(names)})")
+    chosen = []
+    for factor in factors:
+        if factor.name in config.bounds:
+            factor = factor.with_bounds(**{k: tuple(v) for k, v in config.bounds[factor.name].items()})
+        if factor.name in config.switches:
+            factor = factor.with_switch()
+        chosen.append(factor)
+    return FactorSpace(chosen, random_order=config.random_order, image_mode=config.image_mode)  # type: ignore[arg-type]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise AugsenseError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AugsenseError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+    return device
+
+
+def minmax_stretch(images: torch.Tensor) -> torch.Tensor:
+    """The paper's preprocessing: stretch each image's channels to [0, 1]. (n,3,H,W) → same."""
+    low = images.amin(dim=(2, 3), keepdim=True)
+    high = images.amax(dim=(2, 3), keepdim=True)
+    return (images - low) / (high - low).clamp_min(1e-8)
+
+
+@dataclass
+class SensitivityRun:
+    """The outcome of a run: the estimator result and what is needed to read it."""
+
+    config: SensitivityConfig
+    result: Any  # augsense.estimators.SensitivityResult
+    players: list[str]
+    layers: list[str]
+    unit_shapes: dict[str, tuple[int, ...]]
+    slices: dict[str, slice]
+    space: FactorSpace
+    design: Design
+    images: ImageSet
+    bundle: ModelBundle
+    clean_accuracy: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    shard: Shard = field(default_factory=Shard)
+    complete: bool = True
+    out_dir: Path | None = None
+
+    def dominant_factors(self, quantity: str = "total_order") -> dict[str, list[tuple[str, float]]]:
+        """Per layer, the factors ranked by their aggregated share of variance."""
+        aggregated = self.result.aggregated
+        table = getattr(aggregated, quantity, None) if aggregated is not None else None
+        if table is None:
+            table = getattr(aggregated, "shapley", None)
+        ranking = {}
+        for g, layer in enumerate(self.layers):
+            values = table[g]
+            order = sorted(range(len(values)), key=lambda i: -float(values[i]) if math.isfinite(values[i]) else 0.0)
+            ranking[layer] = [(self.players[i], float(values[i])) for i in order]
+        return ranking
+
+
+def clean_top1(bundle: ModelBundle, images: ImageSet, device: torch.device, batch_size: int,
+               transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float | None:
+    """Top-1 accuracy of the model on the labelled, unaugmented images (None without labels)."""
+    if images.labels is None or not bool((images.labels >= 0).any()):
+        return None
+    labelled = images.labelled()
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(labelled), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(labelled)))
+            x = labelled.batch(index, device)
+            if transform is not None:
+                x = transform(x)
+            logits = bundle.module(bundle.normalise(x))
+            correct += int((logits.argmax(1).cpu() == labelled.labels[index]).sum())  # type: ignore[index]
+    return correct / len(labelled)
+
+
+def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module | ModelBundle | None = None,
+                    images: ImageSet | torch.utils.data.Dataset | None = None, out_dir: str | Path | None = None,
+                    resume: bool = False, progress: bool = True, stop_after_blocks: int | None = None,
+                    ) -> SensitivityRun:
+    """Run a sensitivity analysis and (with ``out_dir``) write its results.
+
+    Args:
+        config: what to measure (defaults: the demo configuration).
+        model: an ``nn.Module`` or ``ModelBundle`` overriding ``config.model``.
+        images: an ImageSet or torch Dataset overriding ``config.images``.
+        out_dir: run folder for results and checkpoints (None keeps everything in memory).
+        resume: continue from the checkpoint in ``out_dir``.
+        progress: show a progress bar with ETA on stderr.
+        stop_after_blocks: stop early after this many blocks of this process (for tests of resume).
+    Returns:
+        A :class:`SensitivityRun`; ``run.result`` holds indices and CIs for every unit.
+    """
+    config = config or SensitivityConfig()
+    started = time.perf_counter()
+    shard = current_shard()
+    device = pick_device(config.device) if shard.device is None else shard.device
+    bundle = model if isinstance(model, ModelBundle) else load_model(model if model is not None else config.model,
+                                                                     weights=config.weights)
+    bundle.module.to(device).eval()
+    if isinstance(images, ImageSet):
+        image_set = images
+    else:
+        image_set = load_images(images if images is not None else config.images, bundle.input_size,
+                                bundle.resize_size, class_names=bundle.class_names, limit=config.limit_images)
+    space = build_factor_space(config)
+    probe = ActivationProbe(bundle.module, config.layers, reduction=config.reduction, output=config.output,  # type: ignore[arg-type]
+                            input_size=bundle.input_size, device=device)
+    design = make_design(config.estimator, space.dims, config.n, seed=config.seed,
+                         block_size=max(1, config.batch_size // _group_size(config.estimator, len(space.dims))))
+    groups = torch.cat([torch.full((s.stop - s.start,), g, dtype=torch.long)
+                        for g, s in enumerate(probe.slices.values())]).to(device)
+    accumulator = make_accumulator(design, probe.n_units, denominator="paired" if config.image_mode == "within"
+                                   else "pooled", groups=groups, device=device)
+    stretch = minmax_stretch if config.preprocessing == "paper" else None
+    timings: dict[str, float] = {"setup_s": time.perf_counter() - started}
+
+    out = Path(out_dir) if out_dir is not None else None
+    checkpoint = out / f"checkpoint.rank{shard.rank}.pt" if out is not None else None
+    my_blocks = list(range(shard.rank, design.n_blocks, shard.world_size))
+    done: set[int] = set()
+    if resume:
+        if checkpoint is None:
+            raise AugsenseError("--resume needs the run folder (--out DIR) of the killed run")
+        state = load_checkpoint(checkpoint, fingerprint=design.fingerprint())
+        accumulator.load_state_dict(state["accumulator"])
+        done = set(state["done"])
+    todo = [k for k in my_blocks if k not in done]
+
+    accuracy = clean_top1(bundle, image_set, device, config.batch_size, stretch) if shard.rank == 0 else None
+    n_images = len(image_set)
+    last_save = time.perf_counter()
+    loop_started = time.perf_counter()
+    bar = Progress(total=len(my_blocks) * design.block_size * design.group_size, initial=len(done) * design.block_size
+                   * design.group_size, unit="img", description="sensitivity", enabled=progress and shard.rank == 0)
+    complete = True
+    with probe, torch.inference_mode():
+        for count, k in enumerate(todo):
+            if stop_after_blocks is not None and count >= stop_after_blocks:
+                complete = False
+                break
+            block = design.block(k)
+            rows, group, dims = block.points.shape
+            u = torch.from_numpy(block.points.reshape(rows * group, dims)).to(device=device, dtype=torch.float32)
+            if config.image_mode == "within":
+                index = torch.from_numpy(block.base_rows % n_images).repeat_interleave(group)
+            else:
+                index = space.image_index(u, n_images).cpu()
+            outputs = torch.empty(rows * group, probe.n_units, device=device)
+            for start in range(0, rows * group, config.batch_size):
+                part = slice(start, min(start + config.batch_size, rows * group))
+                x = space.apply(image_set.batch(index[part], device), u[part])
+                if stretch is not None:
+                    x = stretch(x)
+                outputs[part] = probe(bundle.normalise(x))
+            accumulator.update(block, outputs.view(rows, group, probe.n_units))
+            done.add(k)
+            bar.update(rows * group)
+            if checkpoint is not None and config.checkpoint_every > 0 and \
+                    time.perf_counter() - last_save >= config.checkpoint_every:
+                save_checkpoint(checkpoint, {"fingerprint": design.fingerprint(), "done": sorted(done),
+                                             "accumulator": accumulator.state_dict()})
+                last_save = time.perf_counter()
+    bar.close()
+    if checkpoint is not None and not complete:
+        save_checkpoint(checkpoint, {"fingerprint": design.fingerprint(), "done": sorted(done),
+                                     "accumulator": accumulator.state_dict()})
+    timings["loop_s"] = time.perf_counter() - loop_started
+    evaluated = (len(done) - (len(my_blocks) - len(todo))) * design.block_size * design.group_size
+    timings["images_per_s"] = evaluated / timings["loop_s"] if timings["loop_s"] > 0 else float("nan")
+    accumulator = gather_states(accumulator, shard)
+    result = accumulator.compute(confidence=config.confidence) if accumulator is not None else None
+    timings["total_s"] = time.perf_counter() - started
+    run = SensitivityRun(config, result, list(space.players), list(config.layers), dict(probe.unit_shapes),
+                         dict(probe.slices), space, design, image_set, bundle, accuracy, timings, shard, complete, out)
+    if out is not None and shard.rank == 0 and result is not None:
+        from augsense.io.results import write_run
+
+        write_run(run, out)
+        if complete and checkpoint is not None:
+            for path in out.glob("checkpoint.rank*.pt*"):
+                path.unlink(missing_ok=True)
+    return run
+
+
+def _group_size(estimator: str, d: int) -> int:
+    return {"sobol": d + 2, "sobol2": 2 * d + 2, "shapley-exact": 2 ** d, "shapley-permutation": d + 1}[estimator]

@@ -1,0 +1,198 @@
+"""The configuration of a sensitivity run: one dataclass, loadable from TOML, saved in run.json.
+
+Every field is also a command-line flag (``--batch-size`` for ``batch_size``). Unknown keys and
+wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from augsense.errors import AugsenseError
+
+ESTIMATORS = ("sobol", "sobol2", "shapley-exact", "shapley-permutation")
+IMAGE_MODES = ("within", "joint")
+PREPROCESSING = ("standard", "paper")
+
+#: The demo: the embedded default model on the bundled photos, stem to classifier.
+DEMO_LAYERS = ["_bn0", "_blocks.2", "_blocks.7", "_blocks.15", "_fc"]
+
+
+@dataclass
+class SensitivityConfig:
+    """What a sensitivity run measures and how.
+
+    Attributes:
+        model: ``"efficientnet-lite0"`` (embedded default) or a torchvision architecture name.
+        weights: local state-dict file, or a torchvision weights name (``"IMAGENET1K_V1"``).
+        images: ``"bundled"`` or a folder (class sub-folders give labels).
+        layers: module names (see ``augsense layers MODEL``); ``"output"`` is the model output.
+        reduction: ``"mean"`` (per channel), ``"max"`` or ``"none"`` (every unit, the paper's maps).
+        output: the model output as ``"logits"`` or ``"softmax"``.
+        factors: factor names or one preset (``"paper-set1"``, ``"paper-set2"``).
+        bounds: narrowed parameter bounds, ``{factor: {parameter: [low, high]}}``.
+        switches: parametric factors that also get an on/off coordinate.
+        random_order: sample the composition order as a factor (Lehmer code).
+        image_mode: ``"within"`` (indices of augmentation variance within each image) or
+            ``"joint"`` (the image is a factor too).
+        estimator: ``"sobol"`` (S1, ST), ``"sobol2"`` (+ S2), ``"shapley-exact"``, ``"shapley-permutation"``.
+        n: base rows N of the design (a power of two); evaluations = N × group size.
+        seed: seed of the scrambled Sobol' design.
+        batch_size: images per forward pass.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` …
+        preprocessing: ``"standard"`` or ``"paper"`` (per-image per-channel min-max stretch first).
+        confidence: level of the confidence intervals.
+        limit_images: use at most this many images.
+        checkpoint_every: seconds between checkpoints (0 disables).
+        report: write report.html at the end.
+    """
+
+    model: str = "efficientnet-lite0"
+    weights: str | None = None
+    images: str = "bundled"
+    layers: list[str] = field(default_factory=lambda: list(DEMO_LAYERS))
+    reduction: str = "mean"
+    output: str = "softmax"
+    factors: list[str] = field(default_factory=lambda: ["paper-set2"])
+    bounds: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    switches: list[str] = field(default_factory=list)
+    random_order: bool = False
+    image_mode: str = "within"
+    estimator: str = "sobol"
+    n: int = 256
+    seed: int = 0
+    batch_size: int = 32
+    device: str = "auto"
+    preprocessing: str = "standard"
+    confidence: float = 0.95
+    limit_images: int | None = None
+    checkpoint_every: float = 120.0
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check types and values; raise AugsenseError naming the first bad key."""
+        hints = typing.get_type_hints(SensitivityConfig)
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), hints[f.name])
+        _choice("reduction", self.reduction, ("mean", "max", "none"))
+        _choice("output", self.output, ("logits", "softmax"))
+        _choice("image_mode", self.image_mode, IMAGE_MODES)
+        _choice("estimator", self.estimator, ESTIMATORS)
+        _choice("preprocessing", self.preprocessing, PREPROCESSING)
+        if self.n < 2 or self.n & (self.n - 1):
+            raise AugsenseError(f"n = {self.n} must be a power of two ≥ 2 (Sobol' balance), e.g. 256 or 1024")
+        if self.batch_size < 1:
+            raise AugsenseError("batch_size must be ≥ 1")
+        if not 0 < self.confidence < 1:
+            raise AugsenseError(f"confidence = {self.confidence} must lie strictly between 0 and 1")
+        if self.limit_images is not None and self.limit_images < 1:
+            raise AugsenseError("limit_images must be ≥ 1")
+        if not self.factors:
+            raise AugsenseError("no factors chosen; name some (see `augsense factors`) or a preset")
+        if not self.layers:
+            raise AugsenseError("no layers chosen; list them with `augsense layers MODEL`")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SensitivityConfig":
+        """Build from a mapping (a TOML table); unknown keys are errors."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise AugsenseError(f"unknown config key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
+        values = dict(data)
+        if isinstance(values.get("factors"), str):
+            values["factors"] = [values["factors"]]
+        if isinstance(values.get("layers"), str):
+            values["layers"] = [values["layers"]]
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "SensitivityConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise AugsenseError(f"config file {str(path)!r} does not exist")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise AugsenseError(f"config file {str(path)!r} is not valid TOML: {error}") from error
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The config as TOML text that reproduces the run."""
+        lines = []
+        tables = []
+        for key, value in self.to_dict().items():
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                if value:
+                    tables.append((key, value))
+                continue
+            lines.append(f"{key} = {_toml_value(value)}")
+        for key, table in tables:
+            lines.append(f"\n[{key}]")
+            for name, inner in table.items():
+                items = ", ".join(f"{p} = {_toml_value(v)}" for p, v in inner.items())
+                lines.append(f"{name} = {{ {items} }}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise AugsenseError(f"{key} = {value!r} is not one of {', '.join(allowed)}")
+
+
+def _check_type(key: str, value: Any, hint: Any) -> None:
+    """A small structural type check for config values (no coercion beyond int → float)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+        if value is None and type(None) in args:
+            return
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    ok: bool
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is bool or hint is str:
+        ok = isinstance(value, hint)
+    elif origin is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif origin is dict:
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, dict) and all(
+                isinstance(p, str) and isinstance(b, (list, tuple)) and len(b) == 2
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b)
+                for p, b in v.items())
+            for k, v in value.items())
+    else:
+        ok = True
+    if not ok:
+        expected = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(
+            hint, "a list of strings" if origin is list else "a table {factor = {parameter = [low, high]}}")
+        raise AugsenseError(f"config key {key!r} must be {expected}, got {value!r}")
