@@ -1,0 +1,109 @@
+"""Batched blur-type operations with per-sample parameters: Gaussian blur, sharpness, elliptic local blur.
+
+Images are ``(n, 3, H, W)`` float in [0, 1]. Gaussian kernels follow torchvision's ``gaussian_blur``
+(separable, reflect padding, weights ∝ exp(−t²/2σ²) normalised to sum 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from augsense.factors.colour import blend
+
+
+def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Normalised 1-D Gaussian kernels ``(n, kernel_size)`` for per-sample ``sigma`` ``(n,)`` in pixels."""
+    half = kernel_size // 2
+    t = torch.arange(-half, half + 1, device=sigma.device, dtype=torch.float64)
+    logits = -0.5 * (t / sigma.double().unsqueeze(1)) ** 2
+    return torch.softmax(logits, dim=1)
+
+
+def separable_blur(images: torch.Tensor, kernel_y: torch.Tensor, kernel_x: torch.Tensor) -> torch.Tensor:
+    """Convolve each sample with its own separable kernel, reflect-padded.
+
+    images ``(n, C, H, W)``; kernel_y ``(n, ky)``, kernel_x ``(n, kx)`` with odd sizes; returns ``(n, C, H, W)``.
+    """
+    n, c, h, w = images.shape
+    ky, kx = kernel_y.shape[1], kernel_x.shape[1]
+    py, px = ky // 2, kx // 2
+    x = F.pad(images.reshape(1, n * c, h, w), (px, px, py, py), mode="reflect")
+    wy = kernel_y.to(images.dtype).repeat_interleave(c, dim=0).reshape(n * c, 1, ky, 1)
+    wx = kernel_x.to(images.dtype).repeat_interleave(c, dim=0).reshape(n * c, 1, 1, kx)
+    x = F.conv2d(x, wy, groups=n * c)
+    x = F.conv2d(x, wx, groups=n * c)
+    return x.reshape(n, c, h, w)
+
+
+def blur_kernel_size(sigma_px: float, scale: float, at_224: int | None = None) -> int:
+    """Odd kernel size: ``at_224`` scaled by ``scale`` if given, else covering ±3σ; at least 3."""
+    if at_224 is not None:
+        half = round(at_224 // 2 * scale)
+    else:
+        half = math.ceil(3.0 * sigma_px * scale)
+    return max(3, 2 * half + 1)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: tuple[int, int] = (7, 7),
+                  sigma_scale: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """Gaussian blur with per-sample ``sigma`` ``(n,)`` px, times ``sigma_scale`` (y, x); kernel ``(ky, kx)``."""
+    sigma = sigma.to(images.device)
+    kernel_y = gaussian_kernels(sigma * sigma_scale[0], kernel_size[0])
+    kernel_x = gaussian_kernels(sigma * sigma_scale[1], kernel_size[1])
+    return separable_blur(images, kernel_y, kernel_x)
+
+
+def adjust_sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Sharpen by ``factor`` ``(n,)`` (identity 1) as torchvision/PIL: blend with a 3×3 smoothed image.
+
+    The smoothing kernel is [[1,1,1],[1,5,1],[1,1,1]]/13; the one-pixel border is left unchanged.
+    """
+    n, c, h, w = images.shape
+    a, b = 1.0 / 13.0, 5.0 / 13.0
+    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=images.dtype, device=images.device)
+    degenerate = F.conv2d(images.reshape(n * c, 1, h, w), kernel.reshape(1, 1, 3, 3)).reshape(n, c, h - 2, w - 2)
+    out = images.clone()
+    out[:, :, 1:-1, 1:-1] = blend(images[:, :, 1:-1, 1:-1], degenerate, factor.to(images.device))
+    return out
+
+
+def ellipse_masks(height: int, width: int, centre_y: torch.Tensor, centre_x: torch.Tensor,
+                  semi_y: torch.Tensor, semi_x: torch.Tensor, angle_deg: torch.Tensor) -> torch.Tensor:
+    """Filled ellipses ``(n, 1, H, W)`` bool, one per sample.
+
+    Pixel (i, j) has centre (i + 0.5, j + 0.5); every argument is ``(n,)`` in pixels (angle in degrees,
+    counter-clockwise on screen); ``semi_x`` is the semi-axis along x before rotation.
+    """
+    device = centre_y.device
+    ys = torch.arange(height, device=device, dtype=torch.float32) + 0.5
+    xs = torch.arange(width, device=device, dtype=torch.float32) + 0.5
+    dy = ys.view(1, -1, 1) - centre_y.float().view(-1, 1, 1)
+    dx = xs.view(1, 1, -1) - centre_x.float().view(-1, 1, 1)
+    theta = torch.deg2rad(angle_deg.float()).view(-1, 1, 1)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    # rotate the offset by -theta (screen y points down, so counter-clockwise is +theta with -dy)
+    along_x = dx * cos - dy * sin
+    along_y = dx * sin + dy * cos
+    inside = (along_x / semi_x.float().view(-1, 1, 1)) ** 2 + (along_y / semi_y.float().view(-1, 1, 1)) ** 2 <= 1.0
+    return inside.unsqueeze(1)
+
+
+def elliptic_local_blur(images: torch.Tensor, params: torch.Tensor, sigma_px: float = 3.0) -> torch.Tensor:
+    """Gaussian blur (σ = ``sigma_px`` px@224) inside a per-sample filled ellipse.
+
+    params ``(n, 5)``: semi-axes a (x), b (y), centre shift x, y from the image centre, all px@224,
+    and the ellipse angle in degrees. The batch is blurred once and blended through the masks.
+    """
+    n, _, h, w = images.shape
+    sy, sx = h / 224.0, w / 224.0
+    ky, kx = blur_kernel_size(sigma_px, sy), blur_kernel_size(sigma_px, sx)
+    sigma = torch.full((1,), sigma_px, device=images.device)
+    kernel_y = gaussian_kernels(sigma * sy, ky).expand(n, ky)
+    kernel_x = gaussian_kernels(sigma * sx, kx).expand(n, kx)
+    blurred = separable_blur(images, kernel_y, kernel_x)
+    a, b, shift_x, shift_y, angle = params.to(images.device).unbind(dim=1)
+    masks = ellipse_masks(h, w, h / 2 + shift_y * sy, w / 2 + shift_x * sx, b * sy, a * sx, angle)
+    return torch.where(masks, blurred, images)

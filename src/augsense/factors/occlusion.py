@@ -1,0 +1,34 @@
+"""Batched occlusion: random erasing with a per-sample rectangle filled with 0."""
+
+from __future__ import annotations
+
+import torch
+
+
+def erase_boxes(height: int, width: int, params: torch.Tensor) -> torch.Tensor:
+    """Integer boxes ``(n, 4)`` = (top, left, bottom, right), bottom/right exclusive, clipped to the image.
+
+    params ``(n, 4)``: centre y, centre x (fractions of H, W), area fraction of H·W, log aspect ratio
+    ln(h/w). As torchvision's RandomErasing: h = round(√(area·H·W·r)), w = round(√(area·H·W / r));
+    top = round(cy·H − h/2), left = round(cx·W − w/2).
+    """
+    cy, cx, area, log_aspect = params.double().unbind(dim=1)
+    aspect = torch.exp(log_aspect)
+    box_h = torch.round(torch.sqrt(area * height * width * aspect))
+    box_w = torch.round(torch.sqrt(area * height * width / aspect))
+    top = torch.round(cy * height - box_h / 2)
+    left = torch.round(cx * width - box_w / 2)
+    bottom = (top + box_h).clamp(0, height)
+    right = (left + box_w).clamp(0, width)
+    return torch.stack((top.clamp(0, height), left.clamp(0, width), bottom, right), dim=1).long()
+
+
+def erase(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Fill each sample's rectangle (see ``erase_boxes``) with 0. images ``(n, 3, H, W)``, params ``(n, 4)``."""
+    n, _, h, w = images.shape
+    boxes = erase_boxes(h, w, params).to(images.device)
+    ys = torch.arange(h, device=images.device).view(1, h, 1)
+    xs = torch.arange(w, device=images.device).view(1, 1, w)
+    top, left, bottom, right = (boxes[:, i].view(n, 1, 1) for i in range(4))
+    inside = (ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)
+    return images.masked_fill(inside.unsqueeze(1), 0.0)
