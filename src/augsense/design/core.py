@@ -1,0 +1,151 @@
+"""Block-addressable pick-freeze designs on a scrambled Sobol' sequence.
+
+Rows are never stored: block k (base rows k*block_size ... ) is regenerated from (seed, k) alone,
+so shards of a distributed run and resumed runs only exchange block numbers. Base rows are the
+points of one scrambled Sobol' sequence of dimension 2D (Owen/LMS scrambling + digital shift,
+``scipy.stats.qmc.Sobol``): the first D coordinates are the A matrix, the last D the B matrix
+(Saltelli 2010). Permutation designs draw each row's player order from
+``numpy.random.default_rng([seed, k, 1])``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import qmc
+
+from augsense.design import layouts
+from augsense.errors import AugsenseError
+
+_GENERATOR = "scipy-qmc-sobol-scrambled/v1"
+
+
+@dataclass(frozen=True)
+class DesignBlock:
+    """One block of base rows of a design.
+
+    index: block number k; base_rows: (r,) int64 global base-row indices; points: (r, G, D)
+    float64 unit-cube coordinates, G evaluations per base row; permutations: (r, d) int64 player
+    orders (permutation designs only, else None).
+    """
+
+    index: int
+    base_rows: np.ndarray
+    points: np.ndarray
+    permutations: np.ndarray | None
+
+
+class Design:
+    """A pick-freeze design: ``kind`` in {"sobol", "sobol2", "shapley-exact", "shapley-permutation"}.
+
+    ``dims`` gives the number of unit-cube coordinates owned by each of the d players (factors);
+    pick-freeze swaps all coordinates of a player together (group indices). See
+    :mod:`augsense.design.layouts` for the order of the G members of each group.
+    """
+
+    def __init__(self, kind: str, dims: Sequence[int], n: int, *, seed: int = 0, block_size: int = 64) -> None:
+        if kind not in layouts.KINDS:
+            raise AugsenseError(f"unknown design kind {kind!r}; choose one of {', '.join(layouts.KINDS)}")
+        dims = tuple(int(x) for x in dims)
+        if not dims or any(x < 1 for x in dims):
+            raise AugsenseError(f"dims must list at least one player, each with >= 1 coordinate; got {dims}")
+        n = int(n)
+        if n < 2 or n & (n - 1):
+            lower = 1 << max(1, n.bit_length() - 1)
+            raise AugsenseError(
+                f"n = {n} base rows: n must be a power of two >= 2 to keep the balance of Sobol' points; "
+                f"use n = {lower} or {lower * 2}"
+            )
+        if block_size < 1:
+            raise AugsenseError(f"block_size must be >= 1, got {block_size}")
+        if kind == "shapley-exact" and len(dims) > 16:
+            raise AugsenseError(
+                f"exact Shapley needs 2**d = 2**{len(dims)} evaluations per row; use kind='shapley-permutation'"
+            )
+        if int(seed) < 0:
+            raise AugsenseError(f"seed must be a non-negative integer, got {seed}")
+        self.kind = kind
+        self.dims = dims
+        self.n = n
+        self.seed = int(seed)
+        self.block_size = int(min(block_size, n))
+        self.n_players = len(dims)
+        self.n_coordinates = sum(dims)
+        self.group_size = layouts.group_size(kind, self.n_players)
+        self.roles = layouts.roles(kind, self.n_players)
+        self.n_blocks = -(-n // self.block_size)
+        self.n_evaluations = n * self.group_size
+        self._owner = np.repeat(np.arange(self.n_players), dims)  # (D,) player of each coordinate
+        self._engine: qmc.Sobol | None = None
+
+    def __repr__(self) -> str:
+        return (f"Design(kind={self.kind!r}, dims={self.dims}, n={self.n}, seed={self.seed}, "
+                f"block_size={self.block_size})")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Design) and self.fingerprint() == other.fingerprint()
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint())
+
+    def _base_points(self, start: int, count: int) -> np.ndarray:
+        if self._engine is None:
+            self._engine = qmc.Sobol(2 * self.n_coordinates, scramble=True, seed=self.seed)
+        engine = self._engine
+        engine.reset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # balance holds over the full power-of-two n
+            if start:
+                engine.fast_forward(start)
+            return engine.random(count)
+
+    def block(self, k: int) -> DesignBlock:
+        """Block k, regenerated from (seed, k) alone; points (r, G, D) float64 in [0, 1)."""
+        if not 0 <= k < self.n_blocks:
+            raise AugsenseError(f"block {k} does not exist; this design has blocks 0..{self.n_blocks - 1}")
+        start = k * self.block_size
+        r = min(self.block_size, self.n - start)
+        base = self._base_points(start, r)
+        D = self.n_coordinates
+        a, b = base[:, :D], base[:, D:]
+        permutations = None
+        if self.kind == "shapley-permutation":
+            rng = np.random.default_rng([self.seed, k, 1])
+            permutations = np.argsort(rng.random((r, self.n_players)), axis=1).astype(np.int64)
+            from_b = layouts.permutation_walk_mask(permutations)[:, :, self._owner]  # (r, G, D)
+        else:
+            from_b = layouts.fixed_mask(self.kind, self.n_players)[None][:, :, self._owner]
+        points = np.where(from_b, b[:, None, :], a[:, None, :])
+        rows = np.arange(start, start + r, dtype=np.int64)
+        return DesignBlock(index=k, base_rows=rows, points=points, permutations=permutations)
+
+    def blocks(self, start: int = 0, stop: int | None = None, step: int = 1) -> Iterator[DesignBlock]:
+        """Blocks start, start+step, ... < stop; rank r of W workers takes ``blocks(r, None, W)``."""
+        for k in range(start, self.n_blocks if stop is None else min(stop, self.n_blocks), step):
+            yield self.block(k)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything that defines the rows (JSON-serialisable)."""
+        return {"kind": self.kind, "dims": list(self.dims), "n": self.n, "seed": self.seed,
+                "block_size": self.block_size, "generator": _GENERATOR}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Design":
+        if d.get("generator", _GENERATOR) != _GENERATOR:
+            raise AugsenseError(f"design was made by generator {d['generator']!r}, this version has {_GENERATOR!r}")
+        return cls(d["kind"], d["dims"], d["n"], seed=d["seed"], block_size=d["block_size"])
+
+    def fingerprint(self) -> str:
+        """Stable hash of everything that defines the rows."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_design(kind: str, dims: Sequence[int], n: int, *, seed: int = 0, block_size: int = 64) -> Design:
+    """Build a block-addressable design; n (base rows) must be a power of two."""
+    return Design(kind, dims, n, seed=seed, block_size=block_size)

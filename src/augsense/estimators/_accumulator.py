@@ -1,0 +1,157 @@
+"""What every design-based accumulator shares: validation, block bookkeeping, shift, merge, state.
+
+Sums are float64 tensors on the accumulator's device, shifted by a per-output constant K (the
+mean of the first block seen) so that large means do not destroy precision; merging re-expresses
+the other accumulator's sums in this one's shift exactly (each subclass gives its affine map).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from augsense.design import Design, DesignBlock
+from augsense.errors import AugsenseError
+
+
+class DesignAccumulator:
+    """Base class; subclasses define ``kinds``, ``_new_sums``, ``_update_sums``, ``_reshift_sums``."""
+
+    kinds: tuple[str, ...] = ()
+
+    def __init__(self, design: Design, n_outputs: int, *, groups: torch.Tensor | None = None,
+                 device: torch.device | str | None = None) -> None:
+        if design.kind not in self.kinds:
+            raise AugsenseError(
+                f"{type(self).__name__} needs a design of kind {' or '.join(self.kinds)}, got {design.kind!r}; "
+                "use augsense.estimators.make_accumulator to pick the right class"
+            )
+        if int(n_outputs) < 1:
+            raise AugsenseError(f"n_outputs must be >= 1, got {n_outputs}")
+        self.design = design
+        self.n_outputs = int(n_outputs)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.groups: torch.Tensor | None = None
+        self.n_groups = 0
+        if groups is not None:
+            groups = torch.as_tensor(groups)
+            if groups.shape != (self.n_outputs,) or groups.dtype not in (torch.int64, torch.int32):
+                raise AugsenseError(f"groups must be an integer tensor of shape ({self.n_outputs},), got "
+                                    f"{tuple(groups.shape)} {groups.dtype}")
+            if groups.numel() and int(groups.min()) < 0:
+                raise AugsenseError("group ids must be >= 0")
+            self.groups = groups.to(self.device, torch.int64)
+            self.n_groups = int(self.groups.max()) + 1
+        self.n = 0
+        self.blocks_seen = np.zeros(design.n_blocks, dtype=bool)
+        self.shift: torch.Tensor | None = None
+        self.sums: dict[str, torch.Tensor] = self._new_sums()
+
+    # -- subclass hooks -------------------------------------------------------------------------
+    def _new_sums(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _update_sums(self, block: DesignBlock, values: torch.Tensor) -> None:
+        """values: (r, G, m) float64, already shifted by K."""
+        raise NotImplementedError
+
+    def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Sums of another accumulator after adding delta (m,) to all of its shifted values."""
+        raise NotImplementedError
+
+    def _config(self) -> dict[str, Any]:
+        return {}
+
+    # -- shared protocol ------------------------------------------------------------------------
+    def _zeros(self, *shape: int) -> torch.Tensor:
+        return torch.zeros(shape, dtype=torch.float64, device=self.device)
+
+    def update(self, block: DesignBlock, outputs: torch.Tensor) -> None:
+        """Add one design block's outputs (r, G, m), any float dtype and device."""
+        outputs = torch.as_tensor(outputs)
+        r = block.points.shape[0]
+        expected = (r, self.design.group_size, self.n_outputs)
+        if tuple(outputs.shape) != expected:
+            raise AugsenseError(f"outputs for block {block.index} must have shape (rows, group size, outputs) = "
+                                f"{expected}, got {tuple(outputs.shape)}")
+        if block.points.shape[1:] != (self.design.group_size, self.design.n_coordinates):
+            raise AugsenseError("this block does not come from the accumulator's design")
+        if self.blocks_seen[block.index]:
+            raise AugsenseError(f"block {block.index} was already added; each block must be added once")
+        values = outputs.to(self.device, torch.float64)
+        if not bool(torch.isfinite(values).all()):
+            bad = (~torch.isfinite(values)).nonzero()[0].tolist()
+            raise AugsenseError(f"outputs for block {block.index} contain NaN or inf (first at row, member, "
+                                f"output = {bad}); fix the model or drop those outputs")
+        if self.shift is None:
+            self.shift = values[:, :2].mean(dim=(0, 1))
+        self._update_sums(block, values - self.shift)
+        self.n += r
+        self.blocks_seen[block.index] = True
+
+    def _check_compatible(self, other: "DesignAccumulator") -> None:
+        if type(other) is not type(self):
+            raise AugsenseError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+        if other.design.fingerprint() != self.design.fingerprint():
+            raise AugsenseError(f"cannot merge accumulators of different designs ({other.design!r} vs "
+                                f"{self.design!r}); every shard must use the same kind, dims, n, seed and block_size")
+        if other.n_outputs != self.n_outputs or other._config() != self._config():
+            raise AugsenseError("cannot merge accumulators with different numbers of outputs or options")
+        if (other.groups is None) != (self.groups is None) or (
+                self.groups is not None and not torch.equal(other.groups.to(self.device), self.groups)):
+            raise AugsenseError("cannot merge accumulators with different output groups")
+
+    def merge(self, other: "DesignAccumulator") -> None:
+        """Add another accumulator's sums (same design, outputs, options; disjoint blocks)."""
+        self._check_compatible(other)
+        overlap = np.flatnonzero(self.blocks_seen & other.blocks_seen)
+        if overlap.size:
+            raise AugsenseError(f"both accumulators contain blocks {overlap[:5].tolist()}...; shards must be disjoint")
+        if other.n == 0:
+            return
+        other_sums = {k: v.to(self.device) for k, v in other.sums.items()}
+        other_shift = other.shift.to(self.device)
+        if self.shift is None:
+            self.shift = other_shift.clone()
+        elif not torch.equal(other_shift, self.shift):
+            other_sums = self._reshift_sums(other_sums, other.n, other_shift - self.shift)
+        for k, v in other_sums.items():
+            self.sums[k] += v
+        self.n += other.n
+        self.blocks_seen |= other.blocks_seen
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume or merge later (tensors on CPU)."""
+        return {"class": type(self).__name__, "design": self.design.to_dict(), "n_outputs": self.n_outputs,
+                "config": self._config(), "n": self.n, "blocks_seen": self.blocks_seen.copy(),
+                "shift": None if self.shift is None else self.shift.cpu(),
+                "groups": None if self.groups is None else self.groups.cpu(),
+                "sums": {k: v.cpu() for k, v in self.sums.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore sums saved by :meth:`state_dict` of an accumulator with the same design and options."""
+        if state.get("class") != type(self).__name__ or Design.from_dict(state["design"]) != self.design:
+            raise AugsenseError(f"state was saved by {state.get('class')} on design {state.get('design')}, "
+                                f"not {type(self).__name__} on {self.design!r}")
+        if state["n_outputs"] != self.n_outputs or state["config"] != self._config():
+            raise AugsenseError("state has a different number of outputs or options")
+        g = state["groups"]
+        if (g is None) != (self.groups is None) or (g is not None and not torch.equal(g.to(self.device), self.groups)):
+            raise AugsenseError("state has different output groups")
+        self.n = int(state["n"])
+        self.blocks_seen = np.asarray(state["blocks_seen"], dtype=bool).copy()
+        self.shift = None if state["shift"] is None else state["shift"].to(self.device, torch.float64)
+        self.sums = {k: v.to(self.device, torch.float64).clone() for k, v in state["sums"].items()}
+
+    def _group_sum(self, x: torch.Tensor, outputs: slice, into: torch.Tensor | None) -> torch.Tensor:
+        """Add x (r, mc, ...) for the outputs ``outputs`` to per-row group sums (r, n_groups, ...)."""
+        if into is None:
+            into = x.new_zeros((x.shape[0], self.n_groups) + x.shape[2:])
+        return into.index_add_(1, self.groups[outputs], x)
+
+    def _chunks(self, per_output: int) -> list[slice]:
+        """Slices along m keeping about per_output * chunk temporaries under ~2**25 elements."""
+        step = max(1, (1 << 25) // max(per_output, 1))
+        return [slice(s, min(s + step, self.n_outputs)) for s in range(0, self.n_outputs, step)]

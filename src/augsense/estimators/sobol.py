@@ -1,0 +1,223 @@
+"""Streaming pick-freeze Sobol indices for many outputs at once.
+
+First order: Saltelli et al. 2010 (CPC 181), V_i = mean(f_B (f_AB_i - f_A)); total order: Jansen
+1999 (CPC 117), VT_i = mean((f_A - f_AB_i)^2) / 2; second order: Saltelli 2002 (CPC 145),
+V_ij = mean(f_BA_i f_AB_j - f_A f_B) - V_i - V_j, as in SALib. Outputs are centred at compute time
+(``centre="ab"``: the mean of f_A and f_B, as scipy.stats.sobol_indices; ``centre="all"``: the mean
+of all rows, as SALib), exactly, from sums kept at a per-output shift K. Intervals: delta method
+on the per-row statistic vectors (see :mod:`augsense.estimators._delta`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from augsense.design import Design, DesignBlock
+from augsense.errors import AugsenseError
+from augsense.estimators import _delta
+from augsense.estimators._accumulator import DesignAccumulator
+from augsense.estimators.results import SensitivityResult
+
+
+class SobolAccumulator(DesignAccumulator):
+    """First, total (and with a ``sobol2`` design second) order Sobol indices of m outputs.
+
+    ``update(block, outputs)`` takes outputs (r, G, m) in the design's member order
+    [A, B, AB_1..AB_d (, BA_1..BA_d)]. ``denominator="pooled"`` divides by the variance of
+    f_A and f_B pooled; ``"paired"`` by mean((f_A - f_B)^2) / 2, the mean within-pair variance
+    (use it when A and B rows of a group share a nuisance such as the image).
+    Memory: O(m d) float64 (O(m d^2) with second order), independent of n.
+    """
+
+    kinds = ("sobol", "sobol2")
+
+    def __init__(self, design: Design, n_outputs: int, *, denominator: Literal["pooled", "paired"] = "pooled",
+                 groups: torch.Tensor | None = None, device: torch.device | str | None = None) -> None:
+        if denominator not in ("pooled", "paired"):
+            raise AugsenseError(f"denominator must be 'pooled' or 'paired', got {denominator!r}")
+        self.denominator = denominator
+        self._n_den = 2 if denominator == "pooled" else 1
+        super().__init__(design, n_outputs, groups=groups, device=device)
+
+    def _config(self) -> dict[str, Any]:
+        return {"denominator": self.denominator}
+
+    @property
+    def _second(self) -> bool:
+        return self.design.kind == "sobol2"
+
+    def _pairs(self) -> tuple[list[int], list[int]]:
+        i, j = torch.triu_indices(self.design.n_players, self.design.n_players, 1).tolist()
+        return i, j
+
+    def _new_sums(self) -> dict[str, torch.Tensor]:
+        m, d, G = self.n_outputs, self.design.n_players, self.design.group_size
+        p = 3 + self._n_den
+        sums = {"role": self._zeros(m, G), "c1": self._zeros(m, d, p), "c2": self._zeros(m, d, _delta.n_triangle(p))}
+        if self._second:
+            pp, n_pairs = 2 + self._n_den, d * (d - 1) // 2
+            sums |= {"p1": self._zeros(m, n_pairs, pp), "p2": self._zeros(m, n_pairs, _delta.n_triangle(pp))}
+        if self.groups is not None:
+            sums |= {"g1": self._zeros(self.n_groups, d, 3), "g2": self._zeros(self.n_groups, d, 6)}
+        return sums
+
+    def _den_terms(self, a: torch.Tensor, b: torch.Tensor) -> list[torch.Tensor]:
+        if self.denominator == "pooled":
+            return [0.5 * (a * a + b * b), a + b]
+        return [0.5 * (a - b) ** 2]
+
+    def _update_sums(self, block: DesignBlock, values: torch.Tensor) -> None:
+        d = self.design.n_players
+        r = values.shape[0]
+        self.sums["role"] += values.sum(0).T
+        pi, pj = self._pairs()
+        group_rows = None
+        per_output = r * d * (3 + self._n_den) * 6 + (r * len(pi) * 24 if self._second else 0)
+        for sl in self._chunks(per_output):
+            a, b = values[:, 0, sl], values[:, 1, sl]                    # (r, mc)
+            ab = values[:, 2:2 + d, sl]                                  # (r, d, mc)
+            D = ab - a[:, None]
+            bD = b[:, None] * D
+            den = [t[:, None].expand_as(D) for t in self._den_terms(a, b)]
+            z = torch.stack([bD, D, 0.5 * D * D, *den], -1).transpose(1, 2)  # (r, mc, d, p)
+            s1, s2 = _delta.row_moments(z)
+            self.sums["c1"][sl] += s1
+            self.sums["c2"][sl] += s2
+            if self._second:
+                ba = values[:, 2 + d:, sl]
+                u, w = ba[:, pi], ab[:, pj]                             # (r, P, mc)
+                y = u * w - (a * b)[:, None] - bD[:, pi] - bD[:, pj]
+                t = u + w - (a + b)[:, None] - D[:, pi] - D[:, pj]
+                den = [x[:, None].expand_as(y) for x in self._den_terms(a, b)]
+                zp = torch.stack([y, t, *den], -1).transpose(1, 2)      # (r, mc, P, p)
+                s1, s2 = _delta.row_moments(zp)
+                self.sums["p1"][sl] += s1
+                self.sums["p2"][sl] += s2
+            if self.groups is not None:
+                # shift-invariant companions for the group intervals (same expectations)
+                x = (b[:, None] - 0.5 * (a[:, None] + ab)) * D
+                w2 = (0.5 * (a - b) ** 2)[:, None].expand_as(D)
+                zg = torch.stack([x, 0.5 * D * D, w2], -1).transpose(1, 2)
+                group_rows = self._group_sum(zg, sl, group_rows)
+        if group_rows is not None:
+            s1, s2 = _delta.row_moments(group_rows)
+            self.sums["g1"] += s1
+            self.sums["g2"] += s2
+
+    def _shift_map(self, delta: torch.Tensor, p: int, coupled: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Affine map of a cell vector [stat, partner, ..., den] when every value moves by delta (m,)."""
+        m = delta.shape[0]
+        M = torch.eye(p, dtype=torch.float64, device=delta.device).repeat(m, 1, 1)
+        c = torch.zeros(m, p, dtype=torch.float64, device=delta.device)
+        M[:, 0, 1] = delta                      # b D -> b D + delta D ; y -> y + delta t
+        if self.denominator == "pooled":
+            q, s = p - 2, p - 1
+            M[:, q, s] = delta                  # q -> q + delta s + delta^2
+            c[:, q] = delta * delta
+            c[:, s] = 2 * delta                 # s -> s + 2 delta
+        return M[:, None], c[:, None]
+
+    def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+        sums = dict(sums)
+        sums["role"] = sums["role"] + n * delta[:, None]
+        M, c = self._shift_map(delta, 3 + self._n_den, 1)
+        sums["c1"], sums["c2"] = _delta.reshift(sums["c1"], sums["c2"], n, M, c)
+        if self._second:
+            M, c = self._shift_map(delta, 2 + self._n_den, 1)
+            sums["p1"], sums["p2"] = _delta.reshift(sums["p1"], sums["p2"], n, M, c)
+        return sums
+
+    def _variance(self, mu_den: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Denominator V (...) and its gradient (..., n_den) from the means of its terms."""
+        if self.denominator == "pooled":
+            q, s = mu_den[..., 0], mu_den[..., 1]
+            return q - 0.25 * s * s, torch.stack([torch.ones_like(q), -0.5 * s], -1)
+        return mu_den[..., 0], torch.ones_like(mu_den)
+
+    def compute(self, confidence: float = 0.95, *, centre: Literal["ab", "all"] = "ab") -> SensitivityResult:
+        """Indices with delta-method intervals; ``centre`` picks the centring of the Saltelli numerators."""
+        z = _delta.z_value(confidence)
+        n = self.n
+        if n < 2:
+            raise AugsenseError(f"need at least 2 base rows to compute indices, have {n}; add more blocks")
+        if centre not in ("ab", "all"):
+            raise AugsenseError(f"centre must be 'ab' or 'all', got {centre!r}")
+        role = self.sums["role"] / n
+        e = role[:, :2].mean(1) if centre == "ab" else role.mean(1)     # centre - K, (m,)
+        mu = self.sums["c1"] / n
+        cov = _delta.covariance(self.sums["c1"], self.sums["c2"], n)
+        V, dV = self._variance(mu[:, 0, 3:])                            # (m,), (m, n_den)
+        dead = ~(V > 0)
+        Vs = torch.where(dead, torch.nan, V)[:, None]
+        V1 = mu[..., 0] - e[:, None] * mu[..., 1]
+        VT = mu[..., 2]
+        S1, ST = V1 / Vs, VT / Vs
+        zero = torch.zeros_like(S1)
+        dden1 = -(S1 / Vs)[..., None] * dV[:, None]
+        ddenT = -(ST / Vs)[..., None] * dV[:, None]
+        g1 = torch.cat([torch.stack([1 / Vs.expand_as(S1), (-e[:, None] / Vs).expand_as(S1), zero], -1), dden1], -1)
+        gT = torch.cat([torch.stack([zero, zero, 1 / Vs.expand_as(S1)], -1), ddenT], -1)
+        res = SensitivityResult(n=n, confidence=confidence)
+        mean = self.shift + role[:, :2].mean(1)
+        res.mean, res.variance = mean, V
+        res.cv = torch.where(dead, torch.nan, V.clamp_min(0).sqrt() / mean.abs())
+        res.dead = dead
+        res.first_order, res.total_order = S1, ST
+        res.first_order_ci = _delta.interval(S1, _delta.standard_error(g1, cov, n), z)
+        res.total_order_ci = _delta.interval(ST, _delta.standard_error(gT, cov, n), z)
+        res.first_order_variance, res.total_order_variance = V1, VT
+        if self._second:
+            self._second_order(res, e, Vs, dV, z)
+        if self.groups is not None:
+            res.aggregated = self._aggregate(V1, VT, V, confidence, z)
+        return _to_numpy(res)
+
+    def _second_order(self, res: SensitivityResult, e: torch.Tensor, Vs: torch.Tensor, dV: torch.Tensor, z: float) -> None:
+        n, d = self.n, self.design.n_players
+        mu = self.sums["p1"] / n
+        cov = _delta.covariance(self.sums["p1"], self.sums["p2"], n)
+        S2 = (mu[..., 0] - e[:, None] * mu[..., 1]) / Vs                # (m, P)
+        grad = torch.cat([torch.stack([1 / Vs.expand_as(S2), (-e[:, None] / Vs).expand_as(S2)], -1),
+                          -(S2 / Vs)[..., None] * dV[:, None]], -1)
+        ci = _delta.interval(S2, _delta.standard_error(grad, cov, n), z)
+        pi, pj = self._pairs()
+        full = torch.full((self.n_outputs, d, d), torch.nan, dtype=torch.float64, device=self.device)
+        full_ci = torch.full((2, self.n_outputs, d, d), torch.nan, dtype=torch.float64, device=self.device)
+        full[:, pi, pj] = full[:, pj, pi] = S2
+        full_ci[:, :, pi, pj] = full_ci[:, :, pj, pi] = ci
+        res.second_order, res.second_order_ci = full, full_ci
+
+    def _aggregate(self, V1: torch.Tensor, VT: torch.Tensor, V: torch.Tensor, confidence: float, z: float) -> SensitivityResult:
+        """Layer-level indices Sum_c V_i^(c) / Sum_c V^(c); point estimates exact, intervals from group sums."""
+        n, ng, g = self.n, self.n_groups, self.groups
+        live = ~(V > 0)
+        V = torch.where(live, 0.0, V)
+        sum_v = V.new_zeros(ng).index_add_(0, g, V)
+        sum_1 = V1.new_zeros(ng, V1.shape[1]).index_add_(0, g, torch.where(live[:, None], 0.0, V1))
+        sum_t = VT.new_zeros(ng, VT.shape[1]).index_add_(0, g, torch.where(live[:, None], 0.0, VT))
+        dead = ~(sum_v > 0)
+        Vs = torch.where(dead, torch.nan, sum_v)[:, None]
+        S1, ST = sum_1 / Vs, sum_t / Vs
+        mu = self.sums["g1"] / n
+        cov = _delta.covariance(self.sums["g1"], self.sums["g2"], n)
+        W = mu[..., 2]
+        zero = torch.zeros_like(S1)
+        g1 = torch.stack([1 / W, zero, -S1 / W], -1)
+        gT = torch.stack([zero, 1 / W, -ST / W], -1)
+        return SensitivityResult(
+            n=n, variance=sum_v, dead=dead, confidence=confidence, first_order=S1, total_order=ST,
+            first_order_ci=_delta.interval(S1, _delta.standard_error(g1, cov, n), z),
+            total_order_ci=_delta.interval(ST, _delta.standard_error(gT, cov, n), z),
+            first_order_variance=sum_1, total_order_variance=sum_t)
+
+
+def _to_numpy(res: SensitivityResult) -> SensitivityResult:
+    """Move every tensor field of a result (and its aggregate) to CPU numpy float64 / bool."""
+    for name, value in vars(res).items():
+        if isinstance(value, torch.Tensor):
+            setattr(res, name, value.detach().cpu().numpy())
+        elif isinstance(value, SensitivityResult):
+            _to_numpy(value)
+    return res
