@@ -64,7 +64,7 @@ class Design:
             )
         if block_size < 1:
             raise AugsenseError(f"block_size must be >= 1, got {block_size}")
-        if kind == "shapley-exact" and len(dims) > 16:
+        if kind == "shapley-exact" and len(dims) > 12:
             raise AugsenseError(
                 f"exact Shapley needs 2**d = 2**{len(dims)} evaluations per row; use kind='shapley-permutation'"
             )

@@ -1,0 +1,236 @@
+"""Streaming Shapley effects (factor = player) for many outputs at once.
+
+Both estimators work with total variances of factor subsets, T(u) = E[(f(x) - f(x'_u))^2] / 2
+where x'_u redraws the factors in u; Shapley effects for the cost T equal those for closed
+variances (Song, Nelson & Staum 2016, SIAM/ASA JUQ 4).
+
+- Exact (Plischke, Rabitti & Borgonovo 2021, EJOR 288): per base row all 2**d A/B hybrids f_g.
+  f_g and f_{g xor u} differ exactly in the players of u, so T_hat(u) = 2**-d Sum_g (f_g -
+  f_{g^u})^2 / 2 uses every hybrid pair; the XOR autocorrelation Sum_g f_g f_{g^u} is two fast
+  Walsh-Hadamard transforms (O(d 2**d) per row and output). Closed variances V_v = V - T(~v), their
+  Moebius inverse (Harsanyi dividends) and Shapley_i = Sum_{w containing i} dividend(w) / |w| are
+  linear in T_hat, so every per-row Shapley numerator is accumulated with its square for CIs.
+  ``interactions[i, j]`` is the Shapley interaction index Sum_{w containing i, j} dividend(w) /
+  (|w| - 1) (Grabisch & Roubens 1999), its diagonal the Shapley effect.
+- Permutation (Goda 2021, RESS 213): per base row a random order pi and the walk z_0 = A ... z_d
+  = B switching one player to B at a time; player pi_k gets ((f_A - f_{z_k})^2 -
+  (f_A - f_{z_{k-1}})^2) / 2. Unbiased, cost n (d + 1).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from augsense.design import Design, DesignBlock
+from augsense.errors import AugsenseError
+from augsense.estimators import _delta
+from augsense.estimators._accumulator import DesignAccumulator
+from augsense.estimators.results import SensitivityResult
+from augsense.estimators.sobol import _to_numpy
+
+MAX_EXACT_PLAYERS = 12
+
+
+def walsh_hadamard(x: torch.Tensor) -> torch.Tensor:
+    """Unnormalised fast Walsh-Hadamard transform along dim 1 of x (r, 2**d, m)."""
+    r, n2, m = x.shape
+    h = 1
+    while h < n2:
+        x = x.reshape(r, n2 // (2 * h), 2, h, m)
+        x = torch.cat([x[:, :, :1] + x[:, :, 1:], x[:, :, :1] - x[:, :, 1:]], 2)
+        h *= 2
+    return x.reshape(r, n2, m)
+
+
+def subset_moebius(v: torch.Tensor, d: int) -> torch.Tensor:
+    """Moebius inverse over subsets along the last dim (2**d): out[w] = Sum_{u in w} (-1)^{|w|-|u|} v[u]."""
+    shape = v.shape
+    out = v.clone()
+    for i in range(d):
+        x = out.reshape(*shape[:-1], -1, 2, 1 << i)
+        x[..., 1, :] -= x[..., 0, :]
+        out = x.reshape(shape)
+    return out
+
+
+@lru_cache(maxsize=None)
+def _linear_maps(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Matrices mapping per-row T_hat (2**d,) to Shapley numerators (d, 2**d) and pair interactions (P, 2**d)."""
+    n2, full = 1 << d, (1 << d) - 1
+    size = np.array([bin(w).count("1") for w in range(n2)])
+    members = (np.arange(n2)[:, None] >> np.arange(d)[None, :]) & 1    # (2**d, d)
+
+    def on_t(x: np.ndarray) -> np.ndarray:
+        # coefficients on dividends -> on closed variances (superset Moebius) -> on T_hat
+        y = x.astype(np.float64).copy()
+        for i in range(d):
+            y = y.reshape(-1, 2, 1 << i)
+            y[:, 0, :] -= y[:, 1, :]
+            y = y.reshape(n2)
+        coef = np.zeros(n2)
+        coef[full] += y.sum()
+        np.subtract.at(coef, full - np.arange(n2), y)
+        return coef
+
+    shap = np.stack([on_t(np.where(members[:, i] == 1, 1.0 / np.maximum(size, 1), 0.0)) for i in range(d)])
+    pi, pj = np.triu_indices(d, 1)
+    inter = np.stack([on_t(np.where((members[:, i] & members[:, j]) == 1, 1.0 / np.maximum(size - 1, 1), 0.0))
+                      for i, j in zip(pi, pj)]) if d > 1 else np.zeros((0, n2))
+    return shap, inter
+
+
+class _ShapleyAccumulator(DesignAccumulator):
+    """Shared sums: per-row Shapley numerators phi (r, d, m) and per-row variance terms (r, m)."""
+
+    def _new_sums(self) -> dict[str, torch.Tensor]:
+        m, d = self.n_outputs, self.design.n_players
+        sums = {"level": self._zeros(m), "c1": self._zeros(m, d, 2), "c2": self._zeros(m, d, 3)}
+        if self.groups is not None:
+            sums |= {"g1": self._zeros(self.n_groups, d, 2), "g2": self._zeros(self.n_groups, d, 3)}
+        return sums
+
+    def _row_terms(self, block: DesignBlock, f: torch.Tensor, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """(phi (r, d, mc), variance term (r, mc)) for the outputs sl, shifted values f (r, G, mc)."""
+        raise NotImplementedError
+
+    def _per_output(self) -> int:
+        return self.design.group_size * 8
+
+    def _update_sums(self, block: DesignBlock, values: torch.Tensor) -> None:
+        r = values.shape[0]
+        self.sums["level"] += values.mean(1).sum(0)
+        group_rows = None
+        for sl in self._chunks(r * self._per_output()):
+            phi, v = self._row_terms(block, values[:, :, sl], sl)
+            z = torch.stack([phi, v[:, None].expand_as(phi)], -1).transpose(1, 2)   # (r, mc, d, 2)
+            s1, s2 = _delta.row_moments(z)
+            self.sums["c1"][sl] += s1
+            self.sums["c2"][sl] += s2
+            if self.groups is not None:
+                group_rows = self._group_sum(z, sl, group_rows)
+        if group_rows is not None:
+            s1, s2 = _delta.row_moments(group_rows)
+            self.sums["g1"] += s1
+            self.sums["g2"] += s2
+
+    def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(sums) | {"level": sums["level"] + n * delta}   # differences do not move
+
+    @staticmethod
+    def _ratio(s1: torch.Tensor, s2: torch.Tensor, n: int, z: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """mu_phi / mu_V with CI from cells (..., 2) = [phi, V]; returns (ratio, ci, mu_phi, mu_V)."""
+        mu = s1 / n
+        V = mu[..., 1]
+        Vs = torch.where(V > 0, V, torch.nan)
+        ratio = mu[..., 0] / Vs
+        grad = torch.stack([1 / Vs, -ratio / Vs], -1)
+        se = _delta.standard_error(grad, _delta.covariance(s1, s2, n), n)
+        return ratio, _delta.interval(ratio, se, z), mu[..., 0], V
+
+    def compute(self, confidence: float = 0.95) -> SensitivityResult:
+        """Shapley effects (shares of variance, summing to 1) with delta-method intervals."""
+        z = _delta.z_value(confidence)
+        n = self.n
+        if n < 2:
+            raise AugsenseError(f"need at least 2 base rows to compute Shapley effects, have {n}; add more blocks")
+        sh, ci, phi, V = self._ratio(self.sums["c1"], self.sums["c2"], n, z)
+        V = V[:, 0]
+        dead = ~(V > 0)
+        mean = self.shift + self.sums["level"] / n
+        res = SensitivityResult(n=n, mean=mean, variance=V, dead=dead, confidence=confidence,
+                                cv=torch.where(dead, torch.nan, V.clamp_min(0).sqrt() / mean.abs()),
+                                shapley=sh, shapley_ci=ci, shapley_variance=phi)
+        self._extra(res, z, V)
+        if self.groups is not None:
+            gsh, gci, gphi, gV = self._ratio(self.sums["g1"], self.sums["g2"], n, z)
+            res.aggregated = SensitivityResult(n=n, variance=gV[:, 0], dead=~(gV[:, 0] > 0), shapley=gsh,
+                                               shapley_ci=gci, shapley_variance=gphi, confidence=confidence)
+        return _to_numpy(res)
+
+    def _extra(self, res: SensitivityResult, z: float, V: torch.Tensor) -> None:
+        pass
+
+
+class ShapleyExactAccumulator(_ShapleyAccumulator):
+    """Exact-subset Shapley effects, pairwise interactions and all subset effects of m outputs.
+
+    ``update(block, outputs)`` takes outputs (r, 2**d, m), member g = bitmask of players from A.
+    Memory: O(m 2**d + m d^2) float64, independent of n. d <= 12.
+    """
+
+    kinds = ("shapley-exact",)
+
+    def __init__(self, design: Design, n_outputs: int, *, groups: torch.Tensor | None = None,
+                 device: torch.device | str | None = None) -> None:
+        if design.n_players > MAX_EXACT_PLAYERS:
+            raise AugsenseError(f"exact Shapley with d = {design.n_players} factors needs 2**{design.n_players} "
+                                f"evaluations per row; use the permutation method for d > {MAX_EXACT_PLAYERS}")
+        super().__init__(design, n_outputs, groups=groups, device=device)
+        shap, inter = _linear_maps(design.n_players)
+        self._shap_map = torch.as_tensor(shap, device=self.device)
+        self._inter_map = torch.as_tensor(inter, device=self.device)
+
+    def _new_sums(self) -> dict[str, torch.Tensor]:
+        d = self.design.n_players
+        n_pairs = d * (d - 1) // 2
+        return super()._new_sums() | {"t": self._zeros(self.n_outputs, 1 << d),
+                                      "i1": self._zeros(self.n_outputs, n_pairs, 2),
+                                      "i2": self._zeros(self.n_outputs, n_pairs, 3)}
+
+    def _per_output(self) -> int:
+        return self.design.group_size * 8 + self._inter_map.shape[0] * 6
+
+    def _subset_totals(self, f: torch.Tensor) -> torch.Tensor:
+        """Per-row T_hat (r, 2**d, mc) from hybrids f (r, 2**d, mc)."""
+        n2 = f.shape[1]
+        F = walsh_hadamard(f)
+        return (f * f).mean(1, keepdim=True) - walsh_hadamard(F * F) / (n2 * n2)
+
+    def _row_terms(self, block: DesignBlock, f: torch.Tensor, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        T = self._subset_totals(f)
+        v = T[:, -1]
+        self.sums["t"][sl] += T.sum(0).T
+        if self._inter_map.shape[0]:
+            inter = torch.einsum("kg,rgm->rkm", self._inter_map, T)
+            s1, s2 = _delta.row_moments(torch.stack([inter, v[:, None].expand_as(inter)], -1).transpose(1, 2))
+            self.sums["i1"][sl] += s1
+            self.sums["i2"][sl] += s2
+        return torch.einsum("kg,rgm->rkm", self._shap_map, T), v
+
+    def _extra(self, res: SensitivityResult, z: float, V: torch.Tensor) -> None:
+        d, m, n = self.design.n_players, self.n_outputs, self.n
+        T = self.sums["t"] / n
+        full = (1 << d) - 1
+        closed = T[:, full:full + 1] - T.flip(1)            # V_v = V - T(~v); ~v = full - v
+        Vs = torch.where(V > 0, V, torch.nan)[:, None]
+        res.subset_effects = subset_moebius(closed, d) / Vs
+        inter = torch.full((m, d, d), torch.nan, dtype=torch.float64, device=self.device)
+        inter_ci = torch.full((2, m, d, d), torch.nan, dtype=torch.float64, device=self.device)
+        idx = torch.arange(d)
+        inter[:, idx, idx] = res.shapley
+        inter_ci[:, :, idx, idx] = res.shapley_ci
+        if d > 1:
+            val, ci, _, _ = self._ratio(self.sums["i1"], self.sums["i2"], n, z)
+            pi, pj = torch.triu_indices(d, d, 1).tolist()
+            inter[:, pi, pj] = inter[:, pj, pi] = val
+            inter_ci[:, :, pi, pj] = inter_ci[:, :, pj, pi] = ci
+        res.interactions, res.interactions_ci = inter, inter_ci
+
+
+class ShapleyPermutationAccumulator(_ShapleyAccumulator):
+    """Random-permutation Shapley effects (Goda 2021) of m outputs; outputs (r, d+1, m) along the walk."""
+
+    kinds = ("shapley-permutation",)
+
+    def _row_terms(self, block: DesignBlock, f: torch.Tensor, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        if block.permutations is None:
+            raise AugsenseError("permutation Shapley needs blocks from a 'shapley-permutation' design")
+        t = 0.5 * (f[:, :1] - f) ** 2                        # (r, d+1, mc), t[:, 0] = 0
+        steps = t[:, 1:] - t[:, :-1]                          # (r, d, mc): contribution of pi_k
+        order = torch.as_tensor(block.permutations, device=f.device)[:, :, None].expand_as(steps)
+        phi = torch.zeros_like(steps).scatter_(1, order, steps)
+        return phi, t[:, -1]
