@@ -1,0 +1,351 @@
+"""Statistics of one layer's sensitivity maps: how factors' maps relate, and whether they separate.
+
+Input is a map of one index (S1, ST or Shapley) for d factors: per-channel maps ``(units, d)`` or
+per-unit maps ``(C, H, W, d)``. NaN marks dead units; they are left out and counted.
+
+* :func:`map_correlations` — Spearman (1904) rank correlation between factors' maps across the
+  units of the layer, with p-values (``scipy.stats.spearmanr``); for per-unit maps also the
+  *pixel-wise* correlation (per channel, across its H·W positions) averaged over channels; and the
+  correlation of every factor's map with the units' coefficient of variation.
+* :func:`factor_discrimination` — linear discriminant analysis (Fisher 1936; scikit-learn) that
+  predicts a unit's factor from the unit's map, with repeated stratified k-fold accuracy, the chance
+  level, a confusion matrix and a 2-D projection. **Samples** are units (channels for per-unit
+  maps); **features** are the unit's whole map (d values, or H·W·d for per-unit maps); the
+  **label** is the unit's factor *from an independent source*: either given (``labels``) or the
+  dominant factor of an independent estimate of the map (``label_maps``: another replicate, the
+  other half of the images). Labelling a unit by the argmax of the very map LDA sees would be
+  circular: LDA would learn the argmax and beat chance even on pure noise. With the independent
+  label, accuracy above chance means a unit's factor preference is reproducible and linearly
+  readable from its map. Wide per-unit features are first reduced by PCA fitted inside every
+  training fold (PCA + LDA, Belhumeur, Hespanha & Kriegman 1997).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+from numpy.typing import ArrayLike, NDArray
+from sklearn.decomposition import PCA
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.model_selection import RepeatedStratifiedKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from augsense.errors import AugsenseError
+
+__all__ = [
+    "FactorDiscrimination",
+    "MapCorrelations",
+    "factor_discrimination",
+    "map_correlations",
+]
+
+FloatArray = NDArray[np.float64]
+
+
+def _validated_maps(maps: ArrayLike, factor_names: Sequence[str], name: str = "maps") -> FloatArray:
+    array = np.asarray(maps, dtype=np.float64)
+    if array.ndim not in (2, 4):
+        raise AugsenseError(
+            f"{name} must have shape (units, n_factors) or (C, H, W, n_factors), got {array.shape}."
+        )
+    if array.shape[-1] != len(factor_names):
+        raise AugsenseError(
+            f"{name} has {array.shape[-1]} factors on its last axis but {len(factor_names)} factor "
+            f"names were given ({list(factor_names)})."
+        )
+    if len(set(factor_names)) != len(factor_names):
+        raise AugsenseError(f"factor names must be distinct, got {list(factor_names)}.")
+    if array.size == 0:
+        raise AugsenseError(f"{name} is empty; it needs at least one unit and one factor.")
+    if np.isinf(array).any():
+        raise AugsenseError(f"{name} contains ±inf; mark dead units with NaN instead.")
+    return array
+
+
+@dataclass(frozen=True)
+class MapCorrelations:
+    """Spearman correlations between factors' maps of one layer.
+
+    ``rho`` and ``p_value`` are (d, d) across units; ``pixelwise_rho`` is (d, d), the mean over
+    channels of the correlation across each channel's positions (per-unit maps only, else None);
+    ``cv_rho`` / ``cv_p_value`` are (d,) correlations of each map with the coefficient of variation
+    (None without ``cv``).
+    """
+
+    factor_names: list[str]
+    n_units: int
+    n_dropped_units: int
+    rho: FloatArray
+    p_value: FloatArray
+    pixelwise_rho: FloatArray | None = None
+    pixelwise_n_channels: int = 0
+    cv_rho: FloatArray | None = None
+    cv_p_value: FloatArray | None = None
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """Long table: ``scope`` (units / pixelwise / cv), ``factor_a``, ``factor_b``, ``rho``, ``p_value``."""
+        rows = []
+        d = len(self.factor_names)
+        for a in range(d):
+            for b in range(a + 1, d):
+                names = (self.factor_names[a], self.factor_names[b])
+                rows.append(("units", *names, self.rho[a, b], self.p_value[a, b], self.n_units))
+                if self.pixelwise_rho is not None:
+                    rows.append(("pixelwise", *names, self.pixelwise_rho[a, b], np.nan, self.pixelwise_n_channels))
+        if self.cv_rho is not None and self.cv_p_value is not None:
+            for a in range(d):
+                rows.append(("cv", self.factor_names[a], "cv", self.cv_rho[a], self.cv_p_value[a], self.n_units))
+        return pd.DataFrame(rows, columns=["scope", "factor_a", "factor_b", "rho", "p_value", "n"])
+
+
+def _spearman_matrix(columns: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """(n, q) → (q, q) Spearman rho and two-sided p-values; constant columns give NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant columns: NaN is the honest answer
+        result = scipy.stats.spearmanr(columns, axis=0)
+    rho = np.atleast_2d(np.asarray(result.statistic, dtype=np.float64))
+    p = np.atleast_2d(np.asarray(result.pvalue, dtype=np.float64))
+    if rho.shape == (1, 1):  # scipy returns a scalar for two columns
+        rho = np.array([[1.0, rho[0, 0]], [rho[0, 0], 1.0]])
+        p = np.array([[0.0, p[0, 0]], [p[0, 0], 0.0]])
+    return rho, p
+
+
+def _pixelwise_rho(maps: FloatArray) -> tuple[FloatArray, int]:
+    """Per channel, Spearman between factors across positions; mean over channels. (C,H,W,d) → (d,d)."""
+    channels = maps.reshape(maps.shape[0], -1, maps.shape[-1])  # (C, P, d)
+    finite = np.isfinite(channels).all(axis=(1, 2))
+    channels = channels[finite]
+    if channels.shape[0] == 0 or channels.shape[1] < 3:
+        return np.full((maps.shape[-1],) * 2, np.nan), 0
+    ranks = scipy.stats.rankdata(channels, axis=1)
+    centred = ranks - ranks.mean(axis=1, keepdims=True)
+    norms = np.sqrt((centred**2).sum(axis=1))  # (C, d)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unit = centred / norms[:, None, :]
+        per_channel = np.einsum("cpa,cpb->cab", unit, unit)  # (C, d, d); NaN for constant maps
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(per_channel, axis=0), int(channels.shape[0])
+
+
+def map_correlations(
+    maps: ArrayLike, factor_names: Sequence[str], *, cv: ArrayLike | None = None
+) -> MapCorrelations:
+    """Spearman correlations between factors' maps of one layer, and with the CV.
+
+    Args:
+        maps: (units, d) per-channel maps or (C, H, W, d) per-unit maps; NaN for dead units.
+        factor_names: the d factor names.
+        cv: optional coefficient of variation per unit, shape (units,) or (C, H, W).
+
+    Returns:
+        :class:`MapCorrelations`. Units with any NaN (in maps or cv) are left out of the across-unit
+        correlations; channels with any NaN are left out of the pixel-wise average.
+    """
+    names = list(factor_names)
+    array = _validated_maps(maps, names)
+    if len(names) < 2 and cv is None:
+        raise AugsenseError("correlations need at least two factors (or a cv to correlate with).")
+    units = array.reshape(-1, array.shape[-1])
+    columns = units
+    if cv is not None:
+        cv_array = np.asarray(cv, dtype=np.float64)
+        if cv_array.shape != array.shape[:-1]:
+            raise AugsenseError(
+                f"cv must have the map's unit shape {array.shape[:-1]}, got {cv_array.shape}."
+            )
+        columns = np.column_stack([units, cv_array.reshape(-1)])
+    keep = np.isfinite(columns).all(axis=1)
+    if keep.sum() < 3:
+        raise AugsenseError(
+            f"only {int(keep.sum())} units have finite values everywhere; correlations need at least 3."
+        )
+    rho, p = _spearman_matrix(columns[keep])
+    d = len(names)
+    pixelwise, n_channels = (None, 0) if array.ndim == 2 else _pixelwise_rho(array)
+    return MapCorrelations(
+        factor_names=names,
+        n_units=int(keep.sum()),
+        n_dropped_units=int((~keep).sum()),
+        rho=rho[:d, :d],
+        p_value=p[:d, :d],
+        pixelwise_rho=pixelwise,
+        pixelwise_n_channels=n_channels,
+        cv_rho=rho[:d, d] if cv is not None else None,
+        cv_p_value=p[:d, d] if cv is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class FactorDiscrimination:
+    """Cross-validated LDA predicting a unit's factor from its map.
+
+    ``fold_accuracies`` has n_repeats·n_splits entries; ``confusion`` (n_classes, n_classes) counts
+    test predictions summed over repeats (rows: true factor, columns: predicted); ``projection``
+    (n_samples, ≤ 2) is the LDA transform of all samples fitted on all of them, for plotting;
+    ``chance`` is the accuracy of always guessing the most frequent factor.
+    """
+
+    classes: list[str]
+    labels: list[str]
+    fold_accuracies: FloatArray
+    chance: float
+    confusion: NDArray[np.int64]
+    projection: FloatArray
+    n_splits: int
+    n_repeats: int
+    dropped_factors: list[str] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.fold_accuracies.mean())
+
+    @property
+    def accuracy_sd(self) -> float:
+        return float(self.fold_accuracies.std(ddof=1)) if self.fold_accuracies.size > 1 else float("nan")
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One summary row: accuracy mean and SD, chance, samples, classes, folds."""
+        return pd.DataFrame(
+            [
+                {
+                    "accuracy": self.accuracy,
+                    "accuracy_sd": self.accuracy_sd,
+                    "chance": self.chance,
+                    "n_samples": len(self.labels),
+                    "n_classes": len(self.classes),
+                    "n_splits": self.n_splits,
+                    "n_repeats": self.n_repeats,
+                    "dropped_factors": ",".join(self.dropped_factors),
+                }
+            ]
+        )
+
+    def confusion_dataframe(self, normalize: bool = True) -> pd.DataFrame:
+        """Confusion matrix with factor names; rows sum to 1 when ``normalize``."""
+        matrix = self.confusion.astype(np.float64)
+        if normalize:
+            matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1.0)
+        return pd.DataFrame(matrix, index=pd.Index(self.classes, name="true"), columns=pd.Index(self.classes, name="predicted"))
+
+    def projection_dataframe(self) -> pd.DataFrame:
+        """Columns ``ld1``, ``ld2`` (if two discriminants exist) and ``factor``."""
+        table = pd.DataFrame(self.projection, columns=[f"ld{i + 1}" for i in range(self.projection.shape[1])])
+        table["factor"] = self.labels
+        return table
+
+
+def _unit_features(maps: FloatArray) -> FloatArray:
+    """(units, d) → itself; (C, H, W, d) → (C, H·W·d): one sample per channel."""
+    return maps if maps.ndim == 2 else maps.reshape(maps.shape[0], -1)
+
+
+def _dominant_factor(label_maps: FloatArray) -> NDArray[np.int64]:
+    per_unit = label_maps if label_maps.ndim == 2 else np.nanmean(label_maps.reshape(label_maps.shape[0], -1, label_maps.shape[-1]), axis=1)
+    return np.argmax(np.where(np.isnan(per_unit), -np.inf, per_unit), axis=1)
+
+
+def _model(n_features: int, n_train: int, n_classes: int, max_features: int) -> Pipeline:
+    steps: list[object] = [StandardScaler()]
+    if n_features > max_features:
+        steps.append(PCA(n_components=max(1, min(max_features, n_train - n_classes))))
+    steps.append(LinearDiscriminantAnalysis(solver="svd"))
+    return make_pipeline(*steps)
+
+
+def factor_discrimination(
+    maps: ArrayLike,
+    factor_names: Sequence[str],
+    *,
+    labels: Sequence[str] | Sequence[int] | None = None,
+    label_maps: ArrayLike | None = None,
+    n_splits: int = 5,
+    n_repeats: int = 10,
+    max_features: int = 50,
+    seed: int = 0,
+) -> FactorDiscrimination:
+    """LDA predicting each unit's factor from its map, with repeated stratified k-fold accuracy.
+
+    Args:
+        maps: (units, d) or (C, H, W, d) sensitivity maps (features).
+        factor_names: the d factor names.
+        labels: each unit's factor (names or indices), from a source independent of ``maps``.
+        label_maps: an independent estimate of ``maps`` (same shape); label = its dominant factor
+            (per-unit maps: averaged over positions first). Give exactly one of the two.
+        n_splits, n_repeats: repeated stratified k-fold (factors with fewer than n_splits units
+            are dropped and listed in ``dropped_factors``).
+        max_features: above this many features, PCA to this many components inside each fold.
+        seed: fold shuffling seed.
+
+    Returns:
+        :class:`FactorDiscrimination`.
+    """
+    names = list(factor_names)
+    array = _validated_maps(maps, names)
+    if (labels is None) == (label_maps is None):
+        raise AugsenseError(
+            "give exactly one of labels= (each unit's factor from an independent source) or "
+            "label_maps= (an independent estimate of the maps, e.g. the other half of the images). "
+            "Labels taken from the same map would make the test circular."
+        )
+    if label_maps is not None:
+        independent = _validated_maps(label_maps, names, "label_maps")
+        if independent.shape != array.shape:
+            raise AugsenseError(f"label_maps must have the maps' shape {array.shape}, got {independent.shape}.")
+        codes = _dominant_factor(independent)
+    else:
+        given = list(labels)  # type: ignore[arg-type]
+        if len(given) != array.shape[0]:
+            raise AugsenseError(f"got {len(given)} labels for {array.shape[0]} units; give one per unit.")
+        try:
+            codes = np.array([names.index(x) if isinstance(x, str) else int(x) for x in given])
+        except ValueError as error:
+            raise AugsenseError(f"labels must be factor names from {names} or their indices: {error}") from None
+        if codes.min() < 0 or codes.max() >= len(names):
+            raise AugsenseError(f"label indices must lie in [0, {len(names) - 1}].")
+    if n_splits < 2 or n_repeats < 1:
+        raise AugsenseError(f"need n_splits ≥ 2 and n_repeats ≥ 1, got {n_splits}, {n_repeats}.")
+    features = _unit_features(array)
+    keep = np.isfinite(features).all(axis=1)
+    features, codes = features[keep], codes[keep]
+    counts = np.bincount(codes, minlength=len(names))
+    present = [i for i in range(len(names)) if counts[i] >= n_splits]
+    dropped = [names[i] for i in range(len(names)) if 0 < counts[i] < n_splits]
+    if len(present) < 2:
+        raise AugsenseError(
+            f"LDA needs at least two factors with ≥ {n_splits} units each; unit counts per factor: "
+            f"{dict(zip(names, counts.tolist()))}. Use more units or a smaller n_splits."
+        )
+    in_use = np.isin(codes, present)
+    features, codes = features[in_use], codes[in_use]
+    classes = [names[i] for i in present]
+    target = np.searchsorted(present, codes)
+    folds = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
+    confusion = np.zeros((len(present), len(present)), dtype=np.int64)
+    accuracies = []
+    for train, test in folds.split(features, target):
+        model = _model(features.shape[1], len(train), len(present), max_features)
+        model.fit(features[train], target[train])
+        predicted = model.predict(features[test])
+        accuracies.append(float(np.mean(predicted == target[test])))
+        np.add.at(confusion, (target[test], predicted), 1)
+    full = _model(features.shape[1], len(target), len(present), max_features).fit(features, target)
+    projection = full.transform(features)[:, :2]
+    return FactorDiscrimination(
+        classes=classes,
+        labels=[classes[t] for t in target],
+        fold_accuracies=np.asarray(accuracies),
+        chance=float(np.bincount(target).max() / len(target)),
+        confusion=confusion,
+        projection=np.asarray(projection, dtype=np.float64),
+        n_splits=n_splits,
+        n_repeats=n_repeats,
+        dropped_factors=dropped,
+    )
