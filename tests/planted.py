@@ -34,7 +34,7 @@ class PlantedReadout(nn.Module):
         side = torch.ones(width, device=maps.device)
         side[width // 2:] = -1.0
         luminance = grey.mean(dim=(1, 2))
-        chroma = (opponent / (total + 0.05)).mean(dim=(1, 2))
+        chroma = (opponent / total.clamp_min(1e-4)).mean(dim=(1, 2))
         asymmetry = (grey * side).sum(dim=(1, 2)) / grey.sum(dim=(1, 2)).clamp_min(1e-6)
         constant = maps[:, 3].mean(dim=(1, 2))
         image_only = asymmetry ** 2

@@ -225,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write RUN_DIR/report.html from a run folder")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
+
+    import importlib
+    import pkgutil
+
+    import augsense.commands
+
+    for module in pkgutil.iter_modules(augsense.commands.__path__):
+        importlib.import_module(f"augsense.commands.{module.name}").register(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ Nothing per sample outlives its batch. Finished blocks are checkpointed; a kille
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class SensitivityRun:
     shard: Shard = field(default_factory=Shard)
     complete: bool = True
     out_dir: Path | None = None
+    device: str = "cpu"
 
     def dominant_factors(self, quantity: str = "total_order") -> dict[str, list[tuple[str, float]]]:
         """Per layer, the factors ranked by their aggregated share of variance."""
@@ -150,6 +152,10 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
     bundle = model if isinstance(model, ModelBundle) else load_model(model if model is not None else config.model,
                                                                      weights=config.weights)
     bundle.module.to(device).eval()
+    if model is not None:
+        config = dataclasses.replace(config, model=bundle.name)
+    if images is not None and not isinstance(images, str):
+        config = dataclasses.replace(config, images="python")
     if isinstance(images, ImageSet):
         image_set = images
     else:
@@ -158,8 +164,9 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
     space = build_factor_space(config)
     probe = ActivationProbe(bundle.module, config.layers, reduction=config.reduction, output=config.output,  # type: ignore[arg-type]
                             input_size=bundle.input_size, device=device)
+    group_size = make_design(config.estimator, space.dims, config.n, seed=config.seed).group_size
     design = make_design(config.estimator, space.dims, config.n, seed=config.seed,
-                         block_size=max(1, config.batch_size // _group_size(config.estimator, len(space.dims))))
+                         block_size=max(1, config.batch_size // group_size))
     groups = torch.cat([torch.full((s.stop - s.start,), g, dtype=torch.long)
                         for g, s in enumerate(probe.slices.values())]).to(device)
     accumulator = make_accumulator(design, probe.n_units, denominator="paired" if config.image_mode == "within"
@@ -224,7 +231,8 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
     result = accumulator.compute(confidence=config.confidence) if accumulator is not None else None
     timings["total_s"] = time.perf_counter() - started
     run = SensitivityRun(config, result, list(space.players), list(config.layers), dict(probe.unit_shapes),
-                         dict(probe.slices), space, design, image_set, bundle, accuracy, timings, shard, complete, out)
+                         dict(probe.slices), space, design, image_set, bundle, accuracy, timings, shard, complete, out,
+                         str(device))
     if out is not None and shard.rank == 0 and result is not None:
         from augsense.io.results import write_run
 
@@ -234,6 +242,3 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
                 path.unlink(missing_ok=True)
     return run
 
-
-def _group_size(estimator: str, d: int) -> int:
-    return {"sobol": d + 2, "sobol2": 2 * d + 2, "shapley-exact": 2 ** d, "shapley-permutation": d + 1}[estimator]

@@ -1,0 +1,109 @@
+"""The command line: a small real run, and one clear line with exit code 2 for each bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from augsense.cli import main
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    root = tmp_path / "images"
+    for label in ("1", "7"):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            array = (torch.rand(40, 48, 3) * 255).to(torch.uint8).numpy()
+            Image.fromarray(array).save(root / label / f"img{i}.png")
+    (root / "1" / "notes.txt").write_text("not an image")
+    (root / "7" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return root
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+SMALL = ["--model", "resnet18", "--layers", "layer1,fc", "--factors", "hue,hflip", "--n", "4", "--batch-size", "16",
+         "--device", "cpu", "--quiet", "--no-report", "--output", "logits"]
+
+
+def test_run_writes_results_and_reports_skipped_files(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, stderr = run(["run", "--images", folder, "--out", out, *SMALL], capsys)
+    assert code == 0, stderr
+    assert {"indices.parquet", "layers.parquet", "maps.npz", "run.json", "config.toml"} <= {p.name for p in out.iterdir()}
+    info = json.loads((out / "run.json").read_text())
+    assert info["images"]["count"] == 4
+    assert len(info["images"]["skipped"]) == 2
+    assert "dominant factors per layer" in stdout
+    # the written config reproduces the run
+    code, _, stderr = run(["run", out / "config.toml", "--out", tmp_path / "again", "--quiet"], capsys)
+    assert code == 0, stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--layers", "layer9"], "unknown layer 'layer9'"),
+    (["--factors", "hue,warp"], "warp"),
+    (["--n", "6"], "power of two"),
+    (["--n", "six"], "--n expects an integer"),
+    (["--estimator", "magic"], "estimator = 'magic'"),
+    (["--bounds", "hue.shift=-2,2"], "hue"),
+    (["--bounds", "rotation.angle=-5,5"], "rotation"),
+])
+def test_bad_options_give_one_clear_line(extra, message, folder, tmp_path, capsys):
+    code, _, stderr = run(["run", "--images", folder, "--out", tmp_path / "x", *SMALL, *extra], capsys)
+    assert code == 2
+    assert stderr.startswith("augsense: error:") and message in stderr, stderr
+    assert "Traceback" not in stderr
+
+
+def test_wrong_layer_lists_the_valid_ones(folder, tmp_path, capsys):
+    code, _, stderr = run(["run", "--images", folder, "--out", tmp_path / "x", *SMALL, "--layers", "layer9"], capsys)
+    assert code == 2 and "layer1" in stderr and "avgpool" in stderr and "did you mean" in stderr
+
+
+def test_bad_images_and_configs(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("x")
+    for images, message in ((tmp_path / "missing", "does not exist"), (empty, "no readable images")):
+        code, _, stderr = run(["run", "--images", images, "--out", tmp_path / "x", *SMALL], capsys)
+        assert code == 2 and message in stderr, stderr
+    config = tmp_path / "bad.toml"
+    config.write_text('model = "resnet18"\nlayerz = ["fc"]\n')
+    code, _, stderr = run(["run", config, "--out", tmp_path / "x"], capsys)
+    assert code == 2 and "unknown config key 'layerz'" in stderr
+    config.write_text('n = "many"\n')
+    code, _, stderr = run(["run", config, "--out", tmp_path / "x"], capsys)
+    assert code == 2 and "'n' must be an integer" in stderr
+    config.write_text('n = [\n')
+    code, _, stderr = run(["run", config, "--out", tmp_path / "x"], capsys)
+    assert code == 2 and "not valid TOML" in stderr
+
+
+def test_weights_files_are_checked(folder, tmp_path, capsys):
+    good = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), good)
+    wrong = tmp_path / "alexnet.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), wrong)
+    base = ["run", "--images", folder, "--out", tmp_path / "w", *SMALL]
+    assert run([*base, "--weights", good], capsys)[0] == 0
+    code, _, stderr = run([*base, "--weights", wrong], capsys)
+    assert code == 2 and "does not match model 'resnet18'" in stderr
+    code, _, stderr = run([*base, "--weights", tmp_path / "nope.pth"], capsys)
+    assert code == 2 and "does not exist" in stderr
+
+
+def test_layers_and_factors_listings(capsys):
+    code, stdout, _ = run(["layers", "resnet18", "--depth", "1"], capsys)
+    assert code == 0 and "layer1" in stdout and "64×56×56" in stdout
+    code, stdout, _ = run(["factors"], capsys)
+    assert code == 0 and "elliptic_local_blur" in stdout and "paper-set1" in stdout
