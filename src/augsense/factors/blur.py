@@ -22,20 +22,25 @@ def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def separable_blur(images: torch.Tensor, kernel_y: torch.Tensor, kernel_x: torch.Tensor) -> torch.Tensor:
-    """Convolve each sample with its own separable kernel, reflect-padded.
+def separable_blur(images: torch.Tensor, kernel_y: torch.Tensor, kernel_x: torch.Tensor,
+                   padding: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """Convolve each sample with its own separable kernel.
 
-    images ``(n, C, H, W)``; kernel_y ``(n, ky)``, kernel_x ``(n, kx)`` with odd sizes; returns ``(n, C, H, W)``.
+    images ``(n, C, H, W)``; kernel_y ``(n, ky)``, kernel_x ``(n, kx)`` with odd sizes. ``padding``
+    (left, right, top, bottom) is reflect padding, by default half a kernel on every side (output
+    ``(n, C, H, W)``); smaller padding gives a smaller, 'valid' output.
     """
     n, c, h, w = images.shape
     ky, kx = kernel_y.shape[1], kernel_x.shape[1]
-    py, px = ky // 2, kx // 2
-    x = F.pad(images.reshape(1, n * c, h, w), (px, px, py, py), mode="reflect")
+    if padding is None:
+        padding = (kx // 2, kx // 2, ky // 2, ky // 2)
+    x = images.reshape(1, n * c, h, w)
+    if any(padding):
+        x = F.pad(x, padding, mode="reflect")
     wy = kernel_y.to(images.dtype).repeat_interleave(c, dim=0).reshape(n * c, 1, ky, 1)
     wx = kernel_x.to(images.dtype).repeat_interleave(c, dim=0).reshape(n * c, 1, 1, kx)
-    x = F.conv2d(x, wy, groups=n * c)
-    x = F.conv2d(x, wx, groups=n * c)
-    return x.reshape(n, c, h, w)
+    x = F.conv2d(F.conv2d(x, wy, groups=n * c), wx, groups=n * c)
+    return x.reshape(n, c, x.shape[-2], x.shape[-1])
 
 
 def blur_kernel_size(sigma_px: float, scale: float, at_224: int | None = None) -> int:
@@ -59,14 +64,15 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: tuple[
 def adjust_sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Sharpen by ``factor`` ``(n,)`` (identity 1) as torchvision/PIL: blend with a 3×3 smoothed image.
 
-    The smoothing kernel is [[1,1,1],[1,5,1],[1,1,1]]/13; the one-pixel border is left unchanged.
+    The smoothing kernel is [[1,1,1],[1,5,1],[1,1,1]]/13 (computed as (3×3 box sum + 4·centre)/13, from
+    shifted views); the one-pixel border is left unchanged.
     """
-    n, c, h, w = images.shape
-    a, b = 1.0 / 13.0, 5.0 / 13.0
-    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=images.dtype, device=images.device)
-    degenerate = F.conv2d(images.reshape(n * c, 1, h, w), kernel.reshape(1, 1, 3, 3)).reshape(n, c, h - 2, w - 2)
+    rows = images[..., :, :-2] + images[..., :, 1:-1] + images[..., :, 2:]
+    box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
+    interior = images[..., 1:-1, 1:-1]
+    degenerate = box.add_(interior, alpha=4.0).mul_(1.0 / 13.0)
     out = images.clone()
-    out[:, :, 1:-1, 1:-1] = blend(images[:, :, 1:-1, 1:-1], degenerate, factor.to(images.device))
+    out[..., 1:-1, 1:-1] = blend(interior, degenerate, factor.to(images.device))
     return out
 
 
@@ -92,18 +98,30 @@ def ellipse_masks(height: int, width: int, centre_y: torch.Tensor, centre_x: tor
 
 
 def elliptic_local_blur(images: torch.Tensor, params: torch.Tensor, sigma_px: float = 3.0) -> torch.Tensor:
-    """Gaussian blur (σ = ``sigma_px`` px@224) inside a per-sample filled ellipse.
+    """Gaussian blur (σ = ``sigma_px`` px@224, kernel ±3σ) inside a per-sample filled ellipse.
 
     params ``(n, 5)``: semi-axes a (x), b (y), centre shift x, y from the image centre, all px@224,
-    and the ellipse angle in degrees. The batch is blurred once and blended through the masks.
+    and the ellipse angle in degrees. Only the bounding box of the batch's ellipses is blurred (once for
+    the batch, reading a kernel's margin of real pixels around it), then blended through the masks.
     """
     n, _, h, w = images.shape
     sy, sx = h / 224.0, w / 224.0
     ky, kx = blur_kernel_size(sigma_px, sy), blur_kernel_size(sigma_px, sx)
+    a, b, shift_x, shift_y, angle = params.to(images.device).unbind(dim=1)
+    masks = ellipse_masks(h, w, h / 2 + shift_y * sy, w / 2 + shift_x * sx, b * sy, a * sx, angle)
+    rows = torch.nonzero(masks.any(dim=3).any(dim=0).squeeze(0)).squeeze(1)
+    cols = torch.nonzero(masks.any(dim=2).any(dim=0).squeeze(0)).squeeze(1)
+    if rows.numel() == 0:
+        return images
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    py, px = ky // 2, kx // 2
+    ry0, ry1, rx0, rx1 = max(y0 - py, 0), min(y1 + py, h), max(x0 - px, 0), min(x1 + px, w)
+    # reflect-pad only where the margin runs past the image edge: equal to blurring the whole image
+    padding = (px - (x0 - rx0), px - (rx1 - x1), py - (y0 - ry0), py - (ry1 - y1))
     sigma = torch.full((1,), sigma_px, device=images.device)
     kernel_y = gaussian_kernels(sigma * sy, ky).expand(n, ky)
     kernel_x = gaussian_kernels(sigma * sx, kx).expand(n, kx)
-    blurred = separable_blur(images, kernel_y, kernel_x)
-    a, b, shift_x, shift_y, angle = params.to(images.device).unbind(dim=1)
-    masks = ellipse_masks(h, w, h / 2 + shift_y * sy, w / 2 + shift_x * sx, b * sy, a * sx, angle)
-    return torch.where(masks, blurred, images)
+    blurred = separable_blur(images[..., ry0:ry1, rx0:rx1], kernel_y, kernel_x, padding)
+    out = images.clone()
+    out[..., y0:y1, x0:x1] = torch.where(masks[..., y0:y1, x0:x1], blurred, images[..., y0:y1, x0:x1])
+    return out

@@ -52,45 +52,32 @@ def to_grayscale(images: torch.Tensor) -> torch.Tensor:
     return grayscale(images).expand_as(images).contiguous()
 
 
-def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
-    """RGB ``(n, 3, H, W)`` → HSV ``(n, 3, H, W)`` with H in turns [0, 1) (PIL's algorithm, as torchvision)."""
-    r, g, _ = images.unbind(dim=1)
+_HUE_OFFSETS = (5.0, 3.0, 1.0)  # sector offsets of R, G, B in the HSV -> RGB formula
+
+
+def hue_turns(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HSV hue ``(n, H, W)`` in turns [0, 1), and the channel max and range ``(n, H, W)``.
+
+    PIL's RGB -> HSV algorithm, as torchvision: gray pixels (max == min) get hue 0.
+    """
+    r, g, b = images.unbind(dim=1)
     minc, maxc = torch.aminmax(images, dim=1)
-    eqc = maxc == minc
-    channels_range = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = channels_range / torch.where(eqc, ones, maxc)
-    divisor = torch.where(eqc, ones, channels_range).unsqueeze(1)
-    rc, gc, bc = ((maxc.unsqueeze(1) - images) / divisor).unbind(dim=1)
-    maxc_neq_r = maxc != r
-    maxc_eq_g = maxc == g
-    hg = rc.add(2.0).sub_(bc).mul_(maxc_eq_g & maxc_neq_r)
-    hr = bc.sub(gc).mul_(~maxc_neq_r)
-    hb = gc.add(4.0).sub_(rc).mul_(maxc_neq_r & ~maxc_eq_g)
-    h = hr.add_(hg).add_(hb).mul_(1.0 / 6.0).add_(1.0).fmod_(1.0)
-    return torch.stack((h, s, maxc), dim=1)
-
-
-def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """HSV ``(n, 3, H, W)`` (H in turns) → RGB ``(n, 3, H, W)``."""
-    h, s, v = hsv.unbind(dim=1)
-    h6 = h * 6
-    i = torch.floor(h6)
-    f = h6 - i
-    sector = i.to(torch.long).remainder_(6)
-    sxf = s * f
-    one_minus_s = 1.0 - s
-    q = (1.0 - sxf).mul_(v).clamp_(0.0, 1.0)
-    t = sxf.add_(one_minus_s).mul_(v).clamp_(0.0, 1.0)
-    p = one_minus_s.mul_(v).clamp_(0.0, 1.0)
-    vpqt = torch.stack((v, p, q, t), dim=1)
-    table = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=hsv.device)
-    select = table[:, sector].movedim(0, 1)  # (n, 3, H, W): which of v, p, q, t each channel takes
-    return vpqt.gather(1, select)
+    channel_range = maxc - minc
+    divisor = torch.where(channel_range == 0, torch.ones_like(channel_range), channel_range)
+    rc, gc, bc = ((maxc.unsqueeze(1) - images) / divisor.unsqueeze(1)).unbind(dim=1)
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    return h.mul_(1.0 / 6.0).add_(1.0).fmod_(1.0), maxc, channel_range
 
 
 def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate hue by ``shift`` ``(n,)`` of a turn, in [−0.5, 0.5] (identity 0)."""
-    hsv = rgb_to_hsv(images)
-    h = hsv[:, 0].add(shift.to(device=images.device, dtype=images.dtype).reshape(-1, 1, 1)).remainder_(1.0)
-    return hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
+    """Rotate hue by ``shift`` ``(n,)`` of a turn, in [−0.5, 0.5] (identity 0), keeping HSV S and V.
+
+    HSV -> RGB in closed form: channel = V − V·S·clamp(min(k, 4 − k), 0, 1) with
+    k = (n + 6H) mod 6 and n = 5, 3, 1 for R, G, B; equal to torchvision's table lookup.
+    """
+    h, maxc, channel_range = hue_turns(images)
+    h = h.add_(shift.to(device=images.device, dtype=images.dtype).view(-1, 1, 1)).remainder_(1.0).mul_(6.0)
+    offsets = torch.tensor(_HUE_OFFSETS, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    k = (h.unsqueeze(1) + offsets).remainder_(6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return maxc.unsqueeze(1) - channel_range.unsqueeze(1) * ramp
