@@ -27,7 +27,9 @@ class SobolAccumulator(DesignAccumulator):
     ``update(block, outputs)`` takes outputs (r, G, m) in the design's member order
     [A, B, AB_1..AB_d (, BA_1..BA_d)]. ``denominator="pooled"`` divides by the variance of
     f_A and f_B pooled; ``"paired"`` by mean((f_A - f_B)^2) / 2, the mean within-pair variance
-    (use it when A and B rows of a group share a nuisance such as the image).
+    (use it when the rows of a group share a nuisance such as the image); its first-order
+    numerator is then mean((f_B - (f_A + f_AB_i)/2)(f_AB_i - f_A)), also unbiased for V_i and
+    blind to anything the group's rows share. Second order keeps the global centre.
     Memory: O(m d) float64 (O(m d^2) with second order), independent of n.
     """
 
@@ -80,8 +82,11 @@ class SobolAccumulator(DesignAccumulator):
             ab = values[:, 2:2 + d, sl]                                  # (r, d, mc)
             D = ab - a[:, None]
             bD = b[:, None] * D
+            # paired: centre f_B on the row's own (f_A + f_AB_i) / 2, which cancels anything the
+            # group's rows share (e.g. the image) and keeps the expectation V_i
+            first = bD if self.denominator == "pooled" else (b[:, None] - 0.5 * (a[:, None] + ab)) * D
             den = [t[:, None].expand_as(D) for t in self._den_terms(a, b)]
-            z = torch.stack([bD, D, 0.5 * D * D, *den], -1).transpose(1, 2)  # (r, mc, d, p)
+            z = torch.stack([first, D, 0.5 * D * D, *den], -1).transpose(1, 2)  # (r, mc, d, p)
             s1, s2 = _delta.row_moments(z)
             self.sums["c1"][sl] += s1
             self.sums["c2"][sl] += s2
@@ -122,8 +127,9 @@ class SobolAccumulator(DesignAccumulator):
     def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor) -> dict[str, torch.Tensor]:
         sums = dict(sums)
         sums["role"] = sums["role"] + n * delta[:, None]
-        M, c = self._shift_map(delta, 3 + self._n_den, 1)
-        sums["c1"], sums["c2"] = _delta.reshift(sums["c1"], sums["c2"], n, M, c)
+        if self.denominator == "pooled":   # the paired cell is shift-invariant
+            M, c = self._shift_map(delta, 3 + self._n_den, 1)
+            sums["c1"], sums["c2"] = _delta.reshift(sums["c1"], sums["c2"], n, M, c)
         if self._second:
             M, c = self._shift_map(delta, 2 + self._n_den, 1)
             sums["p1"], sums["p2"] = _delta.reshift(sums["p1"], sums["p2"], n, M, c)
@@ -151,13 +157,14 @@ class SobolAccumulator(DesignAccumulator):
         V, dV = self._variance(mu[:, 0, 3:])                            # (m,), (m, n_den)
         dead = ~(V > 0)
         Vs = torch.where(dead, torch.nan, V)[:, None]
-        V1 = mu[..., 0] - e[:, None] * mu[..., 1]
+        e1 = e if self.denominator == "pooled" else torch.zeros_like(e)   # paired numerator needs no centre
+        V1 = mu[..., 0] - e1[:, None] * mu[..., 1]
         VT = mu[..., 2]
         S1, ST = V1 / Vs, VT / Vs
         zero = torch.zeros_like(S1)
         dden1 = -(S1 / Vs)[..., None] * dV[:, None]
         ddenT = -(ST / Vs)[..., None] * dV[:, None]
-        g1 = torch.cat([torch.stack([1 / Vs.expand_as(S1), (-e[:, None] / Vs).expand_as(S1), zero], -1), dden1], -1)
+        g1 = torch.cat([torch.stack([1 / Vs.expand_as(S1), (-e1[:, None] / Vs).expand_as(S1), zero], -1), dden1], -1)
         gT = torch.cat([torch.stack([zero, zero, 1 / Vs.expand_as(S1)], -1), ddenT], -1)
         res = SensitivityResult(n=n, confidence=confidence)
         mean = self.shift + role[:, :2].mean(1)
