@@ -1,20 +1,25 @@
 """Sharding a run over processes (torchrun) and merging their accumulators.
 
 Under ``torchrun`` every rank takes design blocks ``rank, rank + W, rank + 2W …`` and regenerates
-only those rows; at the end each rank's accumulator state goes to rank 0, which merges them in
-rank order (float64 sums, so the result equals a single process up to summation order).
+only those rows (the design is block-addressable, so nothing but the block index travels). The
+ranks advance in lockstep *rounds* of one block each; after every round one tiny all-reduce agrees
+on whether to checkpoint, stop, or go on, so that checkpoints are collective: every rank's
+accumulator is sent to rank 0, which merges them (float64 sums re-expressed in one shift, exact up
+to summation order) and writes one file. At the end the same reduction gives rank 0 the result.
 NCCL is used when every rank has a GPU, gloo otherwise.
 """
 
 from __future__ import annotations
 
-import copy
 import os
-from dataclasses import dataclass
-from typing import Any
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
+
+from augsense.errors import AugsenseError
 
 
 @dataclass(frozen=True)
@@ -29,46 +34,165 @@ class Shard:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def blocks(self, n_blocks: int) -> list[int]:
+        """The design blocks of this rank: ``rank, rank + W, …`` below ``n_blocks``."""
+        return list(range(self.rank, n_blocks, self.world_size))
 
-def current_shard() -> Shard:
-    """The shard of this process: joins the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, str(default))
+    try:
+        return int(text)
+    except ValueError:
+        raise AugsenseError(f"environment variable {name}={text!r} is not an integer; launch with torchrun, which "
+                            "sets RANK, WORLD_SIZE and LOCAL_RANK") from None
+
+
+def current_shard(device: str = "auto") -> Shard:
+    """The shard of this process: joins the process group when launched by torchrun.
+
+    Args:
+        device: the configured device; ``"cpu"`` forces gloo even where GPUs exist.
+    """
+    world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
         return Shard()
+    use_cuda = torch.cuda.is_available() and device != "cpu"
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        for name in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
+            if name not in os.environ:
+                raise AugsenseError(f"WORLD_SIZE={world} but {name} is not set; start distributed runs with "
+                                    "`torchrun --nproc_per_node=G -m augsense run CONFIG`")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     rank = dist.get_rank()
-    device = None
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+    shard_device = None
+    if use_cuda:
+        local = _env_int("LOCAL_RANK", 0)
+        if local >= torch.cuda.device_count():
+            raise AugsenseError(f"LOCAL_RANK={local} but this node has {torch.cuda.device_count()} GPU(s); "
+                                "use --nproc_per_node no larger than the GPU count")
         torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    return Shard(rank, dist.get_world_size(), device)
+        shard_device = torch.device("cuda", local)
+    return Shard(rank, dist.get_world_size(), shard_device)
 
 
-def _to_cpu(state: Any) -> Any:
-    if isinstance(state, torch.Tensor):
-        return state.detach().cpu()
-    if isinstance(state, dict):
-        return {key: _to_cpu(value) for key, value in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_to_cpu(value) for value in state)
-    return state
+def _empty_like_on_cpu(accumulator: Any) -> Any:
+    """A fresh accumulator with the same class, design, outputs, groups and options, on the CPU."""
+    groups = None if accumulator.groups is None else accumulator.groups.cpu()
+    return type(accumulator)(accumulator.design, accumulator.n_outputs, groups=groups, device="cpu",
+                             **accumulator._config())
+
+
+def _reduce_to_rank0(into: Any, local: Any, shard: Shard) -> Any | None:
+    """Merge every rank's ``local`` state into ``into`` on rank 0, one rank at a time (bounded memory).
+
+    Ranks other than 0 send their state and get None. Rank 0 merges in rank order, so the result
+    does not depend on which rank finished first.
+    """
+    if not shard.distributed:
+        return into
+    if shard.rank != 0:
+        dist.send_object_list([local.state_dict()], dst=0)
+        return None
+    for source in range(1, shard.world_size):
+        box: list[Any] = [None]
+        dist.recv_object_list(box, src=source)
+        other = _empty_like_on_cpu(into)
+        other.load_state_dict(box[0])
+        into.merge(other)
+        del other, box
+    return into
 
 
 def gather_states(accumulator: Any, shard: Shard) -> Any | None:
-    """Merge every rank's accumulator into rank 0's; other ranks get None."""
+    """Merge every rank's accumulator into rank 0's (in place); other ranks get None."""
+    return _reduce_to_rank0(accumulator, accumulator, shard)
+
+
+def merged_state(accumulator: Any, shard: Shard) -> dict[str, Any] | None:
+    """Collective: the state of all ranks' accumulators merged (on rank 0; None elsewhere).
+
+    Every rank's own accumulator is left untouched, so the run goes on after a checkpoint.
+    """
     if not shard.distributed:
-        return accumulator
-    states: list[Any] | None = [None] * shard.world_size if shard.rank == 0 else None
-    dist.gather_object(_to_cpu(accumulator.state_dict()), states, dst=0)
-    if shard.rank != 0:
-        return None
-    assert states is not None
-    merged = accumulator
-    for state in states[1:]:
-        other = copy.deepcopy(accumulator)
-        other.load_state_dict(state)
-        merged.merge(other)
-    return merged
+        return accumulator.state_dict()
+    base = _empty_like_on_cpu(accumulator) if shard.rank == 0 else None
+    if base is not None:
+        base.merge(accumulator)
+    merged = _reduce_to_rank0(base, accumulator, shard)
+    return None if merged is None else merged.state_dict()
+
+
+def union_blocks(done: Iterable[int], shard: Shard) -> list[int]:
+    """Collective: the sorted union of every rank's finished blocks (on every rank)."""
+    mine = sorted(set(done))
+    if not shard.distributed:
+        return mine
+    everyone: list[Any] = [None] * shard.world_size
+    dist.all_gather_object(everyone, mine)
+    return sorted(set().union(*everyone))
+
+
+def _agree(flags: list[bool], shard: Shard) -> list[bool]:
+    """Collective: each flag true on any rank (one all-reduce of a few ints)."""
+    if not shard.distributed:
+        return flags
+    device = shard.device if shard.device is not None else torch.device("cpu")
+    tensor = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in tensor.tolist()]
+
+
+@dataclass
+class BlockSchedule:
+    """This rank's unfinished blocks, visited in lockstep rounds with the other ranks.
+
+    Iterating yields block indices; after each round the ranks agree (one all-reduce) on whether a
+    checkpoint is due (``checkpoint_every`` seconds since the last, on any rank), whether to stop
+    (``stop_after`` rounds, for tests of resume) and whether any rank has blocks left. A checkpoint
+    calls ``on_checkpoint(done)`` on every rank at the same round, so it may itself be collective.
+
+    Attributes:
+        n_blocks: blocks in the design.
+        shard: this process's rank and world size.
+        done: blocks finished so far by any rank (from a resumed checkpoint) or by this rank.
+        complete: False when the loop stopped early at ``stop_after``.
+    """
+
+    n_blocks: int
+    shard: Shard
+    done: set[int] = field(default_factory=set)
+    checkpoint_every: float = 0.0
+    on_checkpoint: Callable[[set[int]], None] | None = None
+    stop_after: int | None = None
+    complete: bool = True
+
+    @property
+    def todo(self) -> list[int]:
+        """This rank's blocks not finished yet."""
+        return [k for k in self.shard.blocks(self.n_blocks) if k not in self.done]
+
+    def __iter__(self) -> Iterator[int]:
+        todo = self.todo
+        position, rounds, last = 0, 0, time.monotonic()
+        while True:
+            mine = position < len(todo)
+            due = self.on_checkpoint is not None and self.checkpoint_every > 0 and \
+                time.monotonic() - last >= self.checkpoint_every
+            stop = self.stop_after is not None and rounds >= self.stop_after
+            due, stop, more = _agree([due, stop, mine], self.shard)
+            if not more:
+                return
+            if stop:
+                self.complete = False
+                if self.on_checkpoint is not None:
+                    self.on_checkpoint(self.done)
+                return
+            if due and self.on_checkpoint is not None:
+                self.on_checkpoint(self.done)
+                last = time.monotonic()
+            if mine:
+                yield todo[position]
+                self.done.add(todo[position])
+                position += 1
+            rounds += 1
