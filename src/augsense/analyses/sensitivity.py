@@ -23,10 +23,10 @@ from augsense.design import Design, make_design
 from augsense.errors import AugsenseError
 from augsense.estimators import make_accumulator
 from augsense.factors import FactorSpace, get_factor, preset
-from augsense.io.checkpoints import load_checkpoint, save_checkpoint
+from augsense.io.checkpoints import checkpoint_path, resume_run_checkpoint, save_run_checkpoint
 from augsense.io.images import ImageSet, load_images
 from augsense.io.models import ModelBundle, load_model
-from augsense.parallel import Shard, current_shard, gather_states
+from augsense.parallel import BlockSchedule, Shard, current_shard, gather_states
 from augsense.probe.hooks import ActivationProbe
 from augsense.progress import Progress
 
@@ -66,6 +66,37 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AugsenseError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
     return device
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for CUDA out-of-memory errors and CPU allocation failures."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                                 or "failed to allocate" in text)
+
+
+def smaller_chunk(chunk: int, error: str, device: torch.device) -> int:
+    """Half the forward chunk after an out-of-memory error, or fail with advice when it is 1 image."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if chunk <= 1:
+        raise AugsenseError(f"out of memory on {device} even with one image per forward pass ({error}); choose "
+                            "fewer or smaller layers, --reduction mean instead of none, or a larger device")
+    return chunk // 2
+
+
+def check_finite(outputs: torch.Tensor, slices: dict[str, slice], block: int) -> None:
+    """Refuse NaN/Inf unit outputs (rows, units), naming the layer and unit where they first appear."""
+    finite = torch.isfinite(outputs)
+    if bool(finite.all()):
+        return
+    row, unit = (~finite).nonzero()[0].tolist()
+    layer, where = next((name, s) for name, s in slices.items() if s.start <= unit < s.stop)
+    raise AugsenseError(f"layer {layer!r} gave NaN or Inf at unit {unit - where.start} (design block {block}, "
+                        f"row {row}); the model overflows on augmented images: narrow the factor bounds, pick other "
+                        "layers, or fix the model (e.g. a division or log without a guard)")
 
 
 def minmax_stretch(images: torch.Tensor) -> torch.Tensor:
@@ -147,7 +178,7 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
     """
     config = config or SensitivityConfig()
     started = time.perf_counter()
-    shard = current_shard()
+    shard = current_shard(config.device)
     device = pick_device(config.device) if shard.device is None else shard.device
     bundle = model if isinstance(model, ModelBundle) else load_model(model if model is not None else config.model,
                                                                      weights=config.weights)
@@ -175,29 +206,32 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
     timings: dict[str, float] = {"setup_s": time.perf_counter() - started}
 
     out = Path(out_dir) if out_dir is not None else None
-    checkpoint = out / f"checkpoint.rank{shard.rank}.pt" if out is not None else None
-    my_blocks = list(range(shard.rank, design.n_blocks, shard.world_size))
+    checkpoint = checkpoint_path(out) if out is not None else None
     done: set[int] = set()
     if resume:
         if checkpoint is None:
             raise AugsenseError("--resume needs the run folder (--out DIR) of the killed run")
-        state = load_checkpoint(checkpoint, fingerprint=design.fingerprint())
-        accumulator.load_state_dict(state["accumulator"])
-        done = set(state["done"])
-    todo = [k for k in my_blocks if k not in done]
+        done = resume_run_checkpoint(checkpoint, fingerprint=design.fingerprint(), accumulator=accumulator,
+                                     shard=shard)
+
+    def save(finished: set[int]) -> None:
+        assert checkpoint is not None
+        save_run_checkpoint(checkpoint, fingerprint=design.fingerprint(), accumulator=accumulator, done=finished,
+                            shard=shard)
+
+    schedule = BlockSchedule(design.n_blocks, shard, set(done), checkpoint_every=config.checkpoint_every,
+                             on_checkpoint=save if checkpoint is not None else None, stop_after=stop_after_blocks)
+    my_blocks, todo = shard.blocks(design.n_blocks), schedule.todo
 
     accuracy = clean_top1(bundle, image_set, device, config.batch_size, stretch) if shard.rank == 0 else None
     n_images = len(image_set)
-    last_save = time.perf_counter()
     loop_started = time.perf_counter()
-    bar = Progress(total=len(my_blocks) * design.block_size * design.group_size, initial=len(done) * design.block_size
-                   * design.group_size, unit="img", description="sensitivity", enabled=progress and shard.rank == 0)
-    complete = True
+    bar = Progress(total=len(my_blocks) * design.block_size * design.group_size, initial=(len(my_blocks) - len(todo))
+                   * design.block_size * design.group_size, unit="img", description="sensitivity",
+                   enabled=progress and shard.rank == 0)
+    chunk, evaluated = config.batch_size, 0
     with probe, torch.inference_mode():
-        for count, k in enumerate(todo):
-            if stop_after_blocks is not None and count >= stop_after_blocks:
-                complete = False
-                break
+        for k in schedule:
             block = design.block(k)
             rows, group, dims = block.points.shape
             u = torch.from_numpy(block.points.reshape(rows * group, dims)).to(device=device, dtype=torch.float32)
@@ -206,26 +240,29 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
             else:
                 index = space.image_index(u, n_images).cpu()
             outputs = torch.empty(rows * group, probe.n_units, device=device)
-            for start in range(0, rows * group, config.batch_size):
-                part = slice(start, min(start + config.batch_size, rows * group))
-                x = space.apply(image_set.batch(index[part], device), u[part])
-                if stretch is not None:
-                    x = stretch(x)
-                outputs[part] = probe(bundle.normalise(x))
+            start = 0
+            while start < rows * group:  # forward chunks; halve them when the device runs out of memory
+                part = slice(start, min(start + chunk, rows * group))
+                try:
+                    x = space.apply(image_set.batch(index[part], device), u[part])
+                    if stretch is not None:
+                        x = stretch(x)
+                    outputs[part] = probe(bundle.normalise(x))
+                except RuntimeError as error:
+                    if not is_out_of_memory(error):
+                        raise
+                    failure = str(error)
+                else:
+                    start, failure = part.stop, ""
+                if failure:  # outside the handler, so the failed batch's tensors are already freed
+                    chunk = smaller_chunk(chunk, failure, device)
+            check_finite(outputs, probe.slices, k)
             accumulator.update(block, outputs.view(rows, group, probe.n_units))
-            done.add(k)
+            evaluated += rows * group
             bar.update(rows * group)
-            if checkpoint is not None and config.checkpoint_every > 0 and \
-                    time.perf_counter() - last_save >= config.checkpoint_every:
-                save_checkpoint(checkpoint, {"fingerprint": design.fingerprint(), "done": sorted(done),
-                                             "accumulator": accumulator.state_dict()})
-                last_save = time.perf_counter()
     bar.close()
-    if checkpoint is not None and not complete:
-        save_checkpoint(checkpoint, {"fingerprint": design.fingerprint(), "done": sorted(done),
-                                     "accumulator": accumulator.state_dict()})
+    complete = schedule.complete
     timings["loop_s"] = time.perf_counter() - loop_started
-    evaluated = (len(done) - (len(my_blocks) - len(todo))) * design.block_size * design.group_size
     timings["images_per_s"] = evaluated / timings["loop_s"] if timings["loop_s"] > 0 else float("nan")
     accumulator = gather_states(accumulator, shard)
     result = accumulator.compute(confidence=config.confidence) if accumulator is not None else None
@@ -238,7 +275,6 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
 
         write_run(run, out)
         if complete and checkpoint is not None:
-            for path in out.glob("checkpoint.rank*.pt*"):
-                path.unlink(missing_ok=True)
+            checkpoint.unlink(missing_ok=True)
     return run
 
