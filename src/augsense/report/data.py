@@ -1,0 +1,170 @@
+"""Read a run folder for the report, tolerating whatever is missing, partial or damaged.
+
+Unlike ``augsense.io.results.load_run`` this never fails on a damaged table: every problem becomes
+a notice shown at the top of the report, and the sections that need the missing piece are omitted.
+Only a folder with neither ``run.json`` nor ``config.toml`` is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from augsense.errors import AugsenseError
+
+#: Per-factor quantities in the order the report shows them.
+FACTOR_QUANTITIES = ("first_order", "total_order", "shapley")
+#: Pairwise quantities (d × d per unit).
+PAIR_QUANTITIES = ("interactions", "second_order")
+#: Results of the other analyses, shown when their files exist in the run folder.
+EXTRA_RESULTS = ("masking", "single_class", "contrast", "map_statistics")
+
+QUANTITY_LABELS = {"first_order": "first-order S", "total_order": "total-order ST", "shapley": "Shapley effect",
+                   "interactions": "pairwise Shapley interaction", "second_order": "second-order S2"}
+
+
+@dataclass
+class ReportData:
+    """What the report can show: provenance, tables, maps and extra results, plus notices.
+
+    maps: ``<layer>/<quantity>`` arrays shaped (*unit_shape, d) or (*unit_shape, d, d); CIs (2, ...).
+    extras: ``{name: table}`` for ``<name>.parquet`` / ``<name>.csv``; extra_json: ``<name>.json``.
+    """
+
+    path: Path
+    info: dict[str, Any]
+    indices: pd.DataFrame | None = None
+    layers: pd.DataFrame | None = None
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    extras: dict[str, pd.DataFrame] = field(default_factory=dict)
+    extra_json: dict[str, Any] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def players(self) -> list[str]:
+        players = list(self.info.get("players") or [])
+        if not players and self.indices is not None and "factor" in self.indices:
+            players = [str(f) for f in pd.unique(self.indices["factor"].dropna())]
+        return players
+
+    @property
+    def layer_names(self) -> list[str]:
+        names = list(self.info.get("layers") or [])
+        if not names and self.layers is not None and "layer" in self.layers:
+            names = [str(x) for x in pd.unique(self.layers["layer"])]
+        return names
+
+    @property
+    def status(self) -> str:
+        return str(self.info.get("status", "unknown"))
+
+    def unit_shape(self, layer: str) -> tuple[int, ...] | None:
+        entry = (self.info.get("layers") or {}).get(layer)
+        if isinstance(entry, dict) and "unit_shape" in entry:
+            return tuple(int(s) for s in entry["unit_shape"])
+        dead = self.maps.get(f"{layer}/dead")
+        return tuple(dead.shape) if dead is not None else None
+
+    def map(self, layer: str, quantity: str) -> np.ndarray | None:
+        return self.maps.get(f"{layer}/{quantity}")
+
+    def factor_quantities(self) -> list[str]:
+        """Per-factor quantities this run has, from the layer table or the maps."""
+        have: set[str] = set()
+        if self.layers is not None and "quantity" in self.layers:
+            have |= set(self.layers["quantity"].astype(str))
+        have |= {key.split("/", 1)[1] for key in self.maps}
+        return [q for q in FACTOR_QUANTITIES if q in have]
+
+    def main_quantity(self) -> str | None:
+        """The index that ranks units: Shapley when present, else total order, else first order."""
+        quantities = self.factor_quantities()
+        for q in ("shapley", "total_order", "first_order"):
+            if q in quantities:
+                return q
+        return None
+
+    def pair_quantity(self) -> str | None:
+        have = {key.split("/", 1)[1] for key in self.maps}
+        return next((q for q in PAIR_QUANTITIES if q in have), None)
+
+
+def _info_from_config(path: Path) -> dict[str, Any]:
+    """Provenance rebuilt from config.toml when run.json is absent (a run killed before its end)."""
+    from augsense.analyses.sensitivity import build_factor_space
+    from augsense.config import SensitivityConfig
+
+    config = SensitivityConfig.from_toml(path)
+    space = build_factor_space(config)
+    return {"status": "incomplete", "config": config.to_dict(), "players": space.players,
+            "factors": space.to_dict(), "layers": {layer: {} for layer in config.layers}}
+
+
+def read_report_data(path: str | Path) -> ReportData:
+    """Read whatever a run folder holds; problems become ``notices`` rather than errors."""
+    path = Path(path)
+    if not path.is_dir():
+        raise AugsenseError(f"run folder {str(path)!r} does not exist; run `augsense run --out DIR` or "
+                            "`augsense demo --out DIR` first")
+    notices: list[str] = []
+    info: dict[str, Any] | None = None
+    try:
+        info = json.loads((path / "run.json").read_text(encoding="utf-8"))
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        notices.append("run.json is missing: the run did not reach its end. The header is rebuilt from "
+                       "config.toml; finish it with `augsense run --resume --out RUN_DIR`.")
+    except (OSError, ValueError) as error:
+        notices.append(f"run.json is damaged ({error}); the header is rebuilt from config.toml.")
+        info = None
+    if info is None:
+        if not (path / "config.toml").is_file():
+            raise AugsenseError(f"{str(path)!r} is not a run folder (no run.json, no config.toml); run "
+                                "`augsense run --out DIR` or `augsense demo --out DIR` first")
+        try:
+            info = _info_from_config(path / "config.toml")
+        except (AugsenseError, OSError, ValueError) as error:
+            notices.append(f"config.toml could not be read either ({error}).")
+            info = {"status": "incomplete"}
+    data = ReportData(path, info, notices=notices)
+    if info.get("status") == "partial":
+        notices.append("This run stopped before it finished (status: partial). The numbers below come from "
+                       "the design blocks that were done, so their confidence intervals are wider; finish it "
+                       "with `augsense run --resume --out RUN_DIR`.")
+    for name, attribute in (("indices.parquet", "indices"), ("layers.parquet", "layers")):
+        try:
+            setattr(data, attribute, pd.read_parquet(path / name))
+        except FileNotFoundError:
+            notices.append(f"{name} is missing: the figures that need it are omitted.")
+        except Exception as error:  # noqa: BLE001 - pyarrow raises many kinds on damaged files
+            notices.append(f"{name} could not be read ({type(error).__name__}: {error}); the figures that need "
+                           "it are omitted.")
+    try:
+        with np.load(path / "maps.npz") as arrays:
+            data.maps = {key: arrays[key] for key in arrays.files}
+    except FileNotFoundError:
+        notices.append("maps.npz is missing: unit heat maps, spatial maps and interaction matrices are omitted.")
+    except Exception as error:  # noqa: BLE001 - a truncated zip raises BadZipFile, EOFError, ValueError …
+        notices.append(f"maps.npz could not be read ({type(error).__name__}: {error}); unit heat maps, spatial "
+                       "maps and interaction matrices are omitted.")
+    for name in EXTRA_RESULTS:
+        for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+            file = path / f"{name}{suffix}"
+            if file.is_file() and name not in data.extras:
+                try:
+                    data.extras[name] = reader(file)
+                except Exception as error:  # noqa: BLE001
+                    notices.append(f"{file.name} could not be read ({type(error).__name__}: {error}).")
+        file = path / f"{name}.json"
+        if file.is_file():
+            try:
+                data.extra_json[name] = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as error:
+                notices.append(f"{file.name} could not be read ({error}).")
+    return data
