@@ -1,0 +1,565 @@
+"""Guided masking: damage / attenuate / amplify the units most sensitive to one factor, with baselines.
+
+Paper series 2 of Kharyuk, Matveev & Oseledets (2025, arXiv 2503.03283). For each factor's map
+(first order, total order or Shapley) and each chosen layer, the grid of quantile masks
+q × α plus the soft masks out·M and out·(1 − M) are applied in all layers at once; the baselines the
+paper lacked mask the same number of units at random (several draws) or the least sensitive ones.
+Each configuration is evaluated on clean images and on each single augmentation at several seeded
+parameter draws: top-1 / top-5 accuracy, the rate at which the top-1 prediction changes against the
+unmasked model on the same input, and top-1 per class.
+
+Work is shared: an augmented batch is built once and its unmasked reference is computed once; the K
+mask configurations then run in one forward pass per chunk (see ``augsense.probe.masks``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.cluster.hierarchy
+import scipy.spatial.distance
+import scipy.stats
+import torch
+from torch import nn
+
+from augsense.errors import AugsenseError
+from augsense.factors import Factor, FactorSpace
+from augsense.io.images import ImageSet
+from augsense.io.results import RunFolder, load_run
+from augsense.probe.hooks import OUTPUT
+from augsense.probe.masks import (MaskedForward, check_alpha, check_quantile, least_units, quantile_units,
+                                  random_units, selection_multiplier, soft_multiplier)
+
+QUANTITIES = ("first_order", "total_order", "shapley")
+PAPER_QUANTILES = (0.5, 0.6, 0.7, 0.8, 0.9)
+PAPER_ALPHAS = (0.0, 0.5, 1.5)
+CLEAN = "clean"
+MASKING_COLUMNS = ["config", "factor", "quantity", "kind", "draw", "q", "alpha", "mask", "augmentation", "n_units",
+                   "n_images", "top1", "top5", "changed"]
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """One mask configuration: whose map, which rule, which baseline."""
+
+    factor: str
+    quantity: str
+    kind: Literal["guided", "random", "least"]
+    draw: int
+    q: float
+    alpha: float
+    mask: Literal["quantile", "soft", "soft-inverse"]
+    n_units: int
+
+
+@dataclass
+class MaskingOptions:
+    """What to mask and how to evaluate it.
+
+    ``augmentations``: ``"own"`` (clean + the factor's own augmentation for each factor's masks,
+    the default that fits the demo's 10-minute budget), ``"all"`` (every factor's masks on clean and
+    on every single augmentation: the full cross-specificity matrix), ``"clean"``, or a list of
+    factor names (evaluated for every mask factor).
+    """
+
+    factors: list[str] | None = None
+    quantity: str = "total_order"
+    layers: list[str] | None = None
+    quantiles: Sequence[float] = PAPER_QUANTILES
+    alphas: Sequence[float] = PAPER_ALPHAS
+    soft: bool = True
+    n_random: int = 2
+    least: bool = True
+    augmentations: str | list[str] = "own"
+    n_draws: int = 1
+    seed: int = 0
+    batch_size: int = 32
+    max_batch: int = 256
+    device: str = "auto"
+    limit_images: int | None = None
+    top_k: int = 5
+    confidence: float = 0.95
+
+
+@dataclass
+class MaskingResult:
+    """Tables of a masking evaluation (column names documented in docs/masking.md)."""
+
+    table: pd.DataFrame
+    classes: pd.DataFrame
+    spearman: pd.DataFrame
+    gap: pd.DataFrame
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def check_options(options: MaskingOptions) -> None:
+    """Raise an AugsenseError for an option out of range."""
+    if options.quantity not in QUANTITIES:
+        raise AugsenseError(f"unknown quantity {options.quantity!r}; use one of {', '.join(QUANTITIES)}")
+    if not options.quantiles and not options.soft:
+        raise AugsenseError("no mask configurations: give at least one quantile or keep the soft masks")
+    for q in options.quantiles:
+        check_quantile(q)
+    if options.quantiles and not options.alphas:
+        raise AugsenseError("quantile masks need at least one α (e.g. 0,0.5,1.5)")
+    for alpha in options.alphas:
+        check_alpha(alpha)
+    for name in ("n_random", "n_draws", "batch_size", "max_batch", "top_k"):
+        value = getattr(options, name)
+        low = 0 if name == "n_random" else 1
+        if not isinstance(value, int) or value < low:
+            raise AugsenseError(f"{name.replace('_', '-')} must be an integer ≥ {low}, got {value!r}")
+    if not 0.0 < options.confidence < 1.0:
+        raise AugsenseError(f"confidence must lie in (0, 1), got {options.confidence}")
+
+
+def mask_layers(folder: RunFolder, layers: Sequence[str] | None, quantity: str,
+                exclude: Sequence[str] = ()) -> list[str]:
+    """The layers to mask: the run's (or the chosen) layers that have the quantity's map."""
+    if folder.missing and any(name.startswith("maps.npz") for name in folder.missing):
+        raise AugsenseError(f"run folder {str(folder.path)!r} has no sensitivity maps (maps.npz missing); "
+                            "rerun `augsense run` with --out pointing there")
+    available = [name for name in folder.layer_names if name != OUTPUT and name not in exclude]
+    chosen = list(layers) if layers else available
+    for name in chosen:
+        if name == OUTPUT:
+            raise AugsenseError("the model output cannot be masked; choose hooked layers")
+        if name not in folder.layer_names:
+            raise AugsenseError(f"layer {name!r} is not in the run; its layers are {', '.join(folder.layer_names)}")
+        folder.map(name, quantity)  # raises a clear error when the map is missing
+    if not chosen:
+        raise AugsenseError(f"run {str(folder.path)!r} has no layer that can be masked (layers: "
+                            f"{', '.join(folder.layer_names)})")
+    return chosen
+
+
+def check_factors(folder: RunFolder, factors: Sequence[str] | None) -> list[str]:
+    """The mask factors, each one of the run's players."""
+    players = folder.players
+    chosen = list(factors) if factors else [p for p in players if p not in ("order", "image")]
+    for name in chosen:
+        if name not in players:
+            raise AugsenseError(f"factor {name!r} is not in the run; its factors are {', '.join(players)}")
+    return chosen
+
+
+DEAD_VARIANCE = 1e-9
+"""Units whose variance is below this fraction of the layer's largest count as dead (rounding noise)."""
+
+
+def factor_map(folder: RunFolder, layer: str, quantity: str, j: int) -> np.ndarray:
+    """One factor's map of one layer, (*unit_shape,), with dead units set to NaN.
+
+    Dead units are those the run flagged, plus those whose variance is below ``DEAD_VARIANCE`` of
+    the layer's largest: their indices are ratios of rounding noise and must not be ranked.
+    """
+    values = np.array(folder.map(layer, quantity)[..., j], dtype=np.float64)
+    dead = folder.maps.get(f"{layer}/dead")
+    if dead is not None and dead.shape == values.shape:
+        values[dead.astype(bool)] = np.nan
+    variance = folder.maps.get(f"{layer}/variance")
+    if variance is not None and variance.shape == values.shape and np.isfinite(variance).any():
+        values[~(variance > DEAD_VARIANCE * np.nanmax(variance))] = np.nan
+    return values
+
+
+def build_masks(folder: RunFolder, factors: Sequence[str], layers: Sequence[str],
+                options: MaskingOptions) -> tuple[list[MaskSpec], dict[str, np.ndarray]]:
+    """The grid of mask configurations and their multipliers.
+
+    Returns:
+        specs: K configurations (guided quantile + soft, then random draws, then least, per factor).
+        multipliers: {layer: (K, *unit_shape) float32}.
+    """
+    players = folder.players
+    rng = np.random.default_rng([options.seed, 6])
+    specs: list[MaskSpec] = []
+    columns: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+
+    def add(spec: MaskSpec, per_layer: dict[str, np.ndarray]) -> None:
+        specs.append(dataclasses.replace(spec, n_units=int(sum(int((m != 1.0).sum()) for m in per_layer.values()))))
+        for layer in layers:
+            columns[layer].append(per_layer[layer])
+
+    for factor in factors:
+        j = players.index(factor)
+        maps = {layer: factor_map(folder, layer, options.quantity, j) for layer in layers}
+        guided: list[tuple[float, dict[str, np.ndarray]]] = []
+        for q in options.quantiles:
+            selected = {layer: quantile_units(maps[layer], q) for layer in layers}
+            guided.append((float(q), selected))
+            for alpha in options.alphas:
+                add(MaskSpec(factor, options.quantity, "guided", 0, float(q), float(alpha), "quantile", 0),
+                    {layer: selection_multiplier(selected[layer], alpha) for layer in layers})
+        if options.soft:
+            for mask, inverse in (("soft", False), ("soft-inverse", True)):
+                per_layer = {layer: soft_multiplier(maps[layer], inverse) for layer in layers}
+                spec = MaskSpec(factor, options.quantity, "guided", 0, math.nan, math.nan, mask, 0)  # type: ignore[arg-type]
+                specs.append(dataclasses.replace(spec, n_units=int(sum(int((m != 1).sum()) for m in per_layer.values()))))
+                for layer in layers:
+                    columns[layer].append(per_layer[layer])
+        for draw in range(options.n_random):
+            for q, selected in guided:
+                drawn = {layer: random_units(maps[layer], int(selected[layer].sum()), rng) for layer in layers}
+                for alpha in options.alphas:
+                    add(MaskSpec(factor, options.quantity, "random", draw, q, float(alpha), "quantile", 0),
+                        {layer: selection_multiplier(drawn[layer], alpha) for layer in layers})
+        if options.least:
+            for q, selected in guided:
+                least = {layer: least_units(maps[layer], int(selected[layer].sum())) for layer in layers}
+                for alpha in options.alphas:
+                    add(MaskSpec(factor, options.quantity, "least", 0, q, float(alpha), "quantile", 0),
+                        {layer: selection_multiplier(least[layer], alpha) for layer in layers})
+    multipliers = {layer: np.stack(columns[layer]).astype(np.float32) for layer in layers}
+    return specs, multipliers
+
+
+def single_augmentation_draws(factor: Factor, n_images: int, n_draws: int, seed: int, tag: int) -> list[torch.Tensor]:
+    """Seeded unit-cube parameters of one factor alone, switch forced on: n_draws × (n_images, n_coords)."""
+    draws = []
+    for draw in range(n_draws):
+        u = np.random.default_rng([seed, tag, draw]).random((n_images, factor.n_coords))
+        if factor.switch:
+            u[:, len(factor.parameters)] = 0.0  # always apply the augmentation
+        draws.append(torch.from_numpy(u).float())
+    return draws
+
+
+@dataclass
+class Tally:
+    """Counts over (augmentation a, configuration k); configuration −1 of ``reference`` is the unmasked model."""
+
+    n: np.ndarray
+    top1: np.ndarray
+    top5: np.ndarray
+    changed: np.ndarray
+    jaccard: np.ndarray
+    class_n: np.ndarray
+    class_top1: np.ndarray
+    reference_n: np.ndarray
+    reference_top1: np.ndarray
+    reference_top5: np.ndarray
+    reference_class_top1: np.ndarray
+    reference_class_n: np.ndarray
+
+
+def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.Tensor], images: ImageSet,
+                   multipliers: dict[str, np.ndarray], plan: np.ndarray, augmentations: Sequence[Factor | None], *,
+                   n_draws: int = 1, seed: int = 0, batch_size: int = 32, max_batch: int = 256,
+                   device: torch.device | str = "cpu", top_k: int = 5, candidates: np.ndarray | None = None,
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   n_labels: int | None = None) -> Tally:
+    """Run every planned (augmentation, configuration) pair over the images.
+
+    Args:
+        module: the classifier (eval mode, on ``device``).
+        normalise: maps [0, 1] images to the model's input.
+        images: (n, 3, S, S) images; labels (n,) give accuracies (NaN without labels).
+        multipliers: {layer: (K, *unit_shape)} mask multipliers.
+        plan: (A, K) bool, which configurations to run on which augmentation.
+        augmentations: A entries, None for clean input or the factor applied alone.
+        candidates: (K, k) class sets; the mean Jaccard of each configuration's top-k with them.
+        transform: optional preprocessing after augmentation (the paper's min–max stretch).
+    Returns:
+        A :class:`Tally` of sample counts, correct top-1 / top-5, changes and Jaccard sums.
+    """
+    n_aug, n_configs = plan.shape
+    labels = images.labels
+    n_labels = n_labels or (int(labels.max()) + 1 if labels is not None and len(labels) else 1)
+    shape = (n_aug, n_configs)
+    tally = Tally(*(np.zeros(shape) for _ in range(5)), np.zeros(shape + (n_labels,)), np.zeros(shape + (n_labels,)),
+                  *(np.zeros(n_aug) for _ in range(3)), np.zeros((n_aug, n_labels)), np.zeros((n_aug, n_labels)))
+    bank = {layer: torch.from_numpy(m).to(device) for layer, m in multipliers.items()}
+    cand = torch.from_numpy(candidates).to(device) if candidates is not None else None
+    n_images = len(images)
+    for a, factor in enumerate(augmentations):
+        configs = np.flatnonzero(plan[a])
+        draws = [None] if factor is None else single_augmentation_draws(factor, n_images, n_draws, seed, a)
+        for u in draws:
+            for start in range(0, n_images, batch_size):
+                index = torch.arange(start, min(start + batch_size, n_images))
+                x = images.batch(index, device)
+                if factor is not None and u is not None:
+                    x = factor.apply_unit(x, u[index].to(device))
+                if transform is not None:
+                    x = transform(x)
+                x = normalise(x)
+                y = labels[index].to(device) if labels is not None else None
+                known = (y >= 0) if y is not None else None
+                with torch.inference_mode():
+                    reference = module(x).float()
+                k = min(top_k, reference.shape[-1])
+                ref_top = reference.topk(k, dim=-1).indices
+                _count_reference(tally, a, ref_top, y, known)
+                chunk = max(1, max_batch // len(index))
+                for first in range(0, len(configs), chunk):
+                    part = configs[first:first + chunk]
+                    part_t = torch.from_numpy(part).to(device)
+                    with MaskedForward(module, {layer: m[part_t] for layer, m in bank.items()}) as masked, \
+                            torch.inference_mode():
+                        outputs = masked(x).float()
+                    top = outputs.topk(k, dim=-1).indices  # (K', n, k)
+                    _count_masked(tally, a, part, top, ref_top[:, 0], y, known,
+                                  cand[part_t] if cand is not None else None)
+    return tally
+
+
+def _jaccard(top: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """(…, n, k) predictions, (…, k') candidates → (…, n) Jaccard indices."""
+    overlap = (top.unsqueeze(-1) == cand.unsqueeze(-2).unsqueeze(-2)).any(-1).sum(-1).double()
+    return overlap / (top.shape[-1] + cand.shape[-1] - overlap)
+
+
+def _count_reference(tally: Tally, a: int, top: torch.Tensor, y: torch.Tensor | None, known: torch.Tensor | None,
+                     ) -> None:
+    tally.reference_n[a] += top.shape[0]
+    if y is None or known is None:
+        return
+    hit1 = (top[:, 0] == y) & known
+    tally.reference_top1[a] += float(hit1.sum())
+    tally.reference_top5[a] += float(((top == y[:, None]).any(1) & known).sum())
+    labels = y[known].cpu().numpy()
+    np.add.at(tally.reference_class_n[a], labels, 1)
+    np.add.at(tally.reference_class_top1[a], labels, hit1[known].cpu().numpy())
+
+
+def _count_masked(tally: Tally, a: int, part: np.ndarray, top: torch.Tensor, reference: torch.Tensor,
+                  y: torch.Tensor | None, known: torch.Tensor | None, cand: torch.Tensor | None) -> None:
+    tally.n[a, part] += top.shape[1]
+    tally.changed[a, part] += (top[..., 0] != reference).sum(1).cpu().numpy()
+    if cand is not None:
+        tally.jaccard[a, part] += _jaccard(top, cand).sum(1).cpu().numpy()
+    if y is None or known is None:
+        return
+    hit1 = (top[..., 0] == y) & known
+    tally.top1[a, part] += hit1.sum(1).cpu().numpy()
+    tally.top5[a, part] += ((top == y[None, :, None]).any(-1) & known).sum(1).cpu().numpy()
+    labels = y[known].cpu().numpy()
+    hits = hit1[:, known].cpu().numpy()
+    for row, k in enumerate(part):
+        np.add.at(tally.class_n[a, k], labels, 1)
+        np.add.at(tally.class_top1[a, k], labels, hits[row])
+
+
+def augmentation_plan(specs: Sequence[MaskSpec], factors: Sequence[str], which: str | Sequence[str]
+                      ) -> tuple[list[str], np.ndarray]:
+    """Augmentation names (``"clean"`` first) and the (A, K) plan of configurations to run on each."""
+    if which == "clean":
+        names = [CLEAN]
+    elif which in ("own", "all"):
+        names = [CLEAN] + list(dict.fromkeys(factors))
+    else:
+        names = [CLEAN] + [name for name in dict.fromkeys(which) if name != CLEAN]
+    plan = np.zeros((len(names), len(specs)), dtype=bool)
+    plan[0] = True
+    for k, spec in enumerate(specs):
+        for a, name in enumerate(names[1:], start=1):
+            plan[a, k] = which != "own" or spec.factor == name
+    return names, plan
+
+
+def masking_tables(specs: Sequence[MaskSpec], names: Sequence[str], plan: np.ndarray, tally: Tally,
+                   class_names: Sequence[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tidy tables: one row per (configuration, augmentation) plus the unmasked reference (kind ``none``);
+    and top-1 per class (long format)."""
+    labelled = bool(tally.reference_class_n.sum() > 0)
+    rows, class_rows = [], []
+
+    def rate(count: float, total: float) -> float:
+        return count / total if total > 0 and labelled else math.nan
+
+    for a, name in enumerate(names):
+        total = float(tally.reference_class_n[a].sum())
+        rows.append({"config": -1, "factor": None, "quantity": None, "kind": "none", "draw": 0, "q": math.nan,
+                     "alpha": math.nan, "mask": "none", "augmentation": name, "n_units": 0,
+                     "n_images": int(tally.reference_n[a]), "top1": rate(tally.reference_top1[a], total),
+                     "top5": rate(tally.reference_top5[a], total), "changed": 0.0})
+        for label in np.flatnonzero(tally.reference_class_n[a]):
+            class_rows.append({"config": -1, "augmentation": name, "label": int(label),
+                               "n": int(tally.reference_class_n[a, label]),
+                               "top1": tally.reference_class_top1[a, label] / tally.reference_class_n[a, label]})
+        for k in np.flatnonzero(plan[a]):
+            spec = specs[k]
+            labelled_n = float(tally.class_n[a, k].sum())
+            rows.append({"config": int(k), **{f: getattr(spec, f) for f in ("factor", "quantity", "kind", "draw", "q",
+                                                                             "alpha", "mask")},
+                         "augmentation": name, "n_units": spec.n_units, "n_images": int(tally.n[a, k]),
+                         "top1": rate(tally.top1[a, k], labelled_n), "top5": rate(tally.top5[a, k], labelled_n),
+                         "changed": tally.changed[a, k] / tally.n[a, k] if tally.n[a, k] else math.nan})
+            for label in np.flatnonzero(tally.class_n[a, k]):
+                class_rows.append({"config": int(k), "augmentation": name, "label": int(label),
+                                   "n": int(tally.class_n[a, k, label]),
+                                   "top1": tally.class_top1[a, k, label] / tally.class_n[a, k, label]})
+    table = pd.DataFrame(rows, columns=MASKING_COLUMNS)
+    classes = pd.DataFrame(class_rows, columns=["config", "augmentation", "label", "n", "top1"])
+    if class_names is not None:
+        classes["class_name"] = [class_names[i] if i < len(class_names) else str(i) for i in classes["label"]]
+    return table, classes
+
+
+def specificity(table: pd.DataFrame, confidence: float = 0.95, metric: str = "top1") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Specificity summaries of a masking table.
+
+    1. Spearman ρ between the accuracy profiles (over the guided configurations of one factor) on
+       each pair of inputs (clean and augmentations), the distance √(1 − |ρ|) and the leaf order of
+       average-linkage hierarchical clustering on it (the paper's summary).
+    2. The gap guided − random for every quantile configuration and input, with a normal CI:
+       se² = p(1 − p)/n (guided, binomial) + s²/R (spread of the R random draws); conservative, as
+       it ignores that all masks see the same images. ``least`` is the least-sensitive baseline.
+
+    Args:
+        table: ``masking.parquet`` rows.
+        metric: ``top1`` (needs labels), ``top5`` or ``changed``.
+    Returns:
+        (spearman, gap) DataFrames.
+    """
+    masked = table[table["kind"] != "none"]
+    spearman_rows = []
+    for (factor, quantity), group in masked[masked["kind"] == "guided"].groupby(["factor", "quantity"], sort=False):
+        profiles = group.pivot_table(index="config", columns="augmentation", values=metric, aggfunc="first", dropna=False)
+        names = [CLEAN] + [c for c in profiles.columns if c != CLEAN] if CLEAN in profiles.columns else list(profiles)
+        profiles = profiles[names]
+        m = len(names)
+        rho = np.full((m, m), np.nan)
+        for i in range(m):
+            for j in range(m):
+                x, y = profiles.iloc[:, i].to_numpy(float), profiles.iloc[:, j].to_numpy(float)
+                ok = np.isfinite(x) & np.isfinite(y)
+                if ok.sum() >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+                    rho[i, j] = scipy.stats.spearmanr(x[ok], y[ok]).statistic
+        distance = np.sqrt(np.clip(1.0 - np.abs(rho), 0.0, None))
+        order = list(range(m))
+        if m >= 3 and np.isfinite(distance).all():
+            condensed = scipy.spatial.distance.squareform(distance, checks=False)
+            order = list(scipy.cluster.hierarchy.leaves_list(scipy.cluster.hierarchy.linkage(condensed, "average")))
+        leaf = {names[i]: position for position, i in enumerate(order)}
+        for i in range(m):
+            for j in range(m):
+                spearman_rows.append({"factor": factor, "quantity": quantity, "augmentation": names[i],
+                                      "augmentation2": names[j], "rho": rho[i, j], "distance": distance[i, j],
+                                      "leaf_order": leaf[names[i]]})
+    spearman = pd.DataFrame(spearman_rows, columns=["factor", "quantity", "augmentation", "augmentation2", "rho",
+                                                    "distance", "leaf_order"])
+    z = float(scipy.stats.norm.ppf(0.5 + confidence / 2))
+    gap_rows = []
+    quantile = masked[masked["mask"] == "quantile"]
+    keys = ["factor", "quantity", "q", "alpha", "augmentation"]
+    for key, group in quantile.groupby(keys, sort=False):
+        guided = group[group["kind"] == "guided"]
+        random = group[group["kind"] == "random"][metric].to_numpy(float)
+        least = group[group["kind"] == "least"][metric].to_numpy(float)
+        if guided.empty:
+            continue
+        p, n = float(guided[metric].iloc[0]), float(guided["n_images"].iloc[0])
+        mean = float(random.mean()) if random.size else math.nan
+        sd = float(random.std(ddof=1)) if random.size >= 2 else math.nan
+        se = math.sqrt(max(p * (1 - p), 0.0) / n + (sd ** 2 / random.size if random.size >= 2 else 0.0)) \
+            if n > 0 and math.isfinite(p) else math.nan
+        gap = p - mean
+        gap_rows.append({**dict(zip(keys, key)), "n_units": int(guided["n_units"].iloc[0]), "guided": p,
+                         "random_mean": mean, "random_sd": sd, "n_random": int(random.size),
+                         "least": float(least[0]) if least.size else math.nan, "gap": gap,
+                         "ci_low": gap - z * se, "ci_high": gap + z * se, "metric": metric})
+    gap = pd.DataFrame(gap_rows, columns=keys + ["n_units", "guided", "random_mean", "random_sd", "n_random", "least",
+                                                 "gap", "ci_low", "ci_high", "metric"])
+    return spearman, gap
+
+
+def load_inputs(folder: RunFolder, model: Any = None, images: Any = None, device: str = "auto",
+                limit_images: int | None = None) -> tuple[Any, ImageSet, FactorSpace, torch.device, Callable | None]:
+    """The run's model (or ``model``), images (or ``images``), factor space, device and preprocessing."""
+    from augsense.analyses.sensitivity import minmax_stretch, pick_device
+    from augsense.config import SensitivityConfig
+    from augsense.io.images import load_images
+    from augsense.io.models import ModelBundle, load_model
+
+    config = SensitivityConfig.from_dict(dict(folder.info.get("config", {})))
+    bundle = model if isinstance(model, ModelBundle) else load_model(model if model is not None else config.model,
+                                                                     weights=config.weights)
+    chosen = pick_device(device if device != "auto" else (config.device if config.device != "auto" else "auto"))
+    bundle.module.to(chosen).eval()
+    if isinstance(images, ImageSet):
+        image_set = images if limit_images is None else ImageSet(images.pixels[:limit_images],
+                                                                 None if images.labels is None else
+                                                                 images.labels[:limit_images],
+                                                                 images.sources[:limit_images])
+    else:
+        image_set = load_images(images if images is not None else config.images, bundle.input_size,
+                                bundle.resize_size, class_names=bundle.class_names,
+                                limit=limit_images if limit_images is not None else config.limit_images)
+    space = FactorSpace.from_dict(folder.info["factors"])
+    transform = minmax_stretch if config.preprocessing == "paper" else None
+    return bundle, image_set, space, chosen, transform
+
+
+def run_masking(run_dir: str | Path | RunFolder, options: MaskingOptions | None = None, *, model: Any = None,
+                images: Any = None, write: bool = True) -> MaskingResult:
+    """Guided masking on a run folder's maps; writes ``masking*.parquet`` into the folder.
+
+    Args:
+        run_dir: a run folder (or a loaded :class:`RunFolder`).
+        options: the grid and evaluation (defaults: the paper's grid, 2 random draws, least baseline,
+            clean + each factor's own augmentation).
+        model: ``nn.Module`` / ``ModelBundle`` / name overriding the run's model.
+        images: labelled images (ImageSet, folder, Dataset) overriding the run's images.
+        write: write ``masking.parquet``, ``masking_classes.parquet``, ``masking_spearman.parquet`` and
+            ``masking_gap.parquet`` into the folder.
+    """
+    started = time.perf_counter()
+    options = options or MaskingOptions()
+    check_options(options)
+    folder = run_dir if isinstance(run_dir, RunFolder) else load_run(run_dir)
+    layers = mask_layers(folder, options.layers, options.quantity)
+    factors = check_factors(folder, options.factors)
+    if not isinstance(options.augmentations, str) or options.augmentations not in ("own", "all", "clean"):
+        wanted = options.augmentations if not isinstance(options.augmentations, str) else \
+            [a for a in options.augmentations.split(",") if a]
+        space_names = [f["name"] if isinstance(f, dict) else f for f in folder.info.get("factors", {}).get("factors", [])]
+        for name in wanted:
+            if name != CLEAN and name not in space_names:
+                raise AugsenseError(f"augmentation {name!r} is not a factor of the run; use one of "
+                                    f"{', '.join(space_names)} (or own / all / clean)")
+        options = dataclasses.replace(options, augmentations=list(wanted))
+    bundle, image_set, space, device, transform = load_inputs(folder, model, images, options.device,
+                                                              options.limit_images)
+    if image_set.labels is None or not bool((image_set.labels >= 0).any()):
+        raise AugsenseError("masking measures accuracy, but these images have no labels; pass --images with a "
+                            "folder of class sub-folders (or an ImageSet with labels)")
+    image_set = image_set.labelled()
+    specs, multipliers = build_masks(folder, factors, layers, options)
+    mask_factors = [f for f in factors if f in {x.name for x in space.factors}]
+    names, plan = augmentation_plan(specs, mask_factors if options.augmentations != "all" else
+                                    [x.name for x in space.factors], options.augmentations)
+    by_name = {f.name: f for f in space.factors}
+    setup = time.perf_counter() - started
+    tally = evaluate_masks(bundle.module, bundle.normalise, image_set, multipliers, plan,
+                           [None if name == CLEAN else by_name[name] for name in names], n_draws=options.n_draws,
+                           seed=options.seed, batch_size=options.batch_size, max_batch=options.max_batch,
+                           device=device, top_k=options.top_k, transform=transform,
+                           n_labels=len(bundle.class_names) if bundle.class_names else None)
+    table, classes = masking_tables(specs, names, plan, tally, bundle.class_names)
+    spearman, gap = specificity(table, options.confidence)
+    timings = {"setup_s": setup, "total_s": time.perf_counter() - started,
+               "forwards": float((plan[0].sum() + plan[1:].sum() * options.n_draws) * len(image_set))}
+    result = MaskingResult(table, classes, spearman, gap, timings)
+    if write:
+        write_masking(result, folder.path)
+    return result
+
+
+def write_masking(result: MaskingResult, out: str | Path) -> None:
+    """Write the four masking tables into a run folder."""
+    out = Path(out)
+    for name, frame in (("masking", result.table), ("masking_classes", result.classes),
+                        ("masking_spearman", result.spearman), ("masking_gap", result.gap)):
+        tmp = out / f".{name}.parquet.tmp"
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(out / f"{name}.parquet")

@@ -1,0 +1,193 @@
+"""Unit masks built from sensitivity maps, applied inside the forward pass.
+
+Guided masking is the second experimental series of Kharyuk, Matveev & Oseledets (2025,
+arXiv 2503.03283): units whose sensitivity to one factor is ≥ the q-quantile of the layer's map are
+multiplied by α (0 damages, 0.5 attenuates, 1.5 amplifies); soft masks multiply every unit by its
+index M or by 1 − M. The baselines the paper lacked pick the same number of units at random or the
+least sensitive ones.
+
+A mask is a multiplier on a layer's units: (C,) for per-channel maps (broadcast over positions),
+(C, H, W) for per-unit maps. K configurations are evaluated in one forward pass by
+:class:`MaskedForward`: the batch runs unmasked up to the first masked layer, whose hook repeats it
+K times (config-major) and applies the K multipliers, so the shared prefix is computed once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Callable
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike, NDArray
+from torch import nn
+
+from augsense.errors import AugsenseError
+
+MASK_KINDS = ("quantile", "soft", "soft-inverse")
+MAX_ALPHA = 100.0
+
+
+def check_quantile(q: float) -> float:
+    """A quantile level in [0, 1], or an AugsenseError."""
+    value = float(q)
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise AugsenseError(f"quantile q must lie in [0, 1] (units ≥ the q-quantile are masked), got {q!r}")
+    return value
+
+
+def check_alpha(alpha: float) -> float:
+    """A mask multiplier α in [0, MAX_ALPHA], or an AugsenseError."""
+    value = float(alpha)
+    if not math.isfinite(value) or not 0.0 <= value <= MAX_ALPHA:
+        raise AugsenseError(f"mask multiplier α must lie in [0, {MAX_ALPHA:g}] (0 damages, 0.5 attenuates, "
+                            f"1.5 amplifies), got {alpha!r}")
+    return value
+
+
+def _finite(values: ArrayLike) -> NDArray[np.float64]:
+    array = np.asarray(values, dtype=np.float64)
+    if array.size == 0:
+        raise AugsenseError("the sensitivity map is empty")
+    return array
+
+
+def quantile_units(values: ArrayLike, q: float) -> NDArray[np.bool_]:
+    """Units whose index is ≥ the q-quantile of the map's finite values.
+
+    Args:
+        values: (*unit_shape,) one factor's map of one layer; NaN marks dead units, never selected.
+        q: quantile level in [0, 1].
+    Returns:
+        (*unit_shape,) boolean selection.
+    """
+    array = _finite(values)
+    q = check_quantile(q)
+    finite = np.isfinite(array)
+    if not finite.any():
+        return np.zeros(array.shape, dtype=bool)
+    cut = np.quantile(array[finite], q)
+    return finite & (array >= cut)
+
+
+def least_units(values: ArrayLike, n_units: int) -> NDArray[np.bool_]:
+    """The ``n_units`` finite units with the smallest index (ties broken by position): (*unit_shape,) bool."""
+    array = _finite(values)
+    flat = np.where(np.isfinite(array), array, np.inf).ravel()
+    n_units = min(int(n_units), int(np.isfinite(array).sum()))
+    chosen = np.zeros(flat.shape, dtype=bool)
+    chosen[np.argsort(flat, kind="stable")[:n_units]] = True
+    return chosen.reshape(array.shape)
+
+
+def random_units(values: ArrayLike, n_units: int, rng: np.random.Generator) -> NDArray[np.bool_]:
+    """``n_units`` units drawn uniformly without replacement among the finite (live) ones: (*unit_shape,) bool."""
+    array = _finite(values)
+    pool = np.flatnonzero(np.isfinite(array))
+    chosen = np.zeros(array.size, dtype=bool)
+    chosen[rng.choice(pool, size=min(int(n_units), pool.size), replace=False)] = True
+    return chosen.reshape(array.shape)
+
+
+def selection_multiplier(selected: NDArray[np.bool_], alpha: float) -> NDArray[np.float32]:
+    """α on the selected units, 1 elsewhere: (*unit_shape,) float32."""
+    return np.where(selected, check_alpha(alpha), 1.0).astype(np.float32)
+
+
+def soft_multiplier(values: ArrayLike, inverse: bool = False) -> NDArray[np.float32]:
+    """The soft mask M (index clipped to [0, 1], dead units 0) or 1 − M: (*unit_shape,) float32."""
+    array = np.clip(np.nan_to_num(_finite(values), nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    return (1.0 - array if inverse else array).astype(np.float32)
+
+
+class MaskedForward:
+    """Forward a batch under K mask configurations at once.
+
+    Usage::
+
+        with MaskedForward(model, {"layer2": m2, "fc": m_fc}) as masked:   # m: (K, *unit_shape)
+            logits = masked(x)                                            # (K, n, classes)
+
+    Each multiplier tensor is (K, *unit_shape) with unit_shape (C,) (per channel, broadcast over
+    positions) or the layer's full output shape (per unit). The first masked layer to run repeats
+    its input batch K times (config-major); when a later module still needs the un-repeated batch
+    (a skip connection around the masked layer), the whole input is repeated instead.
+    """
+
+    def __init__(self, model: nn.Module, multipliers: Mapping[str, torch.Tensor]) -> None:
+        if not multipliers:
+            raise AugsenseError("no masked layers given")
+        modules = dict(model.named_modules())
+        unknown = [name for name in multipliers if name not in modules or not name]
+        if unknown:
+            raise AugsenseError(f"cannot mask layer {unknown[0]!r}: the model has no such module")
+        sizes = {int(m.shape[0]) for m in multipliers.values()}
+        if len(sizes) != 1:
+            raise AugsenseError(f"every layer needs the same number of mask configurations, got {sorted(sizes)}")
+        self.model = model
+        self.multipliers = dict(multipliers)
+        self.n_configs = sizes.pop()
+        self.expand_inside = True
+        self._n = 0
+        self._handles: list = []
+
+    def _edit(self, name: str) -> Callable[[nn.Module, object, object], torch.Tensor]:
+        multiplier = self.multipliers[name]
+
+        def hook(module: nn.Module, args: object, output: object) -> torch.Tensor:
+            if not isinstance(output, torch.Tensor):
+                raise AugsenseError(f"layer {name!r} does not return a single tensor; mask another layer")
+            k, n = self.n_configs, self._n
+            if output.shape[0] == n and k > 1:
+                output = output.unsqueeze(0).expand(k, *output.shape).reshape(k * n, *output.shape[1:])
+            elif output.shape[0] != k * n:
+                raise AugsenseError(f"layer {name!r} sees a batch of {output.shape[0]}, expected {n} or {k * n}")
+            unit_dims = multiplier.ndim - 1
+            if tuple(output.shape[1:1 + unit_dims]) != tuple(multiplier.shape[1:]):
+                raise AugsenseError(f"mask for layer {name!r} has unit shape {tuple(multiplier.shape[1:])}, but the "
+                                    f"layer outputs {tuple(output.shape[1:])}")
+            trailing = output.ndim - 1 - unit_dims
+            view = output.reshape(k, n, *output.shape[1:])
+            factor = multiplier.to(output.dtype).reshape(k, 1, *multiplier.shape[1:], *([1] * trailing))
+            return (view * factor).reshape(k * n, *output.shape[1:])
+        return hook
+
+    def __enter__(self) -> "MaskedForward":
+        modules = dict(self.model.named_modules())
+        for name in self.multipliers:
+            self._handles.append(modules[name].register_forward_hook(self._edit(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(n, 3, S, S) normalised inputs → (K, n, *output) model outputs under each configuration."""
+        if not self._handles:
+            raise RuntimeError("use MaskedForward inside `with`")
+        n, k = inputs.shape[0], self.n_configs
+        self._n = n
+        if self.expand_inside:
+            try:
+                out = self.model(inputs)
+            except RuntimeError as error:
+                if "size" not in str(error) and "shape" not in str(error):
+                    raise
+                self.expand_inside = False  # a skip connection bypasses the masked layer
+            else:
+                if out.shape[0] == k * n:
+                    return out.reshape(k, n, *out.shape[1:])
+                self.expand_inside = False  # no masked layer ran: repeat the input below
+        repeated = inputs.unsqueeze(0).expand(k, *inputs.shape).reshape(k * n, *inputs.shape[1:])
+        out = self.model(repeated)
+        return out.reshape(k, n, *out.shape[1:])
+
+
+def stack_multipliers(per_config: Sequence[Mapping[str, NDArray[np.float32]]], layers: Sequence[str],
+                      device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """K configurations {layer: (*unit_shape,)} → {layer: (K, *unit_shape)} float32 tensors."""
+    return {layer: torch.from_numpy(np.stack([config[layer] for config in per_config])).to(device)
+            for layer in layers}

@@ -1,0 +1,163 @@
+"""Guided masking: mask rules, batched masked forward, and the planted network's known answer."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from augsense.analyses.masking import MaskingOptions, build_masks, run_masking
+from augsense.analyses.sensitivity import run_sensitivity
+from augsense.config import SensitivityConfig
+from augsense.errors import AugsenseError
+from augsense.io.images import ImageSet
+from augsense.io.results import load_run
+from augsense.probe.masks import (MaskedForward, least_units, quantile_units, random_units, selection_multiplier,
+                                  soft_multiplier)
+from planted import PLANTED, PLANTED_CONFIG, planted_bundle, planted_images
+
+FACTORS = ["brightness", "saturation", "hflip"]
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    values = {k: v for k, v in PLANTED_CONFIG.items() if k not in ("model", "images", "layers")}
+    out = tmp_path_factory.mktemp("planted_mask")
+    run_sensitivity(SensitivityConfig(**values, layers=["readout", "output"], n=128), model=planted_bundle(),
+                    images=planted_images(), out_dir=out, progress=False)
+    return out
+
+
+def test_quantile_least_random_selections():
+    values = np.array([0.9, np.nan, 0.1, 0.5, 0.3, 0.7])
+    chosen = quantile_units(values, 0.6)  # finite values 0.1 0.3 0.5 0.7 0.9: 0.6-quantile = 0.58
+    assert chosen.tolist() == [True, False, False, False, False, True]
+    assert quantile_units(values, 0.0).sum() == 5 and not quantile_units(values, 0.0)[1]
+    assert least_units(values, 2).tolist() == [False, False, True, False, True, False]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        drawn = random_units(values, 3, rng)
+        assert drawn.sum() == 3 and not drawn[1]
+    assert selection_multiplier(chosen, 1.5).tolist() == [1.5, 1, 1, 1, 1, 1.5]
+    soft = soft_multiplier(np.array([-0.2, 0.4, 1.3, np.nan]))
+    assert soft.tolist() == pytest.approx([0.0, 0.4, 1.0, 0.0])
+    assert soft_multiplier(np.array([0.4]), inverse=True).tolist() == pytest.approx([0.6])
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, math.nan])
+def test_quantile_out_of_range(bad):
+    with pytest.raises(AugsenseError, match="quantile"):
+        quantile_units(np.ones(3), bad)
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.inf, 1e6])
+def test_alpha_out_of_range(bad):
+    with pytest.raises(AugsenseError, match="α"):
+        selection_multiplier(np.ones(3, dtype=bool), bad)
+
+
+class Residual(nn.Module):
+    """conv → block (masked) → add a skip from before the block: forces the repeat-the-input fallback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return self.head((self.block(h) + h).mean(dim=(2, 3)))
+
+
+class Chain(nn.Sequential):
+    def __init__(self) -> None:
+        torch.manual_seed(1)
+        super().__init__(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.Flatten(), nn.LazyLinear(7))
+
+
+@pytest.mark.parametrize("model_cls, layers, expanded", [(Chain, {"0": (4,), "2": (5, 6, 6)}, True),
+                                                          (Residual, {"block": (4,)}, False)])
+def test_batched_masks_equal_one_configuration_at_a_time(model_cls, layers, expanded):
+    model = model_cls().eval()
+    x = torch.rand(3, 3, 8, 8)
+    model(x)  # materialise lazy layers
+    generator = torch.Generator().manual_seed(2)
+    bank = {name: torch.rand((4,) + shape, generator=generator) * 2 for name, shape in layers.items()}
+    with torch.inference_mode(), MaskedForward(model, bank) as masked:
+        together = masked(x)
+    assert together.shape == (4, 3, model(x).shape[1])
+    assert masked.expand_inside is expanded
+    for k in range(4):
+        with torch.inference_mode(), MaskedForward(model, {n: m[k:k + 1] for n, m in bank.items()}) as single:
+            alone = single(x)[0]
+        torch.testing.assert_close(together[k], alone, rtol=1e-5, atol=1e-5)
+    ones = {name: torch.ones_like(m) for name, m in bank.items()}
+    with torch.inference_mode(), MaskedForward(model, ones) as identity:
+        unmasked = identity(x)[2]
+    torch.testing.assert_close(unmasked, model(x), rtol=1e-5, atol=1e-6)
+
+
+def planted_responses(run_dir, factor: str, kind: str, n_random: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the planted net under brightness draws: unmasked (draws, n, 3) and masked (K, draws, n, 3)."""
+    folder = load_run(run_dir)
+    specs, multipliers = build_masks(folder, [factor], ["readout"],
+                                     MaskingOptions(quantiles=(0.9,), alphas=(0.0,), soft=False, n_random=n_random))
+    keep = [k for k, spec in enumerate(specs) if spec.kind == kind]
+    bundle = planted_bundle()
+    images = planted_images().batch(torch.arange(16))
+    scale = torch.linspace(0.1, 1.0, 8)
+    from augsense.factors import get_factor
+
+    augment = get_factor(factor) if factor != "brightness" else get_factor("brightness").with_bounds(factor=(0.1, 1.0))
+    draws = [augment(images, torch.full((16, augment.n_coords), float(s))) for s in scale]
+    bank = {"readout": torch.from_numpy(multipliers["readout"][keep])}
+    with torch.inference_mode():
+        plain = torch.stack([bundle.module(x) for x in draws])
+        with MaskedForward(bundle.module, bank) as masked:
+            outputs = torch.stack([masked(x) for x in draws], dim=1)
+    return plain, outputs
+
+
+def test_planted_guided_mask_destroys_its_factor_and_spares_the_others(planted_run):
+    plain, guided = planted_responses(planted_run, "brightness", "guided")
+    _, random = planted_responses(planted_run, "brightness", "random")
+    unit = [u for u, f in PLANTED.items() if f == "brightness"][0]
+    response = plain[..., unit].var(dim=0).mean()  # spread of the brightness readout over brightness draws
+    assert response > 1e-2
+    assert guided[0, ..., unit].var(dim=0).mean() < 1e-6 * response  # response destroyed
+    for other in set(PLANTED) - {unit}:  # the other factors' readouts are untouched
+        torch.testing.assert_close(guided[0, ..., other], plain[..., other])
+    random_response = torch.stack([r[..., unit].var(dim=0).mean() for r in random])
+    assert random_response.mean() > 0.3 * response  # same size, chosen at random: mostly spared
+
+
+def test_planted_accuracy_drops_more_under_guided_than_random(planted_run):
+    bundle = planted_bundle()
+    base = planted_images()
+    with torch.inference_mode():
+        predicted = bundle.module(base.batch(torch.arange(len(base)))).argmax(1)
+    images = ImageSet(base.pixels, predicted, base.sources)  # labels: the unmasked predictions (top-1 = 1)
+    result = run_masking(planted_run, MaskingOptions(quantiles=(0.9,), alphas=(0.0, 1.5), n_random=5,
+                                                     augmentations="all", n_draws=2), model=bundle, images=images)
+    table, gap = result.table, result.gap
+    reference = table[(table.kind == "none") & (table.augmentation == "clean")]
+    assert reference.top1.iloc[0] == 1.0
+    row = gap[(gap.factor == "brightness") & (gap.alpha == 0.0) & (gap.augmentation == "brightness")].iloc[0]
+    guided_drop = 1 - row.guided
+    random_drop = table[(table.kind == "none") & (table.augmentation == "brightness")].top1.iloc[0] - row.random_mean
+    assert guided_drop > 0.5 and guided_drop > 2 * random_drop
+    assert row.ci_high < 0
+    assert set(table.columns) >= {"factor", "quantity", "kind", "draw", "q", "alpha", "mask", "augmentation", "n_units",
+                                  "top1", "top5", "changed"}
+    assert set(table.kind) == {"none", "guided", "random", "least"}
+    assert table.loc[table.kind == "random", "draw"].nunique() == 5
+    assert (table[table["mask"] == "quantile"].n_units == 1).all()  # q = 0.9 of three live units: one
+    for name in ("masking", "masking_classes", "masking_spearman", "masking_gap"):
+        assert (planted_run / f"{name}.parquet").exists()
+    assert set(result.spearman.augmentation) == {"clean", *FACTORS}
+    assert result.classes.groupby(["config", "augmentation"]).n.sum().max() <= 2 * len(images)
