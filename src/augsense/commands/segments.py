@@ -1,0 +1,49 @@
+"""``augsense segments``: a sensitivity run on a network segment fed one HSV channel at a time."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``segments`` sub-command (every run option is a flag, as for ``augsense run``)."""
+    from augsense.cli import _config_flags
+
+    parser = subparsers.add_parser(
+        "segments", help="HSV single-channel segments: which of H, S, V carries each unit's sensitivity",
+        description="Cuts a block out of the network (e.g. features.0-2, conv1,bn1,relu,maxpool or layer1), feeds it "
+                    "the H, S or V channel of the augmented input replicated to the block's input width, runs the "
+                    "sensitivity analysis on the block's units per channel (OUT/h, OUT/s, OUT/v run folders) and "
+                    "attributes each unit and (unit, factor) to a channel (OUT/segments.parquet).")
+    parser.add_argument("config", nargs="?", help="TOML config file (as for `augsense run`)")
+    parser.add_argument("--segment", required=True, help="'parent.A-B', 'a,b,c' or one module name")
+    parser.add_argument("--channel", default="all", help="h, s, v or all (default: all three)")
+    parser.add_argument("--out", default="runs/segments", help="folder for the per-channel runs and segments.parquet")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _config_flags(parser)
+    parser.set_defaults(func=cmd_segments)
+
+
+def cmd_segments(args: argparse.Namespace) -> int:
+    from augsense.analyses.segments import run_segments
+    from augsense.cli import _load_config
+
+    config = _load_config(args.config, args)
+    channels = [c.strip() for c in args.channel.lower().split(",")] if args.channel != "all" else "all"
+    layers = config.layers if args.layers is not None or args.config is not None else None
+    out = Path(args.out)
+    result = run_segments(config, args.segment, channels=channels, out_dir=out, layers=layers,
+                          progress=not args.quiet)
+    table = result.attribution
+    whole = table[(table.factor == "all") & table.attributed]
+    print(f"segment {args.segment} (modules {', '.join(result.segment.modules)}; input "
+          f"{'×'.join(map(str, result.segment.input_shape))}), channels {', '.join(result.runs)}")
+    for layer, rows in whole.groupby("layer", sort=False):
+        counts = rows.channel.value_counts().reindex(list(result.runs), fill_value=0)
+        total = int(table[(table.layer == layer) & (table.factor == "all")].unit.nunique())
+        print(f"  {layer:<20} units attributed to " + ", ".join(f"{c.upper()} {n}" for c, n in counts.items())
+              + f" (of {total}; the rest move under no channel)")
+    print(f"results: {out}/segments.parquet and run folders {', '.join(f'{out}/{c}' for c in result.runs)}")
+    return 0

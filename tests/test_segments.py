@@ -1,0 +1,151 @@
+"""HSV single-channel segments: a planted hue-tuned unit is attributed to H, a luminance unit to V.
+
+The planted block (1×1 conv + ReLU on three input channels, as a network's first layer) has
+
+- unit 0 = relu(0.3 − x): tuned to low values. Fed H (reddish images, hue ≈ 0.03 turn, moved to
+  0.2–0.35 by the hue factor) it moves; fed V (≥ 0.4 for every brightness in [0.6, 0.9]) it is 0;
+- unit 1 = relu(x − 0.4): tuned to high values. Fed V it follows brightness; fed H (< 0.4) it is 0.
+
+S is kept by both factors (hue rotation and multiplicative brightness), so no unit moves
+under the S input (beyond float rounding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from augsense.analyses.segments import HSVSegment, attribute_channels, parse_segment, run_segments
+from augsense.cli import main
+from augsense.config import SensitivityConfig
+from augsense.errors import AugsenseError
+from augsense.io.images import ImageSet
+from augsense.io.models import ModelBundle
+
+
+class BandNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        conv = nn.Conv2d(3, 2, kernel_size=1)
+        with torch.no_grad():
+            conv.weight.copy_(torch.tensor([[-1 / 3] * 3, [1 / 3] * 3]).view(2, 3, 1, 1))
+            conv.bias.copy_(torch.tensor([0.3, -0.4]))
+        self.features = nn.Sequential(conv, nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def band_bundle() -> ModelBundle:
+    return ModelBundle(BandNet().eval(), "band", 16, 16, (0.0,) * 3, (1.0,) * 3)
+
+
+def orange_images(n: int = 8, size: int = 16) -> ImageSet:
+    generator = torch.Generator().manual_seed(0)
+    base = torch.tensor([0.8, 0.45, 0.2]).view(1, 3, 1, 1)
+    images = (base + 0.06 * (torch.rand(n, 3, size, size, generator=generator) - 0.5)).clamp(0, 1)
+    return ImageSet((images * 255).round().to(torch.uint8), torch.zeros(n, dtype=torch.long),
+                    [f"orange:{i}" for i in range(n)])
+
+
+def segment_config(**changes) -> SensitivityConfig:
+    values = dict(layers=["features.1"], factors=["hue", "brightness"], n=32, batch_size=64, device="cpu",
+                  report=False, bounds={"hue": {"shift": [0.2, 0.35]}, "brightness": {"factor": [0.6, 0.9]}})
+    values.update(changes)
+    return SensitivityConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def segment_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("segments")
+    return run_segments(segment_config(), "features.0-1", model=band_bundle(), images=orange_images(), out_dir=out,
+                        progress=False)
+
+
+def attributed(table: pd.DataFrame, unit: int, factor: str) -> str:
+    rows = table[(table.unit == unit) & (table.factor == factor) & table.attributed]
+    assert len(rows) == 1, table[(table.unit == unit) & (table.factor == factor)]
+    return str(rows.channel.iloc[0])
+
+
+def test_hue_unit_is_attributed_to_h_and_luminance_unit_to_v(segment_runs):
+    table = segment_runs.attribution
+    assert attributed(table, 0, "all") == "h" and attributed(table, 0, "hue") == "h"
+    assert attributed(table, 1, "all") == "v" and attributed(table, 1, "brightness") == "v"
+    shares = table.set_index(["unit", "factor", "channel"]).share
+    assert shares[(0, "all", "h")] > 0.99 and shares[(1, "all", "v")] > 0.99
+    # within the channel's own run the indices name the factor that moves that channel
+    h_run, v_run = segment_runs.runs["h"].result, segment_runs.runs["v"].result
+    assert h_run.total_order[0, 0] > 0.95 and v_run.total_order[1, 1] > 0.95
+    assert np.nanmax(segment_runs.runs["s"].result.variance) < 1e-12  # S is unmoved (float rounding only)
+
+
+def test_segment_runs_write_run_folders_and_the_attribution(segment_runs):
+    out = segment_runs.out_dir
+    for channel in "hsv":
+        assert (out / channel / "run.json").exists() and (out / channel / "maps.npz").exists()
+    stored = pd.read_parquet(out / "segments.parquet")
+    assert set(stored.columns) == {"layer", "unit", "factor", "channel", "variance", "share", "attributed"}
+    assert len(stored) == 3 * 2 * 3  # channels × units × (all + 2 factors)
+    assert set(stored.layer) == {"features.1"}
+
+
+def test_channel_input_is_the_hsv_channel_replicated_and_resized():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 1))
+    segment = parse_segment(model, "3", input_size=16)
+    assert segment.modules == ("3",) and segment.input_shape == (4, 8, 8)
+    images = torch.rand(2, 3, 16, 16)
+    block = HSVSegment(model, segment, "v")
+    x = block.channel_input(images)
+    assert x.shape == (2, 4, 8, 8)
+    expected = nn.functional.avg_pool2d(images.amax(dim=1, keepdim=True), 2)
+    torch.testing.assert_close(x[:, 2:3], expected)
+    hue = HSVSegment(model, segment, "h").channel_input(torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 16, 16))
+    torch.testing.assert_close(hue, torch.full((1, 4, 8, 8), 1 / 3))  # pure green: a third of a turn
+    assert [name for name, _ in block.named_modules() if name] == ["3"]
+
+
+def test_resnet_stem_and_stage_segments_resolve():
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None).eval()
+    stem = parse_segment(model, "conv1,bn1,relu,maxpool", input_size=64)
+    assert stem.input_shape == (3, 64, 64)
+    stage = parse_segment(model, "layer1", input_size=64)
+    assert stage.input_shape == (64, 16, 16)
+    out = HSVSegment(model, stage, "s")(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 64, 16, 16)
+
+
+def test_attribution_needs_runs_and_bad_segments_are_refused():
+    with pytest.raises(AugsenseError, match="no segment runs"):
+        attribute_channels({})
+    model = BandNet()
+    with pytest.raises(AugsenseError, match="no module 'features.2'"):
+        parse_segment(model, "features.0-7", input_size=16)
+    with pytest.raises(AugsenseError, match="before its start"):
+        parse_segment(model, "features.1-0", input_size=16)
+    with pytest.raises(AugsenseError, match="image-like"):
+        parse_segment(model, "fc", input_size=16)
+    with pytest.raises(AugsenseError, match="h, s, v"):
+        run_segments(segment_config(), "features.0-1", channels="x", model=band_bundle(), images=orange_images())
+    with pytest.raises(AugsenseError, match="not inside segment"):
+        run_segments(segment_config(layers=["fc"]), "features.0-1", model=band_bundle(), images=orange_images(),
+                     layers=["fc"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--segment", "nope"], "no module 'nope'"),
+    (["--segment", "layer1", "--channel", "q"], "h, s, v"),
+    (["--segment", "layer1", "--layers", "fc"], "not inside segment"),
+])
+def test_cli_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
+    code = main(["segments", "--model", "resnet18", "--limit-images", "2", "--device", "cpu", "--quiet",
+                 "--out", str(tmp_path / "s"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
