@@ -74,10 +74,11 @@ class ReportData:
         return self.maps.get(f"{layer}/{quantity}")
 
     def factor_quantities(self) -> list[str]:
-        """Per-factor quantities this run has, from the layer table or the maps."""
+        """Per-factor quantities this run has, from the tables or the maps."""
         have: set[str] = set()
-        if self.layers is not None and "quantity" in self.layers:
-            have |= set(self.layers["quantity"].astype(str))
+        for table in (self.layers, self.indices):
+            if table is not None and "quantity" in table:
+                have |= set(table["quantity"].astype(str))
         have |= {key.split("/", 1)[1] for key in self.maps}
         return [q for q in FACTOR_QUANTITIES if q in have]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib.colors as mcolors
 from matplotlib import colormaps
@@ -121,12 +122,32 @@ def depth_profile(data: ReportData) -> Figure | None:
                 else:
                     ax.errorbar(x, est, yerr=[est - low, high - est], color=colours[player], capsize=3)
         ax.axhline(0.0, color="#888888", linewidth=0.6)
+        ax.set_ylim(_profile_limits(table))
         ax.set_xticks(x, layers, rotation=30 if len(layers) > 3 else 0, ha="right" if len(layers) > 3 else "center")
         ax.set_xlabel("layer (input → output)")
         ax.set_ylabel(f"aggregated {QUANTITY_LABELS.get(quantity, quantity)}")
         ax.set_title(QUANTITY_LABELS.get(quantity, quantity))
     fig.legend(handles=_legend_handles(players, colours), loc="outside right center", frameon=False)
     return fig
+
+
+def _profile_limits(table: pd.DataFrame) -> tuple[float, float]:
+    """Y range of a depth profile: the estimates and CIs, but bands of very uncertain layers clipped."""
+    est = table["estimate"].to_numpy(dtype=float)
+    bounds = np.concatenate([est, table["ci_low"].to_numpy(dtype=float), table["ci_high"].to_numpy(dtype=float)])
+    bounds = bounds[np.isfinite(bounds)]
+    if bounds.size == 0:
+        return -0.05, 1.05
+    finite = est[np.isfinite(est)]
+    low = max(float(bounds.min()), min(-0.1, float(finite.min(initial=0.0)) - 0.1))
+    high = min(float(bounds.max()), max(1.05, float(finite.max(initial=0.0)) + 0.1))
+    return min(low, -0.05), max(high, 0.3)
+
+
+def _colour_strip(ax: Any, colours: Sequence[str]) -> None:
+    """A one-row strip of factor colours above a heat map's columns."""
+    ax.imshow(np.array([[mcolors.to_rgb(c) for c in colours]]), aspect="auto", interpolation="nearest")
+    ax.set_axis_off()
 
 
 def _sorted_units(values: np.ndarray, dead: np.ndarray) -> np.ndarray:
@@ -157,8 +178,12 @@ def unit_heatmap(data: ReportData, layer: str, quantity: str) -> Figure | None:
     alive = ~dead[order]
     dominant = np.where(np.isfinite(shown), shown, -np.inf).argmax(axis=1)
 
-    fig = Figure(figsize=(max(3.4, 0.3 * d + 2.2), 4.2), layout="constrained")
-    strip, ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [0.6, max(d, 1)]}, sharey=True)
+    fig = Figure(figsize=(max(3.4, 0.3 * d + 2.2), 4.4), layout="constrained")
+    (corner, top), (strip, ax) = fig.subplots(2, 2, gridspec_kw={"width_ratios": [0.6, max(d, 1)],
+                                                                 "height_ratios": [0.35, 12]})
+    corner.set_axis_off()
+    _colour_strip(top, [colours[p] for p in players])
+    strip.sharey(ax)
     cmap = _sequential()
     image = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0,
                       interpolation="nearest")
@@ -171,14 +196,12 @@ def unit_heatmap(data: ReportData, layer: str, quantity: str) -> Figure | None:
     for spine in strip.spines.values():
         spine.set_visible(False)
     ax.set_xticks(np.arange(d), players, rotation=45, ha="right")
-    for tick, player in zip(ax.get_xticklabels(), players):
-        tick.set_color(colours[player])
     ax.tick_params(axis="y", left=False)
     n_dead = int((~alive).sum())
     title = f"{layer}: {QUANTITY_LABELS.get(quantity, quantity)}"
-    ax.set_title(title + (f"\n{n_dead} dead unit{'s' if n_dead != 1 else ''} (grey, black strip)" if n_dead else ""),
-                 fontsize=9)
-    bar = fig.colorbar(image, ax=ax, extend="min", fraction=0.08, pad=0.02)
+    top.set_title(title + (f"\n{n_dead} dead unit{'s' if n_dead != 1 else ''} (grey, black strip)" if n_dead else ""),
+                  fontsize=9)
+    bar = fig.colorbar(image, ax=[top, ax], extend="min", fraction=0.08, pad=0.02)
     bar.set_label(f"{QUANTITY_LABELS.get(quantity, quantity)} (white: < 0)")
     return fig
 
@@ -221,9 +244,13 @@ def spatial_maps(data: ReportData, layer: str, quantity: str, max_channels: int 
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(player, color=colours[player], fontsize=8, rotation=30, ha="left", loc="left")
+                ax.set_title(player, fontsize=7.5, rotation=30, ha="left", loc="left")
+            for spine in ax.spines.values():
+                spine.set_visible(True)
+                spine.set_color(colours[player])
+                spine.set_linewidth(1.5)
             if j == 0:
-                ax.set_ylabel(f"ch {channel}\n(top: {best})", fontsize=7.5, color=colours[best])
+                ax.set_ylabel(f"ch {channel}\n(top: {best})", fontsize=7.5)
     fig.suptitle(f"{layer}: spatial maps of {QUANTITY_LABELS.get(quantity, quantity)} (rows: channels, "
                  "columns: factors)", fontsize=9)
     assert image is not None
@@ -261,10 +288,9 @@ def interaction_matrices(data: ReportData, quantity: str) -> Figure | None:
         image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
         ax.set_xticks(np.arange(d), players, rotation=60, ha="right", fontsize=7 if d > 8 else 8)
         ax.set_yticks(np.arange(d), players, fontsize=7 if d > 8 else 8)
-        for tick, player in zip(ax.get_xticklabels(), players):
-            tick.set_color(colours[player])
-        for tick, player in zip(ax.get_yticklabels(), players):
-            tick.set_color(colours[player])
+        for k, player in enumerate(players):  # factor colours as ticks on both axes
+            ax.plot([k], [d - 0.5], marker="s", markersize=5, color=colours[player], clip_on=False)
+            ax.plot([-0.5], [k], marker="s", markersize=5, color=colours[player], clip_on=False)
         ax.set_title(layer)
         if d <= 6:
             for i in range(d):

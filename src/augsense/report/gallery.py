@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
 
+import matplotlib.colors as mcolors
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -15,6 +17,8 @@ from augsense.factors.base import Factor
 from augsense.report.palette import factor_colours
 
 LEVELS = (("low", 0.0), ("middle", 0.5), ("high", 1.0))
+#: Pixels per side of a gallery thumbnail (the augmentation itself runs at the model's input size).
+DISPLAY_SIZE = 128
 
 
 def example_image(info: dict[str, Any]) -> tuple[torch.Tensor, str]:
@@ -25,26 +29,33 @@ def example_image(info: dict[str, Any]) -> tuple[torch.Tensor, str]:
     """
     from PIL import Image
 
-    from augsense.io.images import load_images, prepare
+    from augsense.io.images import prepare
 
     size = int((info.get("model") or {}).get("input_size") or 224)
     sources = [str(s) for s in (info.get("images") or {}).get("sources", [])]
     if not sources:
         raise LookupError("run.json lists no image sources")
     for source in sources[:8]:
-        if source.startswith(("foolbox:", "skimage:")):
-            bundled = load_images("bundled", size)
-            if source in bundled.sources:
-                return bundled.pixels[bundled.sources.index(source)].float() / 255.0, source
-        elif Path(source).is_file():
-            try:
-                with Image.open(source) as image:
-                    image.load()
-                    return prepare(image, size).float() / 255.0, source
-            except OSError:
-                continue
+        path = _bundled_path(source) if source.startswith(("foolbox:", "skimage:")) else Path(source)
+        if path is None or not path.is_file():
+            continue
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return prepare(image, size).float() / 255.0, source
+        except OSError:
+            continue
     raise LookupError(f"the run's images ({sources[0]}{', …' if len(sources) > 1 else ''}) were passed in memory "
                       "or are no longer on disk")
+
+
+def _bundled_path(source: str) -> Path | None:
+    """``foolbox:<file>`` / ``skimage:<file>`` → the file inside the installed package's data folder."""
+    package, name = source.split(":", 1)
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "data" / name
 
 
 def level_rows(factor: Factor, level: float) -> torch.Tensor:
@@ -61,15 +72,17 @@ def _describe(factor: Factor, level: float) -> str:
     params, _ = factor.parameters_from_unit(level_rows(factor, level))
     if len(factor.parameters) == 1:
         parameter = factor.parameters[0]
-        return f"{parameter.name} = {float(params[0, 0]):.3g}{parameter.unit if parameter.unit in ('×', '°') else ''}"
+        unit = {"×": "×", "deg": "°", "°": "°"}.get(parameter.unit or "", "")
+        return f"{parameter.name} = {float(params[0, 0]):.3g}{unit}"
     return f"{len(factor.parameters)} params at {level:.0%}"
 
 
 def gallery(info: dict[str, Any], players: list[str]) -> tuple[Figure, str]:
-    """Grid of the example image: per factor the original, then low / middle / high (on/off factors: on).
+    """The example image per factor: original, then low / middle / high (on/off factors: on).
 
-    Factors are laid out in two blocks side by side when there are more than six. Returns the
-    figure and the image's source. Raises LookupError when no image is reachable.
+    Drawn as one mosaic (a single image, fast to render): factors in two blocks side by side when
+    there are more than six, each row framed in the factor's colour. Returns the figure and the
+    image's source; raises LookupError when no image is reachable.
     """
     image, source = example_image(info)
     space = FactorSpace.from_dict(info["factors"])
@@ -77,28 +90,44 @@ def gallery(info: dict[str, Any], players: list[str]) -> tuple[Figure, str]:
     colours = factor_colours(players or space.players)
     blocks = 2 if len(factors) > 6 else 1
     rows = math.ceil(len(factors) / blocks)
-    columns = 4 * blocks
-    cell = 1.25
-    fig = Figure(figsize=(cell * columns + 0.2 * blocks, cell * 1.18 * rows + 0.3), layout="constrained")
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
+    size = DISPLAY_SIZE
+    pad, title, gap = 6, 32, 24  # pixels: around each cell, above it for its title, between blocks
+    cell_w, cell_h = size + 2 * pad, size + 2 * pad + title
+    width = blocks * 4 * cell_w + (blocks - 1) * gap
+    mosaic = np.ones((rows * cell_h, width, 3))
+    labels: list[tuple[float, float, str, bool]] = []
     batch = image.unsqueeze(0)
     for k, factor in enumerate(factors):
         row, block = k % rows, k // rows
-        panels: list[tuple[str, np.ndarray]] = [(f"{factor.name}\noriginal", _to_numpy(batch))]
+        panels: list[tuple[str, np.ndarray]] = [(f"{factor.name}\noriginal", _to_numpy(batch, size))]
         levels = [("on", 0.0)] if not factor.parameters else LEVELS
         with torch.no_grad():
             for name, level in levels:
                 augmented = factor(batch, level_rows(factor, level).to(batch.dtype)).clamp(0, 1)
-                panels.append((f"{name}\n{_describe(factor, level)}", _to_numpy(augmented)))
-        for i, (title, pixels) in enumerate(panels):
-            ax = axes[row, block * 4 + i]
-            ax.imshow(pixels, interpolation="bilinear")
-            ax.set_title(title, fontsize=7, color=colours.get(factor.name, "black") if i == 0 else "black",
-                         fontweight="bold" if i == 0 else "normal")
+                text = name if name == "on" else f"{name}\n{_describe(factor, level)}"
+                panels.append((text, _to_numpy(augmented, size)))
+        colour = np.array(mcolors.to_rgb(colours.get(factor.name, "black")))
+        for i, (text, pixels) in enumerate(panels):
+            x0 = block * (4 * cell_w + gap) + i * cell_w + pad
+            y0 = row * cell_h + title + pad
+            border = 4 if i == 0 else 2
+            mosaic[y0 - border:y0 + size + border, x0 - border:x0 + size + border] = colour
+            mosaic[y0:y0 + size, x0:x0 + size] = pixels
+            labels.append((x0 + size / 2, y0 - border - 2, text, i == 0))
+    dpi = 110
+    fig = Figure(figsize=(width / dpi, mosaic.shape[0] / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(mosaic, interpolation="antialiased")
+    for x, y, text, bold in labels:
+        ax.text(x, y, text, ha="center", va="bottom", fontsize=7.5, fontweight="bold" if bold else "normal",
+                linespacing=1.1)
+    ax.set_axis_off()
     return fig, source
 
 
-def _to_numpy(batch: torch.Tensor) -> np.ndarray:
-    return batch[0].permute(1, 2, 0).double().cpu().numpy()
+def _to_numpy(batch: torch.Tensor, size: int = DISPLAY_SIZE) -> np.ndarray:
+    """(1, 3, S, S) → (size, size, 3) for display, resampled (antialiased when shrinking)."""
+    if batch.shape[-1] != size:
+        batch = torch.nn.functional.interpolate(batch, size=(size, size), mode="bilinear",
+                                                antialias=batch.shape[-1] > size)
+    return batch[0].clamp(0, 1).permute(1, 2, 0).double().cpu().numpy()

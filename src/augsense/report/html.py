@@ -133,7 +133,10 @@ def _layer_section(page: Page, data: ReportData) -> None:
         page.notice(section, "No layer-aggregated indices (layers.parquet) in this run folder.")
         return
     page.text(section, "Aggregated indices pool the variance of all units of a layer: Σ_c V_i^(c) / Σ_c V^(c).")
-    page.figure(section, shares, "layer-shares", "Share of each layer's activation variance due to each factor.")
+    caption = "Share of each layer's activation variance due to each factor."
+    if "first_order" in data.factor_quantities():
+        caption += " Grey: the part of the variance that only interactions between factors explain (1 − Σ S_i)."
+    page.figure(section, shares, "layer-shares", caption)
     profile = figures.depth_profile(data)
     if profile is not None:
         page.figure(section, profile, "depth-profile", "Depth profile: aggregated index of each factor from the "

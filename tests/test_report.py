@@ -1,0 +1,248 @@
+"""The HTML report: built from small planted runs, tolerant of partial folders, opened in Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from augsense.analyses.sensitivity import run_sensitivity
+from augsense.config import SensitivityConfig
+from augsense.errors import AugsenseError
+from augsense.io.images import load_images
+from augsense.report.aggregate import channel_view, pool
+from augsense.report.data import read_report_data
+from augsense.report.figures import _sorted_units
+from augsense.report.html import write_report
+from augsense.report.specialists import top_units, unit_label
+from planted import PLANTED, PLANTED_CONFIG, planted_bundle, planted_images
+
+IMG = re.compile(r'<img [^>]*src="([^"]*)"')
+
+
+def _config(**changes) -> SensitivityConfig:
+    values = {k: v for k, v in PLANTED_CONFIG.items() if k not in ("model", "images")}
+    values.update(changes)
+    return SensitivityConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """The planted images as PNG files, so the run records paths and the gallery can reread them."""
+    folder = tmp_path_factory.mktemp("planted_images")
+    for i, pixels in enumerate(planted_images(n=8).pixels):
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(folder / f"image_{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shapley_run(tmp_path_factory, image_folder) -> Path:
+    """Per-position maps of the colour layer, Shapley effects and interactions."""
+    out = tmp_path_factory.mktemp("report_shapley")
+    images = load_images(str(image_folder), 32)
+    run_sensitivity(_config(estimator="shapley-exact", n=32, reduction="none", layers=["colour", "readout"]),
+                    model=planted_bundle(), images=images, out_dir=out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sobol_run(tmp_path_factory) -> Path:
+    """Channel means of readout and fc, Sobol first/total/second order; images in memory (no gallery)."""
+    out = tmp_path_factory.mktemp("report_sobol")
+    run_sensitivity(_config(estimator="sobol2", n=128, layers=["readout", "fc"]), model=planted_bundle(),
+                    images=planted_images(), out_dir=out, progress=False)
+    return out
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(run, target, ignore=shutil.ignore_patterns("report.html", "figures"))
+    return target
+
+
+def _section(page: str, key: str) -> str:
+    match = re.search(rf'<section id="{key}">(.*?)</section>', page, re.S)
+    assert match, f"section {key!r} missing"
+    return match.group(1)
+
+
+def test_report_is_self_contained_with_every_section(shapley_run):
+    path = write_report(shapley_run)
+    assert path == shapley_run / "report.html"
+    page = path.read_text(encoding="utf-8")
+    sources = IMG.findall(page)
+    assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
+    assert not re.search(r'(src|href)="(https?:)?//', page), "the page must not reach the network"
+    for key in ("run", "layers", "units", "spatial", "interactions", "specialists", "gallery"):
+        assert "<img" in _section(page, key) or key in ("run", "specialists"), key
+    assert 'class="notice"' not in page
+    pngs = sorted(p.stem for p in (shapley_run / "figures").glob("*.png"))
+    svgs = sorted(p.stem for p in (shapley_run / "figures").glob("*.svg"))
+    assert len(pngs) == len(sources)
+    assert set(svgs) == set(pngs) - {"gallery"}  # the photographic gallery is PNG only
+    # the header names what was run
+    header = _section(page, "run")
+    for text in ("planted", "shapley-exact", "N = 32", "brightness", "factor ∈ [0.1, 1]", "colour (4×32×32 units)"):
+        assert text in header, text
+
+
+def test_sobol_report_shows_second_order_and_omits_the_unreachable_gallery(sobol_run):
+    page = write_report(sobol_run).read_text(encoding="utf-8")
+    assert "second-order S2" in _section(page, "interactions")
+    assert 'id="spatial"' not in page  # channel means: no spatial maps
+    gallery = _section(page, "gallery")
+    assert "notice" in gallery and "in memory" in gallery
+    assert "only interactions between factors explain" in _section(page, "layers")  # first-order remainder
+
+
+def test_most_specialised_units_are_the_planted_ones(sobol_run):
+    data = read_report_data(sobol_run)
+    table = top_units(data.indices, "total_order", data.players, k=2)
+    for unit, factor in PLANTED.items():
+        best = table[(table.factor == factor)].iloc[0]
+        # readout unit u and the fc logit 8·u carry the same planted dependence
+        assert (best.layer, best.unit) in {("readout", str(unit)), ("fc", str(unit))}, (factor, best)
+        assert best.estimate > 0.9 and best.ci_low > 0.5
+    assert not ((table.layer == "readout") & (table.unit == "3")).any()  # the dead unit never ranks
+
+
+def test_units_sort_by_dominant_factor_with_dead_units_last():
+    values = np.array([[0.1, 0.9], [np.nan, np.nan], [0.8, 0.1], [0.2, 0.5], [0.95, 0.0]])
+    dead = np.array([False, True, False, False, False])
+    assert _sorted_units(values, dead).tolist() == [4, 2, 0, 3, 1]
+
+
+def test_pooling_is_variance_weighted_and_skips_dead_units():
+    index = np.array([[[0.2, 0.8], [0.6, 0.4]], [[np.nan, np.nan], [1.0, 0.0]]])  # (C=2, P=2, d=2)
+    variance = np.array([[1.0, 3.0], [0.0, 2.0]])
+    dead = np.array([[False, False], [True, False]])
+    pooled, flags = channel_view(index, variance, dead, 2)
+    np.testing.assert_allclose(pooled[0], (1.0 * index[0, 0] + 3.0 * index[0, 1]) / 4.0)
+    np.testing.assert_allclose(pooled[1], index[1, 1])
+    assert not flags.any()
+    everything_dead = pool(index, variance, np.ones((2, 2), bool), 2, (0, 1))
+    assert np.isnan(everything_dead).all()
+
+
+def test_unit_labels_name_channel_and_position():
+    assert unit_label(7, (5,)) == "7"
+    assert unit_label(2 * 16 + 3 * 4 + 1, (4, 4, 4)) == "2 (3, 1)"
+
+
+def test_partial_run_gets_a_visible_notice(tmp_path):
+    out = tmp_path / "partial"
+    run_sensitivity(_config(n=64, batch_size=20), model=planted_bundle(), images=planted_images(), out_dir=out,
+                    stop_after_blocks=2, progress=False)
+    assert json.loads((out / "run.json").read_text())["status"] == "partial"
+    page = write_report(out).read_text(encoding="utf-8")
+    assert "status: partial" in _section(page, "run") and 'class="notice"' in page
+    assert "<img" in _section(page, "layers")
+
+
+@pytest.mark.parametrize("damage", ["no maps", "damaged tables", "no run.json"])
+def test_missing_or_damaged_files_yield_a_report_of_what_exists(sobol_run, tmp_path, damage):
+    run = _copy(sobol_run, tmp_path)
+    if damage == "no maps":
+        (run / "maps.npz").unlink()
+        expected, kept = "maps.npz is missing", "layers"
+    elif damage == "damaged tables":
+        (run / "layers.parquet").write_bytes(b"PAR1 not really")
+        (run / "maps.npz").write_bytes((run / "maps.npz").read_bytes()[:100])  # truncated by a kill
+        expected, kept = "layers.parquet could not be read", "specialists"
+    else:
+        (run / "run.json").unlink()
+        expected, kept = "run.json is missing", "units"
+    page = write_report(run).read_text(encoding="utf-8")
+    notices = _section(page, "run")
+    assert expected in notices
+    assert f'id="{kept}"' in page
+
+
+def test_a_folder_that_is_not_a_run_is_an_error(tmp_path):
+    with pytest.raises(AugsenseError, match="not a run folder"):
+        write_report(tmp_path)
+    with pytest.raises(AugsenseError, match="does not exist"):
+        write_report(tmp_path / "nowhere")
+
+
+def test_results_of_other_analyses_get_their_sections(sobol_run, tmp_path):
+    run = _copy(sobol_run, tmp_path)
+    factors = ["brightness", "saturation", "hflip"]
+    rows = [{"factor": f, "kind": kind, "q": q, "alpha": 0.0, "augmentation": aug, "top1": 0.8 - q / 2, "top5": 0.9}
+            for f in factors for kind in ("guided", "random", "least") for q in (0.5, 0.7, 0.9)
+            for aug in ("clean", f)]
+    pd.DataFrame(rows).to_parquet(run / "masking.parquet")
+    pd.DataFrame({"factor": factors, "action": "amplify", "jaccard": [0.1, 0.02, 0.001],
+                  "threshold": 0.003}).to_parquet(run / "single_class.parquet")
+    pd.DataFrame({"layer": "readout", "unit": np.repeat(np.arange(5), 3), "factor": factors * 5,
+                  "effect_size": np.linspace(-1, 1, 15), "q_value": np.linspace(0, 0.2, 15)}).to_parquet(
+        run / "contrast.parquet")
+    pd.DataFrame({"scope": "units", "factor_a": ["brightness", "brightness", "saturation"],
+                  "factor_b": ["saturation", "hflip", "hflip"], "rho": [0.1, -0.3, 0.5], "p_value": 0.1,
+                  "n": 5}).to_parquet(run / "map_statistics.parquet")
+    (run / "single_class.json").write_text(json.dumps({"confirmed": []}))
+    page = write_report(run).read_text(encoding="utf-8")
+    for key in ("masking", "single_class", "contrast", "map_statistics"):
+        section = _section(page, key)
+        assert "<img" in section and "<table" in section, key
+    assert "single_class.json" in _section(page, "single_class")
+
+
+def test_unexpected_columns_give_a_table_without_a_figure(sobol_run, tmp_path):
+    run = _copy(sobol_run, tmp_path)
+    pd.DataFrame({"something": [1, 2], "else": ["a", "b"]}).to_parquet(run / "masking.parquet")
+    section = _section(write_report(run).read_text(encoding="utf-8"), "masking")
+    assert "<img" not in section and "<td>a</td>" in section
+
+
+def test_cli_report_command(shapley_run, capsys):
+    from augsense.cli import main
+
+    assert main(["report", str(shapley_run)]) == 0
+    assert str(shapley_run / "report.html") in capsys.readouterr().out
+    assert main(["report", str(shapley_run / "missing")]) == 2
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _chromium() -> str:
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("no Chromium here: install Debian's `chromium` package (apt-get install -y chromium) to open "
+                    "the report in a real browser")
+    pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)")
+    return executable
+
+
+def test_report_opens_in_a_real_browser_with_every_figure_loaded(shapley_run, tmp_path):
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    page_path = write_report(shapley_run)
+    messages: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: messages.append(f"{m.type}: {m.text}") if m.type in ("error", "warning")
+                    else None)
+            page.on("pageerror", lambda e: messages.append(f"page error: {e}"))
+            page.on("request", lambda r: messages.append(f"network: {r.url}") if not r.url.startswith(("file:", "data:"))
+                    else None)
+            page.goto(page_path.resolve().as_uri(), wait_until="load")
+            images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert len(images) >= 6
+    assert all(complete and width > 0 for complete, width, _ in images), images
+    assert messages == []
+    assert (tmp_path / "report.png").stat().st_size > 10_000
