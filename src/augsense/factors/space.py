@@ -129,17 +129,14 @@ class FactorSpace:
                 images = factor.apply_unit(images, u[:, self.coords(factor.name)])
             return images
         perms = self.permutations(u)
+        drawn = [factor.parameters_from_unit(u[:, self.coords(factor.name)]) for factor in ordered]
         images = images.clone()
         for step in range(len(ordered)):
             for j, factor in enumerate(ordered):
-                index = torch.nonzero(perms[:, step] == j).squeeze(1)
-                if index.numel() == 0:
-                    continue
-                u_factor = u[:, self.coords(factor.name)]
-                if index.numel() == images.shape[0]:
-                    images = factor.apply_unit(images, u_factor)
-                    continue
-                images[index] = factor.apply_unit(images[index], u_factor[index])
+                params, active = drawn[j]
+                index = torch.nonzero((perms[:, step] == j) & active).squeeze(1)
+                if index.numel():
+                    images[index] = factor._run(images[index], params[index].to(images.dtype))
         return images
 
     def image_index(self, u: torch.Tensor, n_images: int) -> torch.Tensor:
