@@ -169,11 +169,13 @@ class Factor:
         """Apply to every sample: images ``(n, 3, H, W)`` float in [0, 1], params ``(n, P)`` within bounds."""
         check_images(images, f"factor {self.name!r}")
         params = self.check_params(params, images)
-        return self._run(images, params)
+        return self.apply_unchecked(images, params)
 
     def __call__(self, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Augment the samples whose switch is on with the parameters of ``u`` ``(n, n_coords)``; others pass unchanged."""
         check_images(images, f"factor {self.name!r}")
+        if not isinstance(u, torch.Tensor):
+            u = torch.as_tensor(u, dtype=torch.float64)
         if u.ndim != 2 or u.shape[0] != images.shape[0]:
             raise AugsenseError(
                 f"factor {self.name!r}: u must have shape ({images.shape[0]}, {self.n_coords}) "
@@ -186,15 +188,15 @@ class Factor:
         params, active = self.parameters_from_unit(u.to(images.device))
         params = params.to(images.dtype)
         if not self.switch:
-            return self._run(images, params)
+            return self.apply_unchecked(images, params)
         index = torch.nonzero(active).squeeze(1)
         n_active = int(index.numel())
         if n_active == images.shape[0]:
-            return self._run(images, params)
+            return self.apply_unchecked(images, params)
         if n_active == 0:
             return images
         out = images.clone()
-        out[index] = self._run(images[index], params[index])
+        out[index] = self.apply_unchecked(images[index], params[index])
         return out
 
     def check_params(self, params: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -231,7 +233,8 @@ class Factor:
                 )
         return params
 
-    def _run(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    def apply_unchecked(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """``fn(images, params)`` for callers that validated both already; checks only the output shape."""
         out = self.fn(images, params)
         if not isinstance(out, torch.Tensor) or out.shape != images.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

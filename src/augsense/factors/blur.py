@@ -43,13 +43,14 @@ def separable_blur(images: torch.Tensor, kernel_y: torch.Tensor, kernel_x: torch
     return x.reshape(n, c, x.shape[-2], x.shape[-1])
 
 
-def blur_kernel_size(sigma_px: float, scale: float, at_224: int | None = None) -> int:
-    """Odd kernel size: ``at_224`` scaled by ``scale`` if given, else covering ±3σ; at least 3."""
-    if at_224 is not None:
-        half = round(at_224 // 2 * scale)
-    else:
-        half = math.ceil(3.0 * sigma_px * scale)
-    return max(3, 2 * half + 1)
+def scaled_kernel_size(size_at_224: int, scale: float) -> int:
+    """Odd kernel side for an image ``scale`` = side/224 times a 224 image, from its side at 224; at least 3."""
+    return max(3, 2 * round(size_at_224 // 2 * scale) + 1)
+
+
+def covering_kernel_size(sigma: float) -> int:
+    """Odd kernel side covering ±3σ (σ in pixels of this image); at least 3."""
+    return max(3, 2 * math.ceil(3.0 * sigma) + 1)
 
 
 def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: tuple[int, int] = (7, 7),
@@ -106,7 +107,7 @@ def elliptic_local_blur(images: torch.Tensor, params: torch.Tensor, sigma_px: fl
     """
     n, _, h, w = images.shape
     sy, sx = h / 224.0, w / 224.0
-    ky, kx = blur_kernel_size(sigma_px, sy), blur_kernel_size(sigma_px, sx)
+    ky, kx = covering_kernel_size(sigma_px * sy), covering_kernel_size(sigma_px * sx)
     a, b, shift_x, shift_y, angle = params.to(images.device).unbind(dim=1)
     masks = ellipse_masks(h, w, h / 2 + shift_y * sy, w / 2 + shift_x * sx, b * sy, a * sx, angle)
     rows = torch.nonzero(masks.any(dim=3).any(dim=0).squeeze(0)).squeeze(1)

@@ -54,7 +54,7 @@ def _sharpness(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
 
 def _gaussian_blur(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     sy, sx = images.shape[2] / 224.0, images.shape[3] / 224.0
-    kernel = (blur.blur_kernel_size(0.0, sy, GAUSSIAN_BLUR_KERNEL), blur.blur_kernel_size(0.0, sx, GAUSSIAN_BLUR_KERNEL))
+    kernel = (blur.scaled_kernel_size(GAUSSIAN_BLUR_KERNEL, sy), blur.scaled_kernel_size(GAUSSIAN_BLUR_KERNEL, sx))
     return blur.gaussian_blur(images, params[:, 0], kernel, (sy, sx))
 
 

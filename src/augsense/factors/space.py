@@ -136,7 +136,7 @@ class FactorSpace:
                 params, active = drawn[j]
                 index = torch.nonzero((perms[:, step] == j) & active).squeeze(1)
                 if index.numel():
-                    images[index] = factor._run(images[index], params[index].to(images.dtype))
+                    images[index] = factor.apply_unchecked(images[index], params[index].to(images.dtype))
         return images
 
     def image_index(self, u: torch.Tensor, n_images: int) -> torch.Tensor:
