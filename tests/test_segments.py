@@ -140,6 +140,7 @@ def test_attribution_needs_runs_and_bad_segments_are_refused():
 
 
 @pytest.mark.parametrize("args, message", [
+    ([], "--segment"),
     (["--segment", "nope"], "no module 'nope'"),
     (["--segment", "layer1", "--channel", "q"], "h, s, v"),
     (["--segment", "layer1", "--layers", "fc"], "not inside segment"),

@@ -18,18 +18,22 @@ def register(subparsers: Any) -> None:
                     "sensitivity analysis on the block's units per channel (OUT/h, OUT/s, OUT/v run folders) and "
                     "attributes each unit and (unit, factor) to a channel (OUT/segments.parquet).")
     parser.add_argument("config", nargs="?", help="TOML config file (as for `augsense run`)")
-    parser.add_argument("--segment", required=True, help="'parent.A-B', 'a,b,c' or one module name")
-    parser.add_argument("--channel", default="all", help="h, s, v or all (default: all three)")
     parser.add_argument("--out", default="runs/segments", help="folder for the per-channel runs and segments.parquet")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     _config_flags(parser)
+    if "--segment" not in parser._option_string_actions:  # unless the config grew a `segment` key
+        parser.add_argument("--segment", default=None, help="'parent.A-B', 'a,b,c' or one module name")
+    parser.add_argument("--channel", default="all", help="h, s, v or all (default: all three)")
     parser.set_defaults(func=cmd_segments)
 
 
 def cmd_segments(args: argparse.Namespace) -> int:
     from augsense.analyses.segments import run_segments
     from augsense.cli import _load_config
+    from augsense.errors import AugsenseError
 
+    if not args.segment:
+        raise AugsenseError("name the block with --segment, e.g. features.0-2, conv1,bn1,relu,maxpool or layer1")
     config = _load_config(args.config, args)
     channels = [c.strip() for c in args.channel.lower().split(",")] if args.channel != "all" else "all"
     layers = config.layers if args.layers is not None or args.config is not None else None
