@@ -35,6 +35,7 @@ from augsense.factors import Factor, FactorSpace
 from augsense.io.images import ImageSet
 from augsense.io.results import RunFolder, load_run
 from augsense.probe.hooks import OUTPUT
+from augsense.progress import Progress
 from augsense.probe.masks import (MaskedForward, check_alpha, check_quantile, least_units, quantile_units,
                                   random_units, selection_multiplier, soft_multiplier)
 
@@ -256,7 +257,7 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
                    n_draws: int = 1, seed: int = 0, batch_size: int = 32, max_batch: int = 256,
                    device: torch.device | str = "cpu", top_k: int = 5, candidates: np.ndarray | None = None,
                    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   n_labels: int | None = None) -> Tally:
+                   n_labels: int | None = None, progress: bool = False) -> Tally:
     """Run every planned (augmentation, configuration) pair over the images.
 
     Args:
@@ -268,6 +269,7 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
         augmentations: A entries, None for clean input or the factor applied alone.
         candidates: (K, k) class sets; the mean Jaccard of each configuration's top-k with them.
         transform: optional preprocessing after augmentation (the paper's min–max stretch).
+        progress: show a progress bar (image × configuration forwards) with ETA on stderr.
     Returns:
         A :class:`Tally` of sample counts, correct top-1 / top-5, changes and Jaccard sums.
     """
@@ -280,6 +282,8 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
     bank = {layer: torch.from_numpy(m).to(device) for layer, m in multipliers.items()}
     cand = torch.from_numpy(candidates).to(device) if candidates is not None else None
     n_images = len(images)
+    total = int((plan[0].sum() + plan[1:].sum() * n_draws) * n_images) if n_aug else 0
+    bar = Progress(total=total, unit="img", description="masking", enabled=progress)
     for a, factor in enumerate(augmentations):
         configs = np.flatnonzero(plan[a])
         draws = [None] if factor is None else single_augmentation_draws(factor, n_images, n_draws, seed, a)
@@ -309,6 +313,8 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
                     top = outputs.topk(k, dim=-1).indices  # (K', n, k)
                     _count_masked(tally, a, part, top, ref_top[:, 0], y, known,
                                   cand[part_t] if cand is not None else None)
+                    bar.update(len(part) * len(index))
+    bar.close()
     return tally
 
 
@@ -501,7 +507,7 @@ def load_inputs(folder: RunFolder, model: Any = None, images: Any = None, device
 
 
 def run_masking(run_dir: str | Path | RunFolder, options: MaskingOptions | None = None, *, model: Any = None,
-                images: Any = None, write: bool = True) -> MaskingResult:
+                images: Any = None, write: bool = True, progress: bool = False) -> MaskingResult:
     """Guided masking on a run folder's maps; writes ``masking*.parquet`` into the folder.
 
     Args:
@@ -512,6 +518,7 @@ def run_masking(run_dir: str | Path | RunFolder, options: MaskingOptions | None 
         images: labelled images (ImageSet, folder, Dataset) overriding the run's images.
         write: write ``masking.parquet``, ``masking_classes.parquet``, ``masking_spearman.parquet`` and
             ``masking_gap.parquet`` into the folder.
+        progress: show a progress bar with ETA.
     """
     started = time.perf_counter()
     options = options or MaskingOptions()
@@ -544,7 +551,7 @@ def run_masking(run_dir: str | Path | RunFolder, options: MaskingOptions | None 
                            [None if name == CLEAN else by_name[name] for name in names], n_draws=options.n_draws,
                            seed=options.seed, batch_size=options.batch_size, max_batch=options.max_batch,
                            device=device, top_k=options.top_k, transform=transform,
-                           n_labels=len(bundle.class_names) if bundle.class_names else None)
+                           n_labels=len(bundle.class_names) if bundle.class_names else None, progress=progress)
     table, classes = masking_tables(specs, names, plan, tally, bundle.class_names)
     spearman, gap = specificity(table, options.confidence)
     timings = {"setup_s": setup, "total_s": time.perf_counter() - started,

@@ -36,6 +36,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="images × mask configurations in one forward pass (memory)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit-images", type=int, default=None)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
@@ -50,7 +51,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
                              least=args.least, augmentations=augmentations, n_draws=args.draws, seed=args.seed,
                              batch_size=args.batch_size, max_batch=args.max_batch, device=args.device,
                              limit_images=args.limit_images)
-    result = run_masking(args.run_dir, options)
+    result = run_masking(args.run_dir, options, images=args.images, progress=not args.quiet)
     table = result.table
     reference = table[table["kind"] == "none"]
     print("unmasked top-1 per input: " + ", ".join(f"{a} {t:.3f}" for a, t in zip(reference["augmentation"],

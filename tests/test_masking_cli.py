@@ -1,0 +1,99 @@
+"""`augsense mask` and `augsense single-class` on a small real run; one clear error (exit 2) per bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from augsense.cli import main
+
+
+def write_images(root, labelled: bool) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for i in range(4):
+        folder = root / ("1" if i % 2 else "7") if labelled else root
+        folder.mkdir(parents=True, exist_ok=True)
+        array = (torch.rand(40, 48, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(array).save(folder / f"img{i}.png")
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mask_cli")
+    write_images(root / "images", labelled=True)
+    out = root / "run"
+    code = main(["run", "--images", str(root / "images"), "--out", str(out), "--model", "resnet18", "--layers",
+                 "layer1,fc", "--factors", "hue,hflip", "--n", "4", "--batch-size", "16", "--device", "cpu",
+                 "--quiet", "--no-report", "--output", "logits"])
+    assert code == 0
+    return out
+
+
+SMALL = ["--quantiles", "0.9", "--alphas", "0", "--random", "1", "--no-least", "--no-soft", "--device", "cpu", "--quiet"]
+
+
+def test_mask_writes_tables(run_dir, capsys):
+    code, stdout, _ = run(["mask", run_dir, *SMALL], capsys)
+    assert code == 0, stdout
+    table = pd.read_parquet(run_dir / "masking.parquet")
+    assert set(table.augmentation) == {"clean", "hue", "hflip"}
+    assert set(table.kind) == {"none", "guided", "random"}
+    assert table[table.kind != "none"].n_units.gt(0).all()
+    assert (run_dir / "masking_gap.parquet").exists() and "unmasked top-1" in stdout
+
+
+def test_single_class_writes_its_table(run_dir, capsys):
+    code, stdout, _ = run(["single-class", run_dir, "--device", "cpu"], capsys)
+    assert code == 0, stdout
+    table = pd.read_parquet(run_dir / "single_class.parquet")
+    assert set(table.factor) == {"hue", "hflip"} and set(table.alpha) == {0.0, 1.5}
+    assert (table.k == 5).all() and table.candidates.map(len).eq(5).all()
+    assert table.threshold.ge(0).all() and "null fence" in stdout
+    assert (table.confirmed == (table.mean_jaccard > table.threshold)).all()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--factors", "rotation"], "factor 'rotation' is not in the run"),
+    (["--alphas", "-1"], "α must lie in"),
+    (["--quantiles", "1.5"], "quantile q must lie in [0, 1]"),
+    (["--quantiles", "a,b"], "--quantiles expects comma-separated numbers"),
+    (["--quantity", "shapley"], "no 'shapley' map"),
+    (["--layers", "layer3"], "layer 'layer3' is not in the run"),
+    (["--augmentations", "rotation"], "augmentation 'rotation' is not a factor of the run"),
+])
+def test_mask_bad_input_is_one_clear_error(run_dir, capsys, extra, message):
+    code, _, stderr = run(["mask", run_dir, *SMALL, *extra], capsys)
+    assert code == 2
+    assert message in stderr and stderr.count("\n") == 1
+
+
+def test_run_folder_without_maps(run_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "maps.npz").unlink()
+    for command in ("mask", "single-class"):
+        code, _, stderr = run([command, broken, "--device", "cpu"], capsys)
+        assert code == 2 and "no sensitivity maps" in stderr
+
+
+def test_images_without_labels(run_dir, tmp_path, capsys):
+    write_images(tmp_path / "flat", labelled=False)
+    code, _, stderr = run(["mask", run_dir, *SMALL, "--images", tmp_path / "flat"], capsys)
+    assert code == 2 and "no labels" in stderr
+
+
+def test_single_class_bad_k_and_candidates_layer(run_dir, capsys):
+    code, _, stderr = run(["single-class", run_dir, "--k", "0"], capsys)
+    assert code == 2 and "k must be a positive integer" in stderr
+    code, _, stderr = run(["single-class", run_dir, "--candidates-layer", "layer1"], capsys)
+    assert code == 2 and "must be the class outputs" in stderr
