@@ -76,6 +76,19 @@ def current_shard(device: str = "auto") -> Shard:
     return Shard(rank, dist.get_world_size(), shard_device)
 
 
+def broadcast_module(module: torch.nn.Module, shard: Shard) -> None:
+    """Collective: copy rank 0's parameters and buffers to every rank.
+
+    Ranks must measure the same network; without this, a model built with random weights (or a
+    weights file that changed between nodes) would silently differ between ranks.
+    """
+    if not shard.distributed:
+        return
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=0)
+
+
 def _empty_like_on_cpu(accumulator: Any) -> Any:
     """A fresh accumulator with the same class, design, outputs, groups and options, on the CPU."""
     groups = None if accumulator.groups is None else accumulator.groups.cpu()
@@ -177,7 +190,7 @@ class BlockSchedule:
         position, rounds, last = 0, 0, time.monotonic()
         while True:
             mine = position < len(todo)
-            due = self.on_checkpoint is not None and self.checkpoint_every > 0 and \
+            due = self.on_checkpoint is not None and self.checkpoint_every > 0 and rounds > 0 and \
                 time.monotonic() - last >= self.checkpoint_every
             stop = self.stop_after is not None and rounds >= self.stop_after
             due, stop, more = _agree([due, stop, mine], self.shard)

@@ -26,7 +26,7 @@ from augsense.factors import FactorSpace, get_factor, preset
 from augsense.io.checkpoints import checkpoint_path, resume_run_checkpoint, save_run_checkpoint
 from augsense.io.images import ImageSet, load_images
 from augsense.io.models import ModelBundle, load_model
-from augsense.parallel import BlockSchedule, Shard, current_shard, gather_states
+from augsense.parallel import BlockSchedule, Shard, broadcast_module, current_shard, gather_states
 from augsense.probe.hooks import ActivationProbe
 from augsense.progress import Progress
 
@@ -183,6 +183,7 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
     bundle = model if isinstance(model, ModelBundle) else load_model(model if model is not None else config.model,
                                                                      weights=config.weights)
     bundle.module.to(device).eval()
+    broadcast_module(bundle.module, shard)
     if model is not None:
         config = dataclasses.replace(config, model=bundle.name)
     if images is not None and not isinstance(images, str):
