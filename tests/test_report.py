@@ -60,9 +60,15 @@ def sobol_run(tmp_path_factory) -> Path:
     return out
 
 
-def _copy(run: Path, tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def shapley_report(shapley_run) -> Path:
+    return write_report(shapley_run)
+
+
+def _copy(run: Path, tmp_path: Path, *, drop: tuple[str, ...] = ()) -> Path:
+    """A copy of a run folder without its report and without ``drop`` (to keep a test to its section)."""
     target = tmp_path / "run"
-    shutil.copytree(run, target, ignore=shutil.ignore_patterns("report.html", "figures"))
+    shutil.copytree(run, target, ignore=shutil.ignore_patterns("report.html", "figures", *drop))
     return target
 
 
@@ -72,8 +78,8 @@ def _section(page: str, key: str) -> str:
     return match.group(1)
 
 
-def test_report_is_self_contained_with_every_section(shapley_run):
-    path = write_report(shapley_run)
+def test_report_is_self_contained_with_every_section(shapley_run, shapley_report):
+    path = shapley_report
     assert path == shapley_run / "report.html"
     page = path.read_text(encoding="utf-8")
     sources = IMG.findall(page)
@@ -172,7 +178,7 @@ def test_a_folder_that_is_not_a_run_is_an_error(tmp_path):
 
 
 def test_results_of_other_analyses_get_their_sections(sobol_run, tmp_path):
-    run = _copy(sobol_run, tmp_path)
+    run = _copy(sobol_run, tmp_path, drop=("maps.npz",))
     factors = ["brightness", "saturation", "hflip"]
     rows = [{"factor": f, "kind": kind, "q": q, "alpha": 0.0, "augmentation": aug, "top1": 0.8 - q / 2, "top5": 0.9}
             for f in factors for kind in ("guided", "random", "least") for q in (0.5, 0.7, 0.9)
@@ -186,27 +192,30 @@ def test_results_of_other_analyses_get_their_sections(sobol_run, tmp_path):
     pd.DataFrame({"scope": "units", "factor_a": ["brightness", "brightness", "saturation"],
                   "factor_b": ["saturation", "hflip", "hflip"], "rho": [0.1, -0.3, 0.5], "p_value": 0.1,
                   "n": 5}).to_parquet(run / "map_statistics.parquet")
-    (run / "single_class.json").write_text(json.dumps({"confirmed": []}))
+    (run / "single_class.json").write_text(json.dumps({"confirmed": [{"factor": "brightness", "classes": [1, 2]}]}))
     page = write_report(run).read_text(encoding="utf-8")
     for key in ("masking", "single_class", "contrast", "map_statistics"):
         section = _section(page, key)
         assert "<img" in section and "<table" in section, key
-    assert "single_class.json" in _section(page, "single_class")
+    assert "single_class.json" in _section(page, "single_class") and "classes" in _section(page, "single_class")
+    assert "could not" not in page
 
 
 def test_unexpected_columns_give_a_table_without_a_figure(sobol_run, tmp_path):
-    run = _copy(sobol_run, tmp_path)
+    run = _copy(sobol_run, tmp_path, drop=("maps.npz", "layers.parquet"))
     pd.DataFrame({"something": [1, 2], "else": ["a", "b"]}).to_parquet(run / "masking.parquet")
     section = _section(write_report(run).read_text(encoding="utf-8"), "masking")
     assert "<img" not in section and "<td>a</td>" in section
 
 
-def test_cli_report_command(shapley_run, capsys):
+def test_cli_report_command(sobol_run, tmp_path, capsys):
     from augsense.cli import main
 
-    assert main(["report", str(shapley_run)]) == 0
-    assert str(shapley_run / "report.html") in capsys.readouterr().out
-    assert main(["report", str(shapley_run / "missing")]) == 2
+    run = _copy(sobol_run, tmp_path, drop=("maps.npz",))
+    assert main(["report", str(run)]) == 0
+    assert str(run / "report.html") in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -222,11 +231,11 @@ def _chromium() -> str:
     return executable
 
 
-def test_report_opens_in_a_real_browser_with_every_figure_loaded(shapley_run, tmp_path):
+def test_report_opens_in_a_real_browser_with_every_figure_loaded(shapley_report, tmp_path):
     executable = _chromium()
     from playwright.sync_api import sync_playwright
 
-    page_path = write_report(shapley_run)
+    page_path = shapley_report
     messages: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)

@@ -232,7 +232,7 @@ def spatial_maps(data: ReportData, layer: str, quantity: str, max_channels: int 
         return None
     d = len(players)
     cell = 0.95
-    fig = Figure(figsize=(cell * d + 1.6, cell * len(chosen) + 1.3), layout="constrained")
+    fig = Figure(figsize=(max(4.6, cell * d + 1.6), cell * len(chosen) + 1.5), layout="constrained")
     axes = fig.subplots(len(chosen), d, squeeze=False)
     cmap = _sequential()
     image = None
@@ -251,7 +251,7 @@ def spatial_maps(data: ReportData, layer: str, quantity: str, max_channels: int 
                 spine.set_linewidth(1.5)
             if j == 0:
                 ax.set_ylabel(f"ch {channel}\n(top: {best})", fontsize=7.5)
-    fig.suptitle(f"{layer}: spatial maps of {QUANTITY_LABELS.get(quantity, quantity)} (rows: channels, "
+    fig.suptitle(f"{layer}: {QUANTITY_LABELS.get(quantity, quantity)} per position\n(rows: channels, "
                  "columns: factors)", fontsize=9)
     assert image is not None
     bar = fig.colorbar(image, ax=axes, fraction=0.03, pad=0.01, extend="min")

@@ -40,25 +40,31 @@ def write_report(run_dir: Path) -> Path:
     page = Page(run_dir / FIGURE_FOLDER)
     with matplotlib.rc_context(figures.STYLE):
         _header(page, data)
-        _layer_section(page, data)
-        _unit_section(page, data)
-        _spatial_section(page, data)
-        _interaction_section(page, data)
-        _specialist_section(page, data)
-        _gallery_section(page, data)
-        for name, table in data.extras.items():
-            title = EXTRA_SECTIONS[name][0]
-            section = page.section(name, title)
-            render_extra(page, section, name, table, data.players)
-            if name in data.extra_json:
-                page.raw(section, "<details><summary>" + html.escape(f"{name}.json") + "</summary><pre>"
-                         + html.escape(_json_text(data.extra_json[name])) + "</pre></details>")
+        for render in (_layer_section, _unit_section, _spatial_section, _interaction_section, _specialist_section,
+                       _gallery_section, _extra_sections):
+            try:
+                render(page, data)
+            except Exception as error:  # noqa: BLE001 - show the rest of the run rather than nothing
+                page.notice(page.sections[0], f"A part of the report ({render.__name__.strip('_')}) could not be "
+                                              f"drawn: {type(error).__name__}: {error}")
     elapsed = time.perf_counter() - started
     path = run_dir / REPORT_NAME
     tmp = run_dir / f".{REPORT_NAME}.tmp"
     tmp.write_text(_document(data, page, elapsed), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def _extra_sections(page: Page, data: ReportData) -> None:
+    for name in EXTRA_SECTIONS:
+        if name not in data.extras and name not in data.extra_json:
+            continue
+        section = page.section(name, EXTRA_SECTIONS[name][0])
+        if name in data.extras:
+            render_extra(page, section, name, data.extras[name], data.players)
+        if name in data.extra_json:
+            page.raw(section, "<details><summary>" + html.escape(f"{name}.json") + "</summary><pre>"
+                     + html.escape(_json_text(data.extra_json[name])) + "</pre></details>")
 
 
 def _json_text(value: Any) -> str:
