@@ -29,8 +29,11 @@ def n_triangle(p: int) -> int:
 
 def row_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over rows of z (r, ..., p) and of its outer products: ((..., p), (..., p(p+1)/2))."""
-    i, j = _triu(z.shape[-1])
-    return z.sum(0), (z[..., list(i)] * z[..., list(j)]).sum(0)
+    p = z.shape[-1]
+    i, j = _triu(p)
+    cells = z.reshape(z.shape[0], -1, p).permute(1, 2, 0)            # (cells, p, r)
+    outer = torch.bmm(cells, cells.transpose(1, 2))                   # (cells, p, p), one small GEMM each
+    return z.sum(0), outer[:, list(i), list(j)].reshape(z.shape[1:-1] + (len(i),))
 
 
 def covariance(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
