@@ -52,21 +52,22 @@ def to_grayscale(images: torch.Tensor) -> torch.Tensor:
     return grayscale(images).expand_as(images).contiguous()
 
 
-_HUE_OFFSETS = (5.0, 3.0, 1.0)  # sector offsets of R, G, B in the HSV -> RGB formula
+_HUE_OFFSETS = (5.0, 3.0, 1.0)  # sector offsets of R, G, B in the closed-form HSV -> RGB
 
 
 def hue_turns(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """HSV hue ``(n, H, W)`` in turns [0, 1), and the channel max and range ``(n, H, W)``.
+    """HSV hue ``(n, H, W)`` in turns [0, 1), the channel max V and range V·S ``(n, H, W)``.
 
-    PIL's RGB -> HSV algorithm, as torchvision: gray pixels (max == min) get hue 0.
+    PIL's RGB -> HSV algorithm, as torchvision (gray pixels, max == min, get hue 0), computed on
+    channel planes only (no (n, 3, H, W) temporaries).
     """
     r, g, b = images.unbind(dim=1)
-    minc, maxc = torch.aminmax(images, dim=1)
-    channel_range = maxc - minc
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    channel_range = maxc - torch.minimum(torch.minimum(r, g), b)
     divisor = torch.where(channel_range == 0, torch.ones_like(channel_range), channel_range)
-    rc, gc, bc = ((maxc.unsqueeze(1) - images) / divisor.unsqueeze(1)).unbind(dim=1)
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    return h.mul_(1.0 / 6.0).add_(1.0).fmod_(1.0), maxc, channel_range
+    h = torch.where(maxc == r, g - b,
+                    torch.where(maxc == g, (b - r).add_(divisor, alpha=2.0), (r - g).add_(divisor, alpha=4.0)))
+    return h.div_(divisor).mul_(1.0 / 6.0).add_(1.0).fmod_(1.0), maxc, channel_range
 
 
 def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -76,8 +77,11 @@ def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     k = (n + 6H) mod 6 and n = 5, 3, 1 for R, G, B; equal to torchvision's table lookup.
     """
     h, maxc, channel_range = hue_turns(images)
-    h = h.add_(shift.to(device=images.device, dtype=images.dtype).view(-1, 1, 1)).remainder_(1.0).mul_(6.0)
-    offsets = torch.tensor(_HUE_OFFSETS, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    k = (h.unsqueeze(1) + offsets).remainder_(6.0)
-    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return maxc.unsqueeze(1) - channel_range.unsqueeze(1) * ramp
+    h6 = h.add_(shift.to(device=images.device, dtype=images.dtype).view(-1, 1, 1)).remainder_(1.0).mul_(6.0)
+    out = torch.empty_like(images)
+    for channel, offset in enumerate(_HUE_OFFSETS):
+        k = h6 + offset
+        k = torch.where(k >= 6.0, k - 6.0, k)
+        ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+        torch.sub(maxc, ramp.mul_(channel_range), out=out[:, channel])
+    return out
