@@ -180,12 +180,15 @@ def test_a_folder_that_is_not_a_run_is_an_error(tmp_path):
 def test_results_of_other_analyses_get_their_sections(sobol_run, tmp_path):
     run = _copy(sobol_run, tmp_path, drop=("maps.npz",))
     factors = ["brightness", "saturation", "hflip"]
-    rows = [{"factor": f, "kind": kind, "q": q, "alpha": 0.0, "augmentation": aug, "top1": 0.8 - q / 2, "top5": 0.9}
-            for f in factors for kind in ("guided", "random", "least") for q in (0.5, 0.7, 0.9)
-            for aug in ("clean", f)]
+    rows = [{"factor": f, "kind": kind, "mask": "quantile", "q": q, "alpha": 0.0, "augmentation": aug,
+             "top1": 0.8 - q / 2, "top5": 0.9} for f in factors for kind in ("guided", "random", "least")
+            for q in (0.5, 0.7, 0.9) for aug in ("clean", f)]
+    rows += [{"factor": None, "kind": "none", "mask": None, "q": np.nan, "alpha": np.nan, "augmentation": aug,
+              "top1": 0.8, "top5": 0.95} for aug in ["clean"] + factors]  # the unmasked reference
     pd.DataFrame(rows).to_parquet(run / "masking.parquet")
-    pd.DataFrame({"factor": factors, "action": "amplify", "jaccard": [0.1, 0.02, 0.001],
-                  "threshold": 0.003}).to_parquet(run / "single_class.parquet")
+    pd.DataFrame({"factor": factors, "alpha": 1.5, "mean_jaccard": [0.1, 0.02, 0.001], "threshold": 0.003,
+                  "confirmed": [True, True, False]}).to_parquet(run / "single_class.parquet")
+    pd.DataFrame({"factor": factors, "guided": 0.2, "random_mean": 0.5}).to_parquet(run / "masking_gap.parquet")
     pd.DataFrame({"layer": "readout", "unit": np.repeat(np.arange(5), 3), "factor": factors * 5,
                   "effect_size": np.linspace(-1, 1, 15), "q_value": np.linspace(0, 0.2, 15)}).to_parquet(
         run / "contrast.parquet")
@@ -199,6 +202,7 @@ def test_results_of_other_analyses_get_their_sections(sobol_run, tmp_path):
         assert "<img" in section and "<table" in section, key
     assert "single_class.json" in _section(page, "single_class") and "classes" in _section(page, "single_class")
     assert "could not" not in page
+    assert "masking_gap.parquet" in _section(page, "masking")
 
 
 def test_unexpected_columns_give_a_table_without_a_figure(sobol_run, tmp_path):

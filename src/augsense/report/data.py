@@ -154,7 +154,9 @@ def read_report_data(path: str | Path) -> ReportData:
     except Exception as error:  # noqa: BLE001 - a truncated zip raises BadZipFile, EOFError, ValueError …
         notices.append(f"maps.npz could not be read ({type(error).__name__}: {error}); unit heat maps, spatial "
                        "maps and interaction matrices are omitted.")
-    for name in EXTRA_RESULTS:
+    from augsense.report.extras import COMPANIONS
+
+    for name in EXTRA_RESULTS + tuple(c for names in COMPANIONS.values() for c in names):
         for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
             file = path / f"{name}{suffix}"
             if file.is_file() and name not in data.extras:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from augsense.report.page import Page, Section
 from augsense.report.palette import factor_colours
@@ -38,76 +39,107 @@ def _grid(n: int, width: float, height: float, columns: int = 3) -> tuple[Figure
     return fig, axes
 
 
+def _format(value: object) -> str:
+    return f"{value:g}" if isinstance(value, (int, float, np.integer, np.floating)) else str(value)
+
+
 def _configuration_labels(table: pd.DataFrame) -> pd.Series | None:
-    named = _column(table, "configuration", "config", "mask")
-    if named is not None:
-        return table[named].astype(str)
-    q, alpha = _column(table, "q", "quantile"), _column(table, "alpha", "scale")
-    if q is None and alpha is None:
-        return None
-    parts = []
-    if q is not None:
-        parts.append("q=" + table[q].map(lambda v: f"{v:g}" if isinstance(v, (int, float)) else str(v)))
-    if alpha is not None:
-        parts.append("α=" + table[alpha].map(lambda v: f"{v:g}" if isinstance(v, (int, float)) else str(v)))
-    label = parts[0]
-    for part in parts[1:]:
-        label = label + " " + part
-    return label.str.replace("q=nan ", "", regex=False)
+    """A readable label per mask configuration: rule, quantile and scale ("q=0.5 α=0", "soft α=1")."""
+    q, alpha, mask = _column(table, "q", "quantile"), _column(table, "alpha", "scale"), _column(table, "mask", "rule")
+    if q is None and alpha is None and mask is None:
+        named = _column(table, "configuration", "config")
+        return table[named].astype(str) if named is not None else None
+
+    def label(row: pd.Series) -> str:
+        parts = []
+        if mask is not None and pd.notna(row[mask]) and str(row[mask]) not in ("quantile", ""):
+            parts.append(str(row[mask]))
+        for column, symbol in ((q, "q"), (alpha, "α")):
+            if column is not None and pd.notna(row[column]):
+                parts.append(f"{symbol}={_format(row[column])}")
+        return " ".join(parts) or "–"
+
+    return table.apply(label, axis=1).astype(str)
+
+
+def _preferred_quantity(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one sensitivity quantity (Shapley, else total, else first order) when there are several."""
+    column = _column(table, "quantity")
+    if column is None:
+        return table
+    present = set(table[column].dropna().astype(str))
+    choice = next((q for q in ("shapley", "total_order", "first_order") if q in present), None)
+    return table if choice is None or len(present) < 2 else table[table[column].isna() | (table[column] == choice)]
 
 
 def masking_figure(table: pd.DataFrame, players: Sequence[str]) -> Figure | None:
     """Top-1 accuracy over mask configurations, one panel per factor: guided vs random vs least units.
 
-    Solid/dashed/dotted: guided/random/least-sensitive units; with an augmentation column, thick
-    lines are images augmented by the panel's own factor and thin ones clean images.
+    Line style: guided (solid, the factor's colour), random (dashed), least sensitive (dotted) units;
+    thick lines: images augmented by the panel's own factor, thin lines: clean images; horizontal
+    lines: the unmasked network (``kind == "none"`` rows).
     """
+    table = _preferred_quantity(table)
     factor, top1 = _column(table, "factor"), _column(table, "top1", "top1_accuracy", "accuracy")
     labels = _configuration_labels(table)
     if factor is None or top1 is None or labels is None:
         return None
-    kind = _column(table, "kind", "baseline", "selection", "units")
+    kind = _column(table, "kind", "baseline", "selection")
     augmentation = _column(table, "augmentation", "input", "augmented_by")
-    frame = pd.DataFrame({"factor": table[factor].astype(str), "config": labels,
+    frame = pd.DataFrame({"factor": table[factor].astype("string").fillna(""), "config": labels,
                           "top1": pd.to_numeric(table[top1], errors="coerce"),
-                          "kind": table[kind].astype(str) if kind else "guided",
+                          "kind": table[kind].astype(str).str.lower() if kind else "guided",
                           "input": table[augmentation].fillna("clean").astype(str) if augmentation else "all"})
+    reference = frame[frame["kind"] == "none"].groupby("input")["top1"].mean()
+    frame = frame[(frame["kind"] != "none") & (frame["factor"] != "")]
     factors = [p for p in players if p in set(frame["factor"])] + sorted(set(frame["factor"]) - set(players))
     if not factors:
         return None
-    order = list(dict.fromkeys(frame["config"]))
+    order = list(dict.fromkeys(frame.loc[frame["kind"] == "guided", "config"])) or list(dict.fromkeys(frame["config"]))
+    order += [c for c in dict.fromkeys(frame["config"]) if c not in order]
     colours = factor_colours(list(players) + [f for f in factors if f not in players])
-    fig, axes = _grid(len(factors), max(3.4, 0.28 * len(order) + 1.4), 2.9)
+    fig, axes = _grid(len(factors), max(3.2, 0.17 * len(order) + 1.3), 3.0)
+    x = np.arange(len(order))
     for ax, name in zip(axes.flat, factors):
         part = frame[frame["factor"] == name]
-        inputs = {"own augmentation": part[part["input"] == name], "clean": part[part["input"].str.lower().isin(CLEAN_NAMES)]}
-        if augmentation is None or all(v.empty for v in inputs.values()):
-            inputs = {"": part}
-        for input_name, rows in inputs.items():
+        own = part[part["input"] == name]
+        clean = part[part["input"].str.lower().isin(CLEAN_NAMES)]
+        inputs = [(own, 2.0, 1.0, name), (clean, 1.0, 0.6, "clean")] if augmentation else [(part, 1.6, 1.0, "all")]
+        for rows, width, alpha, input_name in inputs:
             for kind_name, curve in rows.groupby("kind", sort=False):
                 mean = curve.groupby("config", sort=False)["top1"].mean().reindex(order)
-                style, colour = BASELINE_STYLES.get(kind_name.lower(), ("-.", "#4d4d4d"))
-                label = f"{kind_name}" + (f", {input_name}" if input_name else "")
-                ax.plot(np.arange(len(order)), mean.to_numpy(), linestyle=style, marker="o", markersize=3,
-                        color=colour or colours[name], linewidth=2.0 if input_name != "clean" else 1.0,
-                        alpha=1.0 if input_name != "clean" else 0.7, label=label)
-        ax.set_title(f"units sensitive to {name}", color=colours[name])
-        ax.set_xticks(np.arange(len(order)), order, rotation=60, ha="right", fontsize=7)
+                style, colour = BASELINE_STYLES.get(kind_name, ("-.", "#4d4d4d"))
+                ax.plot(x, mean.to_numpy(), linestyle=style, marker="o", markersize=2.5, linewidth=width,
+                        color=colour or colours[name], alpha=alpha)
+            if input_name in reference.index:
+                ax.axhline(float(reference[input_name]), color="black", linewidth=width * 0.6, alpha=alpha)
+        ax.set_title(f"masks from {name}", color="black")
+        ax.set_xticks(x, order, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("top-1 accuracy")
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=6.5, frameon=False)
+    handles = [Line2D([], [], color="#444444", linestyle="-", label="guided (factor colour)"),
+               Line2D([], [], color=BASELINE_STYLES["random"][1], linestyle="--", label="random units"),
+               Line2D([], [], color=BASELINE_STYLES["least"][1], linestyle=":", label="least sensitive units"),
+               Line2D([], [], color="black", linewidth=1.2, label="unmasked")]
+    if augmentation:
+        handles += [Line2D([], [], color="#444444", linewidth=2.0, label="input: the factor's own augmentation"),
+                    Line2D([], [], color="#444444", linewidth=1.0, alpha=0.6, label="input: clean images")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
     return fig
 
 
 def single_class_figure(table: pd.DataFrame, players: Sequence[str]) -> Figure | None:
-    """Mean Jaccard index per factor (grouped by any action column) against the null threshold."""
+    """Per factor, the best mask configuration's mean Jaccard index (per scale α) against the null threshold."""
+    table = _preferred_quantity(table)
     factor, jaccard = _column(table, "factor"), _column(table, "jaccard", "mean_jaccard", "jaccard_mean")
     if factor is None or jaccard is None:
         return None
     threshold = _column(table, "threshold", "null_threshold", "fence")
     group = _column(table, "action", "alpha", "kind", "mode")
-    frame = table.assign(_group=table[group].astype(str) if group else "")
-    means = frame.groupby([factor, "_group"], sort=False)[jaccard].mean().unstack("_group")
+    frame = table.assign(_group=table[group].map(lambda v: f"α={_format(v)}" if group == _column(table, "alpha")
+                                                 else str(v)) if group else "")
+    frame = frame[frame[factor].notna()]
+    means = frame.groupby([factor, "_group"], sort=False)[jaccard].max().unstack("_group")
     names = [p for p in players if p in means.index] + [f for f in means.index if f not in players]
     means = means.reindex(names)
     colours = factor_colours(list(players) + [f for f in names if f not in players])
@@ -124,7 +156,7 @@ def single_class_figure(table: pd.DataFrame, players: Sequence[str]) -> Figure |
         if np.isfinite(value):
             ax.axhline(value, color="black", linestyle="--", linewidth=1, label=f"null threshold {value:.4f}")
     ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right")
-    ax.set_ylabel("mean Jaccard (candidates vs top-k)")
+    ax.set_ylabel("mean Jaccard, best configuration")
     ax.set_xlabel("factor whose units were masked")
     ax.legend(frameon=False, fontsize=7)
     return fig
@@ -164,8 +196,14 @@ def map_statistics_figure(table: pd.DataFrame, players: Sequence[str]) -> Figure
     rho = _column(table, "rho", "spearman", "correlation", "estimate")
     if a is None or b is None or rho is None:
         return None
-    keys = [c for c in (_column(table, "layer"), _column(table, "scope")) if c is not None]
-    groups = list(table.groupby(keys, sort=False)) if keys else [("all", table)]
+    table = _preferred_quantity(table)
+    scope = _column(table, "scope")
+    if scope is not None:  # correlations with the coefficient of variation stay in the table
+        table = table[table[scope].astype(str) != "cv"]
+    keys = [c for c in (_column(table, "layer"), scope) if c is not None]
+    groups = (list(table.groupby(keys, sort=False)) if keys else [("all", table)])[:12]
+    if not groups:
+        return None
     fig, axes = _grid(len(groups), 3.4, 3.2)
     image = None
     for ax, (key, part) in zip(axes.flat, groups):
@@ -202,8 +240,25 @@ EXTRA_SECTIONS: dict[str, tuple[str, Callable[[pd.DataFrame, Sequence[str]], Fig
 }
 
 
+#: Further tables written next to each result, shown below it (collapsed).
+COMPANIONS = {"masking": ("masking_gap", "masking_spearman", "masking_classes"),
+              "map_statistics": ("map_lda", "map_lda_confusion")}
+
+
+def _table_order(name: str, table: pd.DataFrame) -> pd.DataFrame:
+    """Most telling rows first: confirmed biases, then the smallest q-values."""
+    confirmed, q_value = _column(table, "confirmed"), _column(table, "q_value", "p_adjusted")
+    jaccard = _column(table, "mean_jaccard", "jaccard")
+    if name == "single_class" and confirmed is not None:
+        keys = [confirmed] + ([jaccard] if jaccard else [])
+        return table.sort_values(keys, ascending=False, kind="stable")
+    if name == "contrast" and q_value is not None:
+        return table.sort_values(q_value, kind="stable")
+    return table
+
+
 def render_extra(page: Page, section: Section, name: str, table: pd.DataFrame, players: Sequence[str]) -> None:
-    """A figure when the columns allow, then the table (first rows)."""
+    """A figure when the columns allow, then the table (most telling rows first)."""
     _, draw, caption = EXTRA_SECTIONS[name]
     try:
         fig = draw(table, players)
@@ -213,4 +268,4 @@ def render_extra(page: Page, section: Section, name: str, table: pd.DataFrame, p
         fig = None
     if fig is not None:
         page.figure(section, fig, name, caption)
-    page.table(section, table, f"{name}.parquet")
+    page.table(section, _table_order(name, table), f"{name}.parquet")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from augsense.report import figures
 from augsense.report.data import QUANTITY_LABELS, ReportData, read_report_data
-from augsense.report.extras import EXTRA_SECTIONS, render_extra
+from augsense.report.extras import COMPANIONS, EXTRA_SECTIONS, render_extra
 from augsense.report.page import Page, Section, format_number
 from augsense.report.palette import factor_colours
 from augsense.report.specialists import top_units
@@ -62,6 +62,11 @@ def _extra_sections(page: Page, data: ReportData) -> None:
         section = page.section(name, EXTRA_SECTIONS[name][0])
         if name in data.extras:
             render_extra(page, section, name, data.extras[name], data.players)
+        for companion in COMPANIONS.get(name, ()):
+            if companion in data.extras:
+                page.raw(section, f"<details><summary>{html.escape(companion)}.parquet</summary>")
+                page.table(section, data.extras[companion], f"{companion}.parquet")
+                page.raw(section, "</details>")
         if name in data.extra_json:
             page.raw(section, "<details><summary>" + html.escape(f"{name}.json") + "</summary><pre>"
                      + html.escape(_json_text(data.extra_json[name])) + "</pre></details>")
