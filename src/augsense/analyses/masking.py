@@ -284,6 +284,7 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
     n_images = len(images)
     total = int((plan[0].sum() + plan[1:].sum() * n_draws) * n_images) if n_aug else 0
     bar = Progress(total=total, unit="img", description="masking", enabled=progress)
+    expand_inside = True  # share the forward up to the first masked layer, until the model refuses
     for a, factor in enumerate(augmentations):
         configs = np.flatnonzero(plan[a])
         draws = [None] if factor is None else single_augmentation_draws(factor, n_images, n_draws, seed, a)
@@ -307,9 +308,10 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
                 for first in range(0, len(configs), chunk):
                     part = configs[first:first + chunk]
                     part_t = torch.from_numpy(part).to(device)
-                    with MaskedForward(module, {layer: m[part_t] for layer, m in bank.items()}) as masked, \
-                            torch.inference_mode():
+                    with MaskedForward(module, {layer: m[part_t] for layer, m in bank.items()},
+                                       expand_inside=expand_inside) as masked, torch.inference_mode():
                         outputs = masked(x).float()
+                    expand_inside = masked.expand_inside
                     top = outputs.topk(k, dim=-1).indices  # (K', n, k)
                     _count_masked(tally, a, part, top, ref_top[:, 0], y, known,
                                   cand[part_t] if cand is not None else None)

@@ -112,10 +112,12 @@ class MaskedForward:
     Each multiplier tensor is (K, *unit_shape) with unit_shape (C,) (per channel, broadcast over
     positions) or the layer's full output shape (per unit). The first masked layer to run repeats
     its input batch K times (config-major); when a later module still needs the un-repeated batch
-    (a skip connection around the masked layer), the whole input is repeated instead.
+    (a skip connection around the masked layer, or a forward that reshapes with the batch size it saw
+    at the input), the whole input is repeated instead, and ``expand_inside`` turns False; pass it on
+    to later instances to skip the failed attempt.
     """
 
-    def __init__(self, model: nn.Module, multipliers: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, model: nn.Module, multipliers: Mapping[str, torch.Tensor], *, expand_inside: bool = True) -> None:
         if not multipliers:
             raise AugsenseError("no masked layers given")
         modules = dict(model.named_modules())
@@ -128,7 +130,7 @@ class MaskedForward:
         self.model = model
         self.multipliers = dict(multipliers)
         self.n_configs = sizes.pop()
-        self.expand_inside = True
+        self.expand_inside = expand_inside
         self._n = 0
         self._handles: list = []
 
