@@ -19,6 +19,9 @@ ESTIMATORS = ("sobol", "sobol2", "shapley-exact", "shapley-permutation")
 IMAGE_MODES = ("within", "joint")
 PREPROCESSING = ("standard", "paper")
 
+#: The largest base sample: scipy's Sobol' generator has 30 bits (2**30 points per sequence).
+MAX_N = 2 ** 30
+
 #: The demo: the embedded default model on the bundled photos, stem to classifier.
 DEMO_LAYERS = ["_bn0", "_blocks.2", "_blocks.7", "_blocks.15", "_fc"]
 
@@ -89,6 +92,9 @@ class SensitivityConfig:
         _choice("preprocessing", self.preprocessing, PREPROCESSING)
         if self.n < 2 or self.n & (self.n - 1):
             raise AugsenseError(f"n = {self.n} must be a power of two ≥ 2 (Sobol' balance), e.g. 256 or 1024")
+        if self.n > MAX_N:
+            raise AugsenseError(f"n = {self.n} is beyond 2**30 = {MAX_N}, the longest scrambled Sobol' sequence; a "
+                                "run that long would not finish — n = 2**14 already gives CIs of a few 1e-3")
         if self.batch_size < 1:
             raise AugsenseError("batch_size must be ≥ 1")
         if not 0 < self.confidence < 1:
@@ -103,8 +109,10 @@ class SensitivityConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SensitivityConfig":
         """Build from a mapping (a TOML table); unknown keys are errors."""
+        if not isinstance(data, dict):
+            raise AugsenseError(f"a config must be a table of keys (a TOML file or a dict), got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(map(str, data)) - known)
         if unknown:
             raise AugsenseError(f"unknown config key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
         values = dict(data)
