@@ -221,7 +221,10 @@ def map_statistics_figure(table: pd.DataFrame, players: Sequence[str]) -> Figure
         ax.set_title(" / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,))), fontsize=9)
     if image is None:
         return None
-    fig.colorbar(image, ax=axes, fraction=0.04, pad=0.02).set_label("Spearman ρ")
+    quantity = _column(table, "quantity")
+    if quantity is not None and table[quantity].notna().any():
+        fig.suptitle(f"maps of {table[quantity].dropna().iloc[0]}", fontsize=9)
+    fig.colorbar(image, ax=axes, fraction=0.04, pad=0.02, shrink=0.8).set_label("Spearman ρ")
     return fig
 
 

@@ -99,13 +99,14 @@ def gallery(info: dict[str, Any], players: list[str]) -> tuple[Figure, str]:
     batch = image.unsqueeze(0)
     for k, factor in enumerate(factors):
         row, block = k % rows, k // rows
-        panels: list[tuple[str, np.ndarray]] = [(f"{factor.name}\noriginal", _to_numpy(batch, size))]
         levels = [("on", 0.0)] if not factor.parameters else LEVELS
-        with torch.no_grad():
-            for name, level in levels:
-                augmented = factor(batch, level_rows(factor, level).to(batch.dtype)).clamp(0, 1)
-                text = name if name == "on" else f"{name}\n{_describe(factor, level)}"
-                panels.append((text, _to_numpy(augmented, size)))
+        rows_u = torch.cat([level_rows(factor, level) for _, level in levels]).to(batch.dtype)
+        with torch.no_grad():  # all levels in one batched call, the original first
+            augmented = torch.cat([batch, factor(batch.expand(len(levels), -1, -1, -1), rows_u)])
+        thumbnails = _to_numpy(augmented, size)
+        texts = [f"{factor.name}\noriginal"] + [name if name == "on" else f"{name}\n{_describe(factor, level)}"
+                                                for name, level in levels]
+        panels = list(zip(texts, thumbnails))
         colour = np.array(mcolors.to_rgb(colours.get(factor.name, "black")))
         for i, (text, pixels) in enumerate(panels):
             x0 = block * (4 * cell_w + gap) + i * cell_w + pad
@@ -126,8 +127,8 @@ def gallery(info: dict[str, Any], players: list[str]) -> tuple[Figure, str]:
 
 
 def _to_numpy(batch: torch.Tensor, size: int = DISPLAY_SIZE) -> np.ndarray:
-    """(1, 3, S, S) → (size, size, 3) for display, resampled (antialiased when shrinking)."""
+    """(n, 3, S, S) → (n, size, size, 3) for display, resampled (antialiased when shrinking)."""
     if batch.shape[-1] != size:
         batch = torch.nn.functional.interpolate(batch, size=(size, size), mode="bilinear",
                                                 antialias=batch.shape[-1] > size)
-    return batch[0].clamp(0, 1).permute(1, 2, 0).double().cpu().numpy()
+    return batch.clamp(0, 1).permute(0, 2, 3, 1).double().cpu().numpy()

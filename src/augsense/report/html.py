@@ -202,7 +202,7 @@ def _spatial_section(page: Page, data: ReportData) -> None:
 
 
 def _interaction_section(page: Page, data: ReportData) -> None:
-    if not data.maps:
+    if not data.maps or len(data.players) < 2:
         return
     section = page.section("interactions", "Interactions between factors")
     quantity = data.pair_quantity()
