@@ -127,7 +127,7 @@ def load_folder(root: str | Path, size: int, resize: int | None = None, *, class
             continue
         try:
             pixels.append(_read(path, size, resize))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             skipped.append((str(path), f"unreadable: {error}"))
             continue
         sources.append(str(path))
