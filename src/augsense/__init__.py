@@ -22,8 +22,14 @@ _EXPORTS = {
     "Factor": "augsense.factors.base",
     "Parameter": "augsense.factors.base",
     "FactorSpace": "augsense.factors.space",
+    "make_factor": "augsense.factors.base",
     "get_factor": "augsense.factors.registry",
+    "factor_names": "augsense.factors.registry",
+    "register_factor": "augsense.factors.registry",
     "preset": "augsense.factors.registry",
+    # designs and accumulators
+    "make_design": "augsense.design",
+    "make_accumulator": "augsense.estimators",
     # the run
     "SensitivityConfig": "augsense.config",
     "run_sensitivity": "augsense.analyses.sensitivity",

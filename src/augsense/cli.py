@@ -14,7 +14,7 @@ from augsense.errors import AugsenseError
 EXIT_BAD_INPUT = 2
 
 
-def _config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per SensitivityConfig field (``batch_size`` → ``--batch-size``)."""
     from augsense.config import SensitivityConfig
 
@@ -34,7 +34,7 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, default=None, metavar=f.name.upper())
 
 
-def _parse_number(key: str, text: str, kind: type) -> Any:
+def parse_number(key: str, text: str, kind: type) -> Any:
     try:
         return kind(text)
     except ValueError:
@@ -70,15 +70,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         elif typing.get_origin(hint) is list:
             values[f.name] = [v.strip() for v in raw.split(",") if v.strip()]
         elif base is int:
-            values[f.name] = _parse_number(f.name, raw, int)
+            values[f.name] = parse_number(f.name, raw, int)
         elif base is float:
-            values[f.name] = _parse_number(f.name, raw, float)
+            values[f.name] = parse_number(f.name, raw, float)
         else:
             values[f.name] = raw
     return values
 
 
-def _load_config(path: str | None, args: argparse.Namespace, base: dict[str, Any] | None = None):
+def load_config(path: str | None, args: argparse.Namespace, base: dict[str, Any] | None = None):
     import tomllib
 
     from augsense.config import SensitivityConfig
@@ -127,8 +127,20 @@ def _finish(run: Any, out: Path | None, report: bool) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from augsense.analyses.sensitivity import run_sensitivity
 
-    config = _load_config(args.config, args)
+    config = load_config(args.config, args)
     out = Path(args.out)
+    if config.segment is not None:
+        from augsense.commands.segments import print_segments
+
+        from augsense.analyses.segments import run_segments
+        from augsense.config import DEMO_LAYERS
+
+        # the default layers belong to the whole network: a segment defaults to its last module
+        layers = None if config.layers == DEMO_LAYERS else config.layers
+        result = run_segments(config, config.segment, channels=config.segment_channel, out_dir=out, layers=layers,
+                              progress=not args.quiet)
+        print_segments(result, out)
+        return 0
     run = run_sensitivity(config, out_dir=out, resume=args.resume, progress=not args.quiet)
     _finish(run, out, config.report)
     return 0
@@ -140,7 +152,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     base = {"model": "efficientnet-lite0", "images": "bundled", "layers": list(DEMO_LAYERS),
             "factors": ["paper-set1", "paper-set2"], "estimator": "sobol", "n": 128, "batch_size": 32}
-    config = _load_config(None, args, base)
+    config = load_config(None, args, base)
     out = Path(args.out)
     print(f"augsense demo: {config.model} on the bundled photos, {len(config.layers)} layers, "
           f"factors {' + '.join(config.factors)}; writing to {out}", file=sys.stderr)
@@ -203,14 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs/run", help="run folder (default: runs/run)")
     run.add_argument("--resume", action="store_true", help="continue a killed run in --out from its checkpoint")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    _config_flags(run)
+    add_config_flags(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="the embedded default: EfficientNet-Lite0 on the bundled photos, offline")
     demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     demo.add_argument("--resume", action="store_true", help="continue a killed demo")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    _config_flags(demo)
+    add_config_flags(demo)
     demo.set_defaults(func=cmd_demo)
 
     layers = sub.add_parser("layers", help="list a model's layers with their output shapes")

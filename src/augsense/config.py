@@ -53,6 +53,9 @@ class SensitivityConfig:
         limit_images: use at most this many images.
         checkpoint_every: seconds between checkpoints (0 disables).
         report: write report.html at the end.
+        segment: run on a block cut out of the network instead (``"features.0-2"``, ``"layer1"`` …),
+            fed one HSV channel of the augmented input at a time (see ``augsense segments``).
+        segment_channel: ``"h"``, ``"s"``, ``"v"`` or ``"all"`` (one run per channel).
     """
 
     model: str = "efficientnet-lite0"
@@ -76,6 +79,8 @@ class SensitivityConfig:
     limit_images: int | None = None
     checkpoint_every: float = 120.0
     report: bool = True
+    segment: str | None = None
+    segment_channel: str = "all"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -90,6 +95,7 @@ class SensitivityConfig:
         _choice("image_mode", self.image_mode, IMAGE_MODES)
         _choice("estimator", self.estimator, ESTIMATORS)
         _choice("preprocessing", self.preprocessing, PREPROCESSING)
+        _choice("segment_channel", self.segment_channel, ("h", "s", "v", "all"))
         if self.n < 2 or self.n & (self.n - 1):
             raise AugsenseError(f"n = {self.n} must be a power of two ≥ 2 (Sobol' balance), e.g. 256 or 1024")
         if self.n > MAX_N:

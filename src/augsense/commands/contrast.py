@@ -9,7 +9,7 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add the ``contrast`` sub-command (every run option is a flag, as for ``augsense run``)."""
-    from augsense.cli import _config_flags
+    from augsense.cli import add_config_flags
 
     parser = subparsers.add_parser(
         "contrast", help="treatment–control contrast: each factor alone vs the clean image, per unit (Wilcoxon, BY-FDR)",
@@ -23,18 +23,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-difference-mib", default="1024",
                         help="memory for the kept paired differences of the rank tests (default 1024 MiB)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    _config_flags(parser)
+    add_config_flags(parser)
     parser.set_defaults(func=cmd_contrast)
 
 
 def cmd_contrast(args: argparse.Namespace) -> int:
     from augsense.analyses.contrast import format_summary, run_contrast
-    from augsense.cli import _load_config, _parse_number
+    from augsense.cli import load_config, parse_number
 
-    draws = _parse_number("draws", args.draws, int)
-    alpha = _parse_number("alpha", args.alpha, float)
-    memory = _parse_number("max_difference_mib", args.max_difference_mib, float)
-    config = _load_config(args.config, args)
+    draws = parse_number("draws", args.draws, int)
+    alpha = parse_number("alpha", args.alpha, float)
+    memory = parse_number("max_difference_mib", args.max_difference_mib, float)
+    config = load_config(args.config, args)
     out = Path(args.out)
     run = run_contrast(config, out_dir=out, draws=draws, alpha=alpha, max_difference_bytes=int(memory * 2**20),
                        progress=not args.quiet)

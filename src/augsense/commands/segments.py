@@ -9,7 +9,7 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add the ``segments`` sub-command (every run option is a flag, as for ``augsense run``)."""
-    from augsense.cli import _config_flags
+    from augsense.cli import add_config_flags
 
     parser = subparsers.add_parser(
         "segments", help="HSV single-channel segments: which of H, S, V carries each unit's sensitivity",
@@ -20,29 +20,34 @@ def register(subparsers: Any) -> None:
     parser.add_argument("config", nargs="?", help="TOML config file (as for `augsense run`)")
     parser.add_argument("--out", default="runs/segments", help="folder for the per-channel runs and segments.parquet")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    _config_flags(parser)
-    if "--segment" not in parser._option_string_actions:  # unless the config grew a `segment` key
-        parser.add_argument("--segment", default=None, help="'parent.A-B', 'a,b,c' or one module name")
-    parser.add_argument("--channel", default="all", help="h, s, v or all (default: all three)")
+    add_config_flags(parser)
+    parser.add_argument("--channel", default=None, help="h, s, v or all (default: segment_channel, all three)")
     parser.set_defaults(func=cmd_segments)
 
 
 def cmd_segments(args: argparse.Namespace) -> int:
     from augsense.analyses.segments import run_segments
-    from augsense.cli import _load_config
+    from augsense.cli import load_config
     from augsense.errors import AugsenseError
 
-    if not args.segment:
+    config = load_config(args.config, args)
+    if not config.segment:
         raise AugsenseError("name the block with --segment, e.g. features.0-2, conv1,bn1,relu,maxpool or layer1")
-    config = _load_config(args.config, args)
-    channels = [c.strip() for c in args.channel.lower().split(",")] if args.channel != "all" else "all"
+    channel = args.channel or config.segment_channel
+    channels = [c.strip() for c in channel.lower().split(",")] if channel != "all" else "all"
     layers = config.layers if args.layers is not None or args.config is not None else None
     out = Path(args.out)
-    result = run_segments(config, args.segment, channels=channels, out_dir=out, layers=layers,
+    result = run_segments(config, config.segment, channels=channels, out_dir=out, layers=layers,
                           progress=not args.quiet)
+    print_segments(result, out)
+    return 0
+
+
+def print_segments(result: Any, out: Path) -> None:
+    """A one-screen summary: units per layer attributed to H, S and V."""
     table = result.attribution
     whole = table[(table.factor == "all") & table.attributed]
-    print(f"segment {args.segment} (modules {', '.join(result.segment.modules)}; input "
+    print(f"segment {result.segment.spec} (modules {', '.join(result.segment.modules)}; input "
           f"{'×'.join(map(str, result.segment.input_shape))}), channels {', '.join(result.runs)}")
     for layer, rows in whole.groupby("layer", sort=False):
         counts = rows.channel.value_counts().reindex(list(result.runs), fill_value=0)
@@ -50,4 +55,3 @@ def cmd_segments(args: argparse.Namespace) -> int:
         print(f"  {layer:<20} units attributed to " + ", ".join(f"{c.upper()} {n}" for c, n in counts.items())
               + f" (of {total}; the rest move under no channel)")
     print(f"results: {out}/segments.parquet and run folders {', '.join(f'{out}/{c}' for c in result.runs)}")
-    return 0
