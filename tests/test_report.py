@@ -203,6 +203,7 @@ def test_results_of_other_analyses_get_their_sections(sobol_run, tmp_path):
     assert "single_class.json" in _section(page, "single_class") and "classes" in _section(page, "single_class")
     assert "could not" not in page
     assert "masking_gap.parquet" in _section(page, "masking")
+    assert "confirmed biases" in _section(page, "single_class")
 
 
 def test_unexpected_columns_give_a_table_without_a_figure(sobol_run, tmp_path):

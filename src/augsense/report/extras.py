@@ -271,4 +271,14 @@ def render_extra(page: Page, section: Section, name: str, table: pd.DataFrame, p
         fig = None
     if fig is not None:
         page.figure(section, fig, name, caption)
+    confirmed = _column(table, "confirmed")
+    if name == "single_class" and confirmed is not None:
+        rows = table[table[confirmed].fillna(False).astype(bool)]
+        if rows.empty:
+            page.text(section, "No bias is confirmed: no mean Jaccard index exceeds the null threshold.")
+        else:
+            page.table(section, _table_order(name, rows), "confirmed biases (factor → classes)")
+    # with a figure, the table folds away; without one, it is the content
+    page.raw(section, f"<details><summary>{name}.parquet: {len(table)} rows</summary>" if fig is not None else "<div>")
     page.table(section, _table_order(name, table), f"{name}.parquet")
+    page.raw(section, "</details>" if fig is not None else "</div>")
