@@ -47,31 +47,33 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_run(run: Any, out: str | Path) -> None:
-    """Write a SensitivityRun's results and provenance into ``out``."""
+def write_result_tables(result: Any, out: str | Path, *, players: list[str], layers: list[str],
+                        slices: dict[str, slice], unit_shapes: dict[str, tuple[int, ...]]) -> None:
+    """Write a SensitivityResult as ``indices.parquet``, ``layers.parquet`` and ``maps.npz`` in ``out``.
+
+    ``slices`` give each layer's columns among the result's m outputs, ``unit_shapes`` their shape.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = run.result
     m = result.n_outputs
     layer_of = np.empty(m, dtype=object)
     unit_of = np.empty(m, dtype=np.int64)
-    for layer, cols in run.slices.items():
+    for layer, cols in slices.items():
         layer_of[cols] = layer
         unit_of[cols] = np.arange(cols.stop - cols.start)
-    frame = result.to_dataframe(output_names=np.arange(m).astype(str), factor_names=run.players,
-                                group_names=run.layers)
+    frame = result.to_dataframe(output_names=np.arange(m).astype(str), factor_names=players, group_names=layers)
     units = frame[frame["level"] == "output"]
     index = units["output"].astype(np.int64).to_numpy()
     tidy = pd.DataFrame({"layer": layer_of[index], "unit": unit_of[index]})
     for column in ("factor", "factor2", "quantity", "estimate", "ci_low", "ci_high", "dead"):
         tidy[column] = units[column].to_numpy()
     _atomic_write(out / "indices.parquet", lambda p: tidy.to_parquet(p, index=False))
-    layers = frame[frame["level"] == "group"].rename(columns={"output": "layer"}).drop(columns=["level", "dead"])
-    _atomic_write(out / "layers.parquet", lambda p: layers.reset_index(drop=True).to_parquet(p, index=False))
+    grouped = frame[frame["level"] == "group"].rename(columns={"output": "layer"}).drop(columns=["level", "dead"])
+    _atomic_write(out / "layers.parquet", lambda p: grouped.reset_index(drop=True).to_parquet(p, index=False))
 
     arrays: dict[str, np.ndarray] = {}
-    for layer, cols in run.slices.items():
-        shape = tuple(run.unit_shapes[layer])
+    for layer, cols in slices.items():
+        shape = tuple(unit_shapes[layer])
         for name in MAP_QUANTITIES:
             for suffix in ("", "_ci"):
                 value = getattr(result, name + suffix, None)
@@ -84,6 +86,14 @@ def write_run(run: Any, out: str | Path) -> None:
                     part = value[cols]
                     arrays[f"{layer}/{name}"] = part.reshape(shape + part.shape[1:])
     _atomic_write(out / "maps.npz", lambda p: np.savez_compressed(open(p, "wb"), **arrays))
+
+
+def write_run(run: Any, out: str | Path) -> None:
+    """Write a SensitivityRun's results and provenance into ``out``."""
+    out = Path(out)
+    result = run.result
+    write_result_tables(result, out, players=run.players, layers=run.layers, slices=run.slices,
+                        unit_shapes=run.unit_shapes)
 
     info = {
         "status": "complete" if run.complete else "partial",
