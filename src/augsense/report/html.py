@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-import pandas as pd
 
 from augsense.report import figures
 from augsense.report.data import QUANTITY_LABELS, ReportData, read_report_data
 from augsense.report.extras import COMPANIONS, EXTRA_SECTIONS, render_extra
-from augsense.report.page import Page, Section, format_number
+from augsense.report.page import Page, format_number
 from augsense.report.palette import factor_colours
 from augsense.report.specialists import top_units
 
