@@ -161,3 +161,60 @@ def test_planted_accuracy_drops_more_under_guided_than_random(planted_run):
         assert (planted_run / f"{name}.parquet").exists()
     assert set(result.spearman.augmentation) == {"clean", *FACTORS}
     assert result.classes.groupby(["config", "augmentation"]).n.sum().max() <= 2 * len(images)
+
+
+class CapturedBatch(nn.Module):
+    """Reshapes with the batch size seen at the input (as EfficientNet-PyTorch does): expansion must fall back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bs = x.shape[0]
+        return self.fc(self.conv(x).mean(dim=(2, 3)).reshape(bs, -1)[:, :4])  # silently wrong when expanded
+
+
+def test_captured_batch_size_is_detected_and_falls_back():
+    model = CapturedBatch().eval()
+    x = torch.rand(2, 3, 8, 8)
+    bank = {"conv": torch.stack([torch.ones(4), torch.tensor([0.0, 1, 1, 1]), torch.tensor([2.0, 1, 0, 1])])}
+    with torch.inference_mode(), MaskedForward(model, bank) as masked:
+        together = masked(x)
+        assert not masked.expand_inside
+        with masked.unhooked():
+            plain = model(x)
+        chosen = masked(x, torch.tensor([2]))
+    torch.testing.assert_close(together[0], plain)
+    torch.testing.assert_close(chosen[0], together[2])
+    assert not torch.allclose(together[1], together[0])
+
+
+class InterleavedSkip(nn.Module):
+    """Right shapes, wrong pairing when expanded inside: only the one-time check can catch it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+        self.skip = nn.Linear(3, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.conv(x).mean(dim=(2, 3))
+        skip = self.skip(x.mean(dim=(2, 3)))
+        return self.fc(pooled) + skip.repeat_interleave(pooled.shape[0] // x.shape[0], dim=0)
+
+
+def test_silently_wrong_expansion_is_caught_by_the_check():
+    model = InterleavedSkip().eval()
+    x = torch.rand(3, 3, 8, 8)
+    bank = {"conv": torch.rand(4, 4, generator=torch.Generator().manual_seed(5))}
+    with torch.inference_mode(), MaskedForward(model, bank) as masked:
+        together = masked(x)
+        assert masked.verified and not masked.expand_inside
+    for k in range(4):
+        with torch.inference_mode(), MaskedForward(model, {"conv": bank["conv"][k:k + 1]}) as single:
+            torch.testing.assert_close(together[k], single(x)[0])

@@ -284,38 +284,34 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
     n_images = len(images)
     total = int((plan[0].sum() + plan[1:].sum() * n_draws) * n_images) if n_aug else 0
     bar = Progress(total=total, unit="img", description="masking", enabled=progress)
-    expand_inside = True  # share the forward up to the first masked layer, until the model refuses
-    for a, factor in enumerate(augmentations):
-        configs = np.flatnonzero(plan[a])
-        draws = [None] if factor is None else single_augmentation_draws(factor, n_images, n_draws, seed, a)
-        for u in draws:
-            for start in range(0, n_images, batch_size):
-                index = torch.arange(start, min(start + batch_size, n_images))
-                x = images.batch(index, device)
-                if factor is not None and u is not None:
-                    x = factor.apply_unit(x, u[index].to(device))
-                if transform is not None:
-                    x = transform(x)
-                x = normalise(x)
-                y = labels[index].to(device) if labels is not None else None
-                known = (y >= 0) if y is not None else None
-                with torch.inference_mode():
-                    reference = module(x).float()
-                k = min(top_k, reference.shape[-1])
-                ref_top = reference.topk(k, dim=-1).indices
-                _count_reference(tally, a, ref_top, y, known)
-                chunk = max(1, max_batch // len(index))
-                for first in range(0, len(configs), chunk):
-                    part = configs[first:first + chunk]
-                    part_t = torch.from_numpy(part).to(device)
-                    with MaskedForward(module, {layer: m[part_t] for layer, m in bank.items()},
-                                       expand_inside=expand_inside) as masked, torch.inference_mode():
-                        outputs = masked(x).float()
-                    expand_inside = masked.expand_inside
-                    top = outputs.topk(k, dim=-1).indices  # (K', n, k)
-                    _count_masked(tally, a, part, top, ref_top[:, 0], y, known,
-                                  cand[part_t] if cand is not None else None)
-                    bar.update(len(part) * len(index))
+    with torch.inference_mode(), MaskedForward(module, bank) as masked:
+        for a, factor in enumerate(augmentations):
+            configs = np.flatnonzero(plan[a])
+            draws = [None] if factor is None else single_augmentation_draws(factor, n_images, n_draws, seed, a)
+            for u in draws:
+                for start in range(0, n_images, batch_size):
+                    index = torch.arange(start, min(start + batch_size, n_images))
+                    x = images.batch(index, device)
+                    if factor is not None and u is not None:
+                        x = factor.apply_unit(x, u[index].to(device))
+                    if transform is not None:
+                        x = transform(x)
+                    x = normalise(x)
+                    y = labels[index].to(device) if labels is not None else None
+                    known = (y >= 0) if y is not None else None
+                    with masked.unhooked():
+                        reference = module(x).float()
+                    k = min(top_k, reference.shape[-1])
+                    ref_top = reference.topk(k, dim=-1).indices
+                    _count_reference(tally, a, ref_top, y, known)
+                    chunk = max(1, max_batch // len(index))
+                    for first in range(0, len(configs), chunk):
+                        part = configs[first:first + chunk]
+                        part_t = torch.from_numpy(part).to(device)
+                        top = masked(x, part_t).float().topk(k, dim=-1).indices  # (K', n, k)
+                        _count_masked(tally, a, part, top, ref_top[:, 0], y, known,
+                                      cand[part_t] if cand is not None else None)
+                        bar.update(len(part) * len(index))
     bar.close()
     return tally
 

@@ -15,7 +15,8 @@ K times (config-major) and applies the K multipliers, so the shared prefix is co
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -113,8 +114,8 @@ class MaskedForward:
     positions) or the layer's full output shape (per unit). The first masked layer to run repeats
     its input batch K times (config-major); when a later module still needs the un-repeated batch
     (a skip connection around the masked layer, or a forward that reshapes with the batch size it saw
-    at the input), the whole input is repeated instead, and ``expand_inside`` turns False; pass it on
-    to later instances to skip the failed attempt.
+    at the input), the whole input is repeated instead and ``expand_inside`` turns False. The first
+    shared pass is checked once against the first configuration run alone.
     """
 
     def __init__(self, model: nn.Module, multipliers: Mapping[str, torch.Tensor], *, expand_inside: bool = True) -> None:
@@ -131,16 +132,34 @@ class MaskedForward:
         self.multipliers = dict(multipliers)
         self.n_configs = sizes.pop()
         self.expand_inside = expand_inside
+        self.verified = False
         self._n = 0
+        self._active: torch.Tensor | None = None
+        self._bypass = False
         self._handles: list = []
 
-    def _edit(self, name: str) -> Callable[[nn.Module, object, object], torch.Tensor]:
-        multiplier = self.multipliers[name]
+    @contextmanager
+    def unhooked(self) -> Iterator[None]:
+        """Run the plain model (the unmasked reference) without leaving the ``with`` block."""
+        self._bypass = True
+        try:
+            yield
+        finally:
+            self._bypass = False
 
-        def hook(module: nn.Module, args: object, output: object) -> torch.Tensor:
+    @property
+    def active(self) -> int:
+        """Configurations in the current pass."""
+        return self.n_configs if self._active is None else int(self._active.numel())
+
+    def _edit(self, name: str) -> Callable[[nn.Module, object, object], torch.Tensor]:
+        def hook(module: nn.Module, args: object, output: object) -> torch.Tensor | None:
+            if self._bypass:
+                return None
             if not isinstance(output, torch.Tensor):
                 raise AugsenseError(f"layer {name!r} does not return a single tensor; mask another layer")
-            k, n = self.n_configs, self._n
+            multiplier = self.multipliers[name] if self._active is None else self.multipliers[name][self._active]
+            k, n = self.active, self._n
             if output.shape[0] == n and k > 1:
                 output = output.unsqueeze(0).expand(k, *output.shape).reshape(k * n, *output.shape[1:])
             elif output.shape[0] != k * n:
@@ -166,25 +185,42 @@ class MaskedForward:
             handle.remove()
         self._handles.clear()
 
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(n, 3, S, S) normalised inputs → (K, n, *output) model outputs under each configuration."""
+    def _run(self, inputs: torch.Tensor, active: torch.Tensor | None, n: int) -> torch.Tensor:
+        self._active, self._n = active, n
+        return self.model(inputs)
+
+    def __call__(self, inputs: torch.Tensor, configs: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, 3, S, S) normalised inputs → (K, n, *output) outputs under each configuration.
+
+        ``configs``: indices of the configurations to run (default: all K).
+        """
         if not self._handles:
             raise RuntimeError("use MaskedForward inside `with`")
-        n, k = inputs.shape[0], self.n_configs
-        self._n = n
-        if self.expand_inside:
+        n = inputs.shape[0]
+        k = self.n_configs if configs is None else int(configs.numel())
+        if self.expand_inside and k > 1:
             try:
-                out = self.model(inputs)
+                out = self._run(inputs, configs, n)
             except RuntimeError as error:
                 if "size" not in str(error) and "shape" not in str(error):
                     raise
                 self.expand_inside = False  # a skip connection bypasses the masked layer
             else:
-                if out.shape[0] == k * n:
-                    return out.reshape(k, n, *out.shape[1:])
-                self.expand_inside = False  # no masked layer ran: repeat the input below
+                if out.shape[0] != k * n:
+                    self.expand_inside = False  # no masked layer ran, or the model reshaped the batch
+                else:
+                    out = out.reshape(k, n, *out.shape[1:])
+                    if not self.verified:  # once: the first configuration alone must agree on every image
+                        first = configs[:1] if configs is not None else torch.zeros(1, dtype=torch.long)
+                        alone = self._run(inputs, first.to(next(iter(self.multipliers.values())).device), n)
+                        scale = float(alone.abs().max()) + 1e-12
+                        self.verified = True
+                        if not torch.allclose(alone, out[0], rtol=1e-3, atol=1e-4 * scale):
+                            self.expand_inside = False
+                    if self.expand_inside:
+                        return out
         repeated = inputs.unsqueeze(0).expand(k, *inputs.shape).reshape(k * n, *inputs.shape[1:])
-        out = self.model(repeated)
+        out = self._run(repeated, configs, n)
         return out.reshape(k, n, *out.shape[1:])
 
 
