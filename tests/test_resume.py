@@ -21,7 +21,7 @@ import pytest
 from augsense.analyses.sensitivity import run_sensitivity
 from augsense.config import SensitivityConfig
 from augsense.errors import AugsenseError
-from augsense.io.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from augsense.io.checkpoints import CHECKPOINT_NAME, load_checkpoint, remove_checkpoint, save_checkpoint
 from augsense.io.results import load_run
 from planted import PLANTED_CONFIG, planted_bundle, planted_images
 
@@ -158,5 +158,9 @@ def test_checkpoint_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
     save_checkpoint(path, {"fingerprint": "x", "value": np.arange(4)})
     assert load_checkpoint(path, fingerprint="x")["value"].tolist() == [0, 1, 2, 3]
     assert sorted(p.name for p in path.parent.iterdir()) == ["c.pt"]
+    (path.parent / ".c.pt.tmp12345").write_bytes(b"left by a writer killed mid-write")
+    assert load_checkpoint(path)["value"].tolist() == [0, 1, 2, 3]  # the last complete checkpoint still reads
     with pytest.raises(AugsenseError, match="another design"):
         load_checkpoint(path, fingerprint="y")
+    remove_checkpoint(path)
+    assert list(path.parent.iterdir()) == []

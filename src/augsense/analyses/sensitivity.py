@@ -23,7 +23,7 @@ from augsense.design import Design, make_design
 from augsense.errors import AugsenseError
 from augsense.estimators import make_accumulator
 from augsense.factors import FactorSpace, get_factor, preset
-from augsense.io.checkpoints import checkpoint_path, resume_run_checkpoint, save_run_checkpoint
+from augsense.io.checkpoints import checkpoint_path, remove_checkpoint, resume_run_checkpoint, save_run_checkpoint
 from augsense.io.images import ImageSet, load_images
 from augsense.io.models import ModelBundle, load_model
 from augsense.parallel import BlockSchedule, Shard, broadcast_module, current_shard, gather_states
@@ -263,6 +263,6 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
 
         write_run(run, out)
         if complete and checkpoint is not None:
-            checkpoint.unlink(missing_ok=True)
+            remove_checkpoint(checkpoint)
     return run
 
