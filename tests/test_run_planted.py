@@ -87,12 +87,12 @@ def test_runs_are_reproducible_and_resume_gives_the_same_indices(tmp_path):
     again = run_sensitivity(config(n=64, batch_size=20), **kwargs)
     np.testing.assert_array_equal(full.result.total_order, again.result.total_order)
     partial = run_sensitivity(config(n=64, batch_size=20), out_dir=tmp_path, stop_after_blocks=3, **kwargs)
-    assert not partial.complete and list(tmp_path.glob("checkpoint.rank0.pt"))
+    assert not partial.complete and list(tmp_path.glob("checkpoint.pt"))
     resumed = run_sensitivity(config(n=64, batch_size=20), out_dir=tmp_path, resume=True, **kwargs)
     assert resumed.complete
     np.testing.assert_allclose(resumed.result.total_order, full.result.total_order, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(resumed.result.first_order, full.result.first_order, rtol=1e-12, atol=1e-15)
-    assert not list(tmp_path.glob("checkpoint.rank0.pt"))
+    assert not list(tmp_path.glob("checkpoint.pt"))
 
 
 def test_clean_accuracy_is_measured_on_labelled_images(sobol_run):
