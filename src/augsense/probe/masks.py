@@ -15,7 +15,7 @@ K times (config-major) and applies the K multipliers, so the shared prefix is co
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Callable
 
@@ -222,10 +222,3 @@ class MaskedForward:
         repeated = inputs.unsqueeze(0).expand(k, *inputs.shape).reshape(k * n, *inputs.shape[1:])
         out = self._run(repeated, configs, n)
         return out.reshape(k, n, *out.shape[1:])
-
-
-def stack_multipliers(per_config: Sequence[Mapping[str, NDArray[np.float32]]], layers: Sequence[str],
-                      device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """K configurations {layer: (*unit_shape,)} → {layer: (K, *unit_shape)} float32 tensors."""
-    return {layer: torch.from_numpy(np.stack([config[layer] for config in per_config])).to(device)
-            for layer in layers}
