@@ -30,6 +30,16 @@ _EXPORTS = {
     # designs and accumulators
     "make_design": "augsense.design",
     "make_accumulator": "augsense.estimators",
+    # further analyses
+    "run_masking": "augsense.analyses.masking",
+    "MaskingOptions": "augsense.analyses.masking",
+    "run_single_class": "augsense.analyses.single_class",
+    "SingleClassOptions": "augsense.analyses.single_class",
+    "run_contrast": "augsense.analyses.contrast",
+    "run_segments": "augsense.analyses.segments",
+    "StimulusDesign": "augsense.analyses.stimuli",
+    "analyse_responses": "augsense.analyses.responses",
+    "sensitivity_from_outputs": "augsense.analyses.responses",
     # the run
     "SensitivityConfig": "augsense.config",
     "run_sensitivity": "augsense.analyses.sensitivity",
