@@ -210,20 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"augsense {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a sensitivity analysis from a TOML config and/or flags")
-    run.add_argument("config", nargs="?", help="TOML config file (every key is also a flag)")
-    run.add_argument("--out", default="runs/run", help="run folder (default: runs/run)")
-    run.add_argument("--resume", action="store_true", help="continue a killed run in --out from its checkpoint")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_config_flags(run)
-    run.set_defaults(func=cmd_run)
-
-    demo = sub.add_parser("demo", help="the embedded default: EfficientNet-Lite0 on the bundled photos, offline")
-    demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
-    demo.add_argument("--resume", action="store_true", help="continue a killed demo")
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_config_flags(demo)
-    demo.set_defaults(func=cmd_demo)
+    for name, default_out, help_text, handler in (
+            ("run", "runs/run", "run a sensitivity analysis from a TOML config and/or flags", cmd_run),
+            ("demo", "runs/demo", "the embedded default: EfficientNet-Lite0 on the bundled photos, offline", cmd_demo)):
+        command = sub.add_parser(name, help=help_text)
+        if name == "run":
+            command.add_argument("config", nargs="?", help="TOML config file (every key is also a flag)")
+        command.add_argument("--out", default=default_out, help=f"run folder (default: {default_out})")
+        command.add_argument("--resume", action="store_true", help="continue a killed run in --out from its checkpoint")
+        command.add_argument("--quiet", action="store_true", help="no progress bar")
+        add_config_flags(command)
+        command.set_defaults(func=handler)
 
     layers = sub.add_parser("layers", help="list a model's layers with their output shapes")
     layers.add_argument("model", nargs="?", default="efficientnet-lite0")
