@@ -24,7 +24,9 @@ def outputs_for(block, m=5):
 
 
 def filled(design, blocks, groups=None):
+    # relative std ~1e-6 at the 1e6 offset: exact shifted sums matter here, not the dead tolerance
     acc = make_accumulator(design, 5, groups=groups)
+    acc.dead_tolerance = 0.0
     for k in blocks:
         b = design.block(k)
         acc.update(b, outputs_for(b))
@@ -61,6 +63,7 @@ def test_state_dict_round_trip_changes_nothing(kind):
     design = make_design(kind, [1, 1, 1], 64, seed=1, block_size=16)
     acc = filled(design, [0, 2])
     clone = make_accumulator(design, 5)
+    clone.dead_tolerance = 0.0
     clone.load_state_dict(acc.state_dict())
     assert_same(acc.compute(), clone.compute(), rtol=0)
     for a in (acc, clone):                     # resuming: both continue identically
@@ -107,7 +110,7 @@ def test_moment_accumulator_merges_exactly():
     rng = np.random.default_rng(0)
     y = 1e8 + rng.normal(size=(300, 4))
     y[:, 3] = 7.0
-    whole, a, b = MomentAccumulator(4), MomentAccumulator(4), MomentAccumulator(4)
+    whole, a, b = (MomentAccumulator(4, dead_tolerance=0.0) for _ in range(3))   # std 1e-8 of the mean
     whole.update(torch.as_tensor(y))
     a.update(torch.as_tensor(y[:100]))
     b.update(torch.as_tensor(y[100:]))
@@ -157,3 +160,77 @@ def test_function_api_accepts_torch_outputs_and_many_outputs():
     assert r.first_order.shape == (3, 2) and r.first_order_ci.shape == (2, 3, 2) and r.second_order is None
     np.testing.assert_allclose(r.first_order[0], [1, 0], atol=0.02)
     assert r.dead.tolist() == [False, False, True]
+
+
+def _near_constant(block, rng, level=3.0):
+    """Outputs (r, G, 3): constant + 1e-9 relative noise (float32-rounding-like), relative std 1e-4
+    driven by the factors, and an O(1) output."""
+    x = torch.as_tensor(block.points)
+    noise = torch.as_tensor(rng.normal(size=x.shape[:2]))
+    signal = x[..., 0] - 0.5 + 0.5 * x[..., 1]
+    return torch.stack([level * (1 + 1e-9 * noise), level * (1 + 1e-4 * signal), signal], -1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_outputs_constant_up_to_rounding_are_dead_but_small_effects_are_not(kind):
+    design = make_design(kind, [1, 1], 256, seed=5, block_size=64)
+    rng = np.random.default_rng(0)
+    accs = [make_accumulator(design, 3), make_accumulator(design, 3)]
+    assert accs[0].dead_tolerance == 1e-6
+    accs[1].dead_tolerance = 0.0
+    for b in design.blocks():
+        y = _near_constant(b, rng)
+        for acc in accs:
+            acc.update(b, y)
+    default, exact = (acc.compute() for acc in accs)
+    assert default.dead.tolist() == [True, False, False]
+    assert exact.dead.tolist() == [False, False, False]            # tol 0: only exact constants
+    index = default.first_order if default.first_order is not None else default.shapley
+    assert np.isnan(index[0]).all() and np.isfinite(index[1:]).all()
+    np.testing.assert_allclose(index[1], index[2], rtol=1e-6)   # same signal, scaled: same indices
+
+
+def test_dead_tolerance_in_moments_groups_and_bad_values():
+    rng = np.random.default_rng(1)
+    y = np.stack([7.0 * (1 + 1e-9 * rng.normal(size=500)), 7.0 * (1 + 1e-4 * rng.normal(size=500)),
+                  np.zeros(500)], 1)
+    acc = MomentAccumulator(3)
+    acc.update(torch.as_tensor(y))
+    r = acc.compute()
+    assert r.dead.tolist() == [True, False, True] and np.isnan(r.cv[[0, 2]]).all()
+    design = make_design("sobol", [1, 1], 256, seed=5, block_size=64)
+    acc = make_accumulator(design, 3, groups=torch.tensor([0, 1, 1]))
+    for b in design.blocks():
+        acc.update(b, _near_constant(b, rng))
+    agg = acc.compute().aggregated
+    assert agg.dead.tolist() == [True, False] and np.isnan(agg.first_order[0]).all()
+    r = sobol_indices(lambda x: 2.0 + 1e-12 * x[:, 0], [(0, 1)], 64, dead_tolerance=0.0)
+    assert not r.dead[0] and sobol_indices(lambda x: 2.0 + 1e-12 * x[:, 0], [(0, 1)], 64).dead[0]
+    for bad in (-1e-6, 1.0, "small"):
+        with pytest.raises(AugsenseError, match="dead_tolerance"):
+            acc.dead_tolerance = bad
+        with pytest.raises(AugsenseError, match="dead_tolerance"):
+            MomentAccumulator(3, dead_tolerance=bad)
+
+
+@pytest.mark.parametrize("denominator", ["pooled", "paired"])
+def test_power_basis_sums_equal_the_naive_outer_products(denominator):
+    # the fast path sums weighted powers of D = f_AB_i - f_A; compare with z z^T built row by row
+    from augsense.estimators._delta import row_moments
+
+    design = make_design("sobol", [1, 2, 1], 64, seed=6, block_size=64)
+    block = design.block(0)
+    y = outputs_for(block, 4) - 1e6
+    acc = make_accumulator(design, 4, denominator=denominator)
+    acc.update(block, y)
+    v = y - acc.shift
+    a, b, ab = v[:, 0], v[:, 1], v[:, 2:]
+    D = ab - a[:, None]
+    if denominator == "pooled":
+        parts = [b[:, None] * D, D, 0.5 * D * D, (0.5 * (a * a + b * b))[:, None].expand_as(D),
+                 (a + b)[:, None].expand_as(D)]
+    else:
+        parts = [(b[:, None] - 0.5 * (a[:, None] + ab)) * D, D, 0.5 * D * D, (0.5 * (a - b) ** 2)[:, None].expand_as(D)]
+    s1, s2 = row_moments(torch.stack(parts, -1).transpose(1, 2))        # (m, d, p), (m, d, T)
+    np.testing.assert_allclose(acc.sums["c1"], s1, rtol=1e-10, atol=1e-10 * s1.abs().max().item())
+    np.testing.assert_allclose(acc.sums["c2"], s2, rtol=1e-10, atol=1e-10 * s2.abs().max().item())

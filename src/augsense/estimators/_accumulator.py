@@ -3,6 +3,8 @@
 Sums are float64 tensors on the accumulator's device, shifted by a per-output constant K (the
 mean of the first block seen) so that large means do not destroy precision; merging re-expresses
 the other accumulator's sums in this one's shift exactly (each subclass gives its affine map).
+Blocks are processed in chunks of outputs sized to stay in cache (``CHUNK_ELEMENTS``), so no
+temporary ever scales with m.
 """
 
 from __future__ import annotations
@@ -15,6 +17,35 @@ import torch
 from augsense.design import Design, DesignBlock
 from augsense.errors import AugsenseError
 
+#: target float64 elements per per-chunk temporary (~0.5 MiB: stays in cache and reuses heap memory;
+#: measured best of 2**12..2**17 for d = 8, 64-row blocks)
+CHUNK_ELEMENTS = 1 << 16
+#: default relative tolerance below which an output counts as constant (see :func:`dead_outputs`)
+DEAD_TOLERANCE = 1e-6
+
+
+def check_dead_tolerance(tol: float) -> float:
+    """Validate a relative dead-output tolerance (0 <= tol < 1)."""
+    try:
+        tol = float(tol)
+    except (TypeError, ValueError) as err:
+        raise AugsenseError(f"dead_tolerance must be a number in [0, 1), e.g. 1e-6; got {tol!r}") from err
+    if not 0 <= tol < 1:
+        raise AugsenseError(f"dead_tolerance must be in [0, 1), e.g. 1e-6 (0 flags only exactly constant "
+                            f"outputs); got {tol}")
+    return tol
+
+
+def dead_outputs(variance: torch.Tensor, mean: torch.Tensor, tol: float) -> torch.Tensor:
+    """Outputs that are constant up to rounding: variance <= (tol * max(|mean|, tiny))**2 (or NaN).
+
+    float32 activations carry a relative rounding error of ~6e-8, which leaves a spurious variance
+    of order (1e-8 * mean)**2 on a unit that does not move; tol = 1e-6 sits well above that and
+    far below any meaningful effect. tol = 0 flags only exactly constant outputs.
+    """
+    scale = mean.abs().clamp_min(torch.finfo(torch.float64).tiny)
+    return ~(variance > (tol * scale) ** 2)
+
 
 class DesignAccumulator:
     """Base class; subclasses define ``kinds``, ``_new_sums``, ``_update_sums``, ``_reshift_sums``."""
@@ -22,7 +53,7 @@ class DesignAccumulator:
     kinds: tuple[str, ...] = ()
 
     def __init__(self, design: Design, n_outputs: int, *, groups: torch.Tensor | None = None,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, dead_tolerance: float = DEAD_TOLERANCE) -> None:
         if design.kind not in self.kinds:
             raise AugsenseError(
                 f"{type(self).__name__} needs a design of kind {' or '.join(self.kinds)}, got {design.kind!r}; "
@@ -31,6 +62,7 @@ class DesignAccumulator:
         if int(n_outputs) < 1:
             raise AugsenseError(f"n_outputs must be >= 1, got {n_outputs}")
         self.design = design
+        self.dead_tolerance = dead_tolerance
         self.n_outputs = int(n_outputs)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.groups: torch.Tensor | None = None
@@ -49,13 +81,29 @@ class DesignAccumulator:
         self.shift: torch.Tensor | None = None
         self.sums: dict[str, torch.Tensor] = self._new_sums()
 
+    @property
+    def dead_tolerance(self) -> float:
+        """Relative tolerance of :func:`dead_outputs`; settable any time before ``compute``."""
+        return self._dead_tolerance
+
+    @dead_tolerance.setter
+    def dead_tolerance(self, tol: float) -> None:
+        self._dead_tolerance = check_dead_tolerance(tol)
+
     # -- subclass hooks -------------------------------------------------------------------------
     def _new_sums(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def _update_sums(self, block: DesignBlock, values: torch.Tensor) -> None:
-        """values: (r, G, m) float64, already shifted by K."""
+    def _per_output(self, r: int) -> int:
+        """Elements of the largest per-chunk temporary per output, for ``_chunks``."""
         raise NotImplementedError
+
+    def _update_chunk(self, block: DesignBlock, values: torch.Tensor, sl: slice, carry: Any) -> Any:
+        """Add values (r, G, mc) float64, already shifted by K, of the outputs sl; returns the group carry."""
+        raise NotImplementedError
+
+    def _finish_block(self, carry: Any) -> None:
+        """Add the per-row group sums collected over the chunks of one block (``carry``)."""
 
     def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Sums of another accumulator after adding delta (m,) to all of its shifted values."""
@@ -80,14 +128,18 @@ class DesignAccumulator:
             raise AugsenseError("this block does not come from the accumulator's design")
         if self.blocks_seen[block.index]:
             raise AugsenseError(f"block {block.index} was already added; each block must be added once")
-        values = outputs.to(self.device, torch.float64)
-        if not bool(torch.isfinite(values).all()):
-            bad = (~torch.isfinite(values)).nonzero()[0].tolist()
+        # a finite float64 sum proves every value finite without an (r, G, m) mask; check before adding anything
+        if not bool(torch.isfinite(outputs.sum(dtype=torch.float64))) and not bool(torch.isfinite(outputs).all()):
+            bad = (~torch.isfinite(outputs)).nonzero()[0].tolist()
             raise AugsenseError(f"outputs for block {block.index} contain NaN or inf (first at row, member, "
                                 f"output = {bad}); fix the model or drop those outputs")
         if self.shift is None:
-            self.shift = values[:, :2].mean(dim=(0, 1))
-        self._update_sums(block, values - self.shift)
+            self.shift = outputs[:, :2].to(self.device, torch.float64).mean(dim=(0, 1))
+        carry = None
+        for sl in self._chunks(self._per_output(r)):
+            values = outputs[:, :, sl].to(self.device, torch.float64) - self.shift[sl]
+            carry = self._update_chunk(block, values, sl, carry)
+        self._finish_block(carry)
         self.n += r
         self.blocks_seen[block.index] = True
 
@@ -145,13 +197,23 @@ class DesignAccumulator:
         self.shift = None if state["shift"] is None else state["shift"].to(self.device, torch.float64)
         self.sums = {k: v.to(self.device, torch.float64).clone() for k, v in state["sums"].items()}
 
-    def _group_sum(self, x: torch.Tensor, outputs: slice, into: torch.Tensor | None) -> torch.Tensor:
-        """Add x (r, mc, ...) for the outputs ``outputs`` to per-row group sums (r, n_groups, ...)."""
+    def _group_sum(self, x: torch.Tensor, outputs: slice, into: torch.Tensor | None, dim: int = 1) -> torch.Tensor:
+        """Add x (..., mc along ``dim``, ...) of the outputs ``outputs`` into group sums (n_groups along dim)."""
         if into is None:
-            into = x.new_zeros((x.shape[0], self.n_groups) + x.shape[2:])
-        return into.index_add_(1, self.groups[outputs], x)
+            shape = list(x.shape)
+            shape[dim] = self.n_groups
+            into = x.new_zeros(shape)
+        return into.index_add_(dim, self.groups[outputs], x)
+
+    def _dead(self, variance: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        return dead_outputs(variance, mean, self.dead_tolerance)
+
+    def _group_dead(self, dead: torch.Tensor) -> torch.Tensor:
+        """Groups without a live output (n_groups,)."""
+        live = torch.zeros(self.n_groups, dtype=torch.float64, device=self.device)
+        return ~(live.index_add_(0, self.groups, (~dead).to(torch.float64)) > 0)
 
     def _chunks(self, per_output: int) -> list[slice]:
-        """Slices along m keeping about per_output * chunk temporaries under ~2**25 elements."""
-        step = max(1, (1 << 25) // max(per_output, 1))
+        """Slices along m keeping per-chunk temporaries near CHUNK_ELEMENTS (cache-sized)."""
+        step = max(1, CHUNK_ELEMENTS // max(per_output, 1))
         return [slice(s, min(s + step, self.n_outputs)) for s in range(0, self.n_outputs, step)]

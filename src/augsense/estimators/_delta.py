@@ -10,8 +10,10 @@ points the iid covariance is conservative.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
+import numpy as np
 import torch
 from scipy.stats import norm
 
@@ -34,6 +36,81 @@ def row_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cells = z.reshape(z.shape[0], -1, p).permute(1, 2, 0)            # (cells, p, r)
     outer = torch.bmm(cells, cells.transpose(1, 2))                   # (cells, p, p), one small GEMM each
     return z.sum(0), outer[:, list(i), list(j)].reshape(z.shape[1:-1] + (len(i),))
+
+
+def row_moments_of(terms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`row_moments` for z = terms, each (r, ...) broadcastable to one shape (r, *cells).
+
+    A term shared by many cells (e.g. a per-output variance term broadcast over factors) enters
+    with singleton cell dims; its products with other shared terms are then computed once, not
+    once per cell. Returns ((*cells, p), (*cells, p(p+1)/2)) in the upper-triangle order.
+    """
+    shape = torch.broadcast_shapes(*(t.shape for t in terms))[1:]
+    p = len(terms)
+    i, j = _triu(p)
+    s1 = [t.sum(0).expand(shape) for t in terms]
+    s2 = [(terms[a] * terms[b]).sum(0).expand(shape) for a, b in zip(i, j)]
+    return torch.stack(s1, -1), torch.stack(s2, -1)
+
+
+#: one term coef * prod(atom_k ** exps[k]) * D ** power of a per-row statistic
+Term = tuple[float, tuple[int, ...], int]
+MAX_POWER = 4
+
+
+def power_basis(components: Sequence[Sequence[Term]]) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    """Express the sums of z and of the upper triangle of z z^T through weighted power sums.
+
+    Each statistic z_c of a (row, output, factor) is a polynomial sum coef * w(row, output) *
+    D(row, output, factor)**power in per-output weights w (monomials in a few per-output atoms,
+    e.g. f_B) and powers of one per-factor difference D. Every first and second moment is then a
+    linear combination of Sum_rows w_k D**l, which one batched matmul (rows contracted) gives for
+    all factors at once. Returns the weight monomials (exponent tuples) and C (p + T, k * 5), the
+    coefficients on the basis index k * 5 + l.
+    """
+    products: list[list[Term]] = [list(c) for c in components]
+    p = len(components)
+    i, j = _triu(p)
+    for a, b in zip(i, j):
+        products.append([(ca * cb, tuple(x + y for x, y in zip(ea, eb)), la + lb)
+                         for ca, ea, la in components[a] for cb, eb, lb in components[b]])
+    weights = sorted({e for poly in products for _, e, _ in poly})
+    coef = np.zeros((len(products), len(weights) * (MAX_POWER + 1)))
+    for row, poly in enumerate(products):
+        for c, e, l in poly:
+            if l > MAX_POWER:
+                raise ValueError(f"power {l} > {MAX_POWER}")
+            coef[row, weights.index(e) * (MAX_POWER + 1) + l] += c
+    return weights, coef
+
+
+def power_moments(D: torch.Tensor, atoms: Sequence[torch.Tensor], weights: Sequence[tuple[int, ...]],
+                  coef: torch.Tensor) -> torch.Tensor:
+    """First and upper-triangle second moment sums (mc, d, p + T) from :func:`power_basis`.
+
+    D: (mc, r, d) per-factor differences; atoms: per-output row values, each (mc, r). Cost: the
+    powers D**1..4 plus one (k x r) @ (r x (4d + 1)) product per output.
+    """
+    mc, r, d = D.shape
+    P = D.new_empty(mc, r, 1 + MAX_POWER * d)
+    P[..., 0] = 1.0
+    P[..., 1:1 + d] = D
+    for l in range(2, MAX_POWER + 1):
+        torch.mul(P[..., 1 + (l - 2) * d:1 + (l - 1) * d], D, out=P[..., 1 + (l - 1) * d:1 + l * d])
+    W = D.new_empty(mc, len(weights), r)
+    for k, exps in enumerate(weights):
+        w = None
+        for atom, e in zip(atoms, exps):
+            for _ in range(e):
+                w = atom if w is None else w * atom
+        if w is None:
+            W[:, k] = 1.0
+        else:
+            W[:, k] = w
+    B = torch.bmm(W, P)                                                  # (mc, k, 1 + 4d)
+    full = torch.cat([B[..., :1, None].expand(mc, len(weights), 1, d),
+                      B[..., 1:].reshape(mc, len(weights), MAX_POWER, d)], 2)   # (mc, k, 5, d)
+    return full.reshape(mc, -1, d).transpose(1, 2) @ coef.T             # (mc, d, p + T)
 
 
 def covariance(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 from augsense.design import Design, make_design
 from augsense.errors import AugsenseError
 from augsense.estimators import MAX_EXACT_PLAYERS, make_accumulator
+from augsense.estimators._accumulator import DEAD_TOLERANCE
 from augsense.estimators.results import SensitivityResult
 
 Model = Callable[[np.ndarray], Any]
@@ -51,7 +52,8 @@ def _evaluate(func: Model, x: np.ndarray, m: int | None) -> torch.Tensor:
     return y.to(torch.float64)
 
 
-def _run(func: Model, b: np.ndarray, design: Design, confidence: float, **compute: Any) -> SensitivityResult:
+def _run(func: Model, b: np.ndarray, design: Design, confidence: float, dead_tolerance: float,
+         **compute: Any) -> SensitivityResult:
     low, width = b[:, 0], b[:, 1] - b[:, 0]
     acc = None
     for block in design.blocks():
@@ -59,6 +61,7 @@ def _run(func: Model, b: np.ndarray, design: Design, confidence: float, **comput
         y = _evaluate(func, low + width * block.points.reshape(r * G, d), None if acc is None else acc.n_outputs)
         if acc is None:
             acc = make_accumulator(design, y.shape[1])
+            acc.dead_tolerance = dead_tolerance
         acc.update(block, y.reshape(r, G, -1))
     return acc.compute(confidence, **compute)
 
@@ -72,31 +75,33 @@ def _block_size(batch_size: int, group_size: int) -> int:
 
 def sobol_indices(func: Model, bounds: Sequence[Sequence[float]], n: int, *, seed: int = 0,
                   second_order: bool = False, confidence: float = 0.95, batch_size: int = 65536,
-                  centre: Literal["ab", "all"] = "ab") -> SensitivityResult:
+                  centre: Literal["ab", "all"] = "ab", dead_tolerance: float = DEAD_TOLERANCE) -> SensitivityResult:
     """First/total (and second) order Sobol indices of every output of ``func``.
 
     Cost n (d + 2) evaluations, or n (2d + 2) with ``second_order``; n must be a power of two.
     First order: Saltelli et al. 2010; total: Jansen 1999; second: Saltelli 2002. Result fields
     ``first_order``, ``total_order`` (m, d), ``second_order`` (m, d, d) or None, ``*_ci`` (2, ...).
-    ``batch_size`` caps the rows per call of func.
+    ``batch_size`` caps the rows per call of func. Outputs with variance <= (dead_tolerance *
+    |mean|)**2 are flagged ``dead`` with NaN indices.
     """
     b = _bounds(bounds)
     kind = "sobol2" if second_order else "sobol"
     d = b.shape[0]
     G = 2 * d + 2 if second_order else d + 2
     design = make_design(kind, [1] * d, n, seed=seed, block_size=_block_size(batch_size, G))
-    return _run(func, b, design, confidence, centre=centre)
+    return _run(func, b, design, confidence, dead_tolerance, centre=centre)
 
 
 def shapley_effects(func: Model, bounds: Sequence[Sequence[float]], n: int, *,
                     method: Literal["exact", "permutation"] = "exact", seed: int = 0, confidence: float = 0.95,
-                    batch_size: int = 65536) -> SensitivityResult:
+                    batch_size: int = 65536, dead_tolerance: float = DEAD_TOLERANCE) -> SensitivityResult:
     """Shapley effects (shares of variance summing to 1) of every output of ``func``.
 
     ``method="exact"``: all 2**d subsets and the Moebius inverse (Plischke, Rabitti & Borgonovo
     2021), cost n 2**d, d <= 12, also gives ``interactions`` (m, d, d) and ``subset_effects``;
     ``"permutation"``: random orders (Goda 2021), cost n (d + 1). Fields ``shapley`` (m, d),
-    ``shapley_ci`` (2, m, d), ``shapley_variance`` (m, d) summing to ``variance``.
+    ``shapley_ci`` (2, m, d), ``shapley_variance`` (m, d) summing to ``variance``; outputs with
+    variance <= (dead_tolerance * |mean|)**2 are flagged ``dead``.
     """
     b = _bounds(bounds)
     d = b.shape[0]
@@ -107,4 +112,4 @@ def shapley_effects(func: Model, bounds: Sequence[Sequence[float]], n: int, *,
                             f"use method='permutation' for d > {MAX_EXACT_PLAYERS}")
     G = 2**d if method == "exact" else d + 1
     design = make_design(f"shapley-{method}", [1] * d, n, seed=seed, block_size=_block_size(batch_size, G))
-    return _run(func, b, design, confidence)
+    return _run(func, b, design, confidence, dead_tolerance)

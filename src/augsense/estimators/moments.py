@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from augsense.errors import AugsenseError
+from augsense.estimators._accumulator import DEAD_TOLERANCE, check_dead_tolerance, dead_outputs
 from augsense.estimators.results import SensitivityResult
 
 
@@ -14,18 +15,30 @@ class MomentAccumulator:
     """Mean, variance (ddof 1) and cv = std / |mean| of m outputs over any number of rows.
 
     Sums of (y - K) and (y - K)^2 with K the first batch's mean (exact shift correction on merge),
-    kept in float64 on ``device``. Memory O(m).
+    kept in float64 on ``device``. Memory O(m). Outputs whose variance is <= (dead_tolerance *
+    |mean|)**2 are dead (constant up to float32 rounding), as in the design accumulators.
     """
 
-    def __init__(self, n_outputs: int, *, device: torch.device | str | None = None) -> None:
+    def __init__(self, n_outputs: int, *, device: torch.device | str | None = None,
+                 dead_tolerance: float = DEAD_TOLERANCE) -> None:
         if int(n_outputs) < 1:
             raise AugsenseError(f"n_outputs must be >= 1, got {n_outputs}")
+        self.dead_tolerance = dead_tolerance
         self.n_outputs = int(n_outputs)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.n = 0
         self.shift: torch.Tensor | None = None
         self.s1 = torch.zeros(self.n_outputs, dtype=torch.float64, device=self.device)
         self.s2 = torch.zeros_like(self.s1)
+
+    @property
+    def dead_tolerance(self) -> float:
+        """Relative tolerance of :func:`~augsense.estimators._accumulator.dead_outputs`; settable."""
+        return self._dead_tolerance
+
+    @dead_tolerance.setter
+    def dead_tolerance(self, tol: float) -> None:
+        self._dead_tolerance = check_dead_tolerance(tol)
 
     def update(self, values: torch.Tensor) -> None:
         """Add rows values (n, m), any float dtype and device."""
@@ -73,13 +86,13 @@ class MomentAccumulator:
         self.s2 = state["s2"].to(self.device, torch.float64).clone()
 
     def compute(self) -> SensitivityResult:
-        """mean, variance, cv and dead (zero variance) of every output, as numpy arrays."""
+        """mean, variance, cv and dead (variance within tolerance of 0) of every output, as numpy arrays."""
         if self.n < 2:
             raise AugsenseError(f"need at least 2 rows for a variance, have {self.n}")
         mu = self.s1 / self.n
         var = ((self.s2 - self.n * mu * mu) / (self.n - 1)).clamp_min(0)
-        dead = ~(var > 0)
         mean = self.shift + mu
+        dead = dead_outputs(var, mean, self.dead_tolerance)
         cv = torch.where(dead, torch.nan, var.sqrt() / mean.abs())
         return SensitivityResult(n=self.n, mean=mean.cpu().numpy(), variance=var.cpu().numpy(),
                                  cv=cv.cpu().numpy(), dead=dead.cpu().numpy())

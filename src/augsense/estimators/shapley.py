@@ -28,7 +28,7 @@ import torch
 from augsense.design import Design, DesignBlock
 from augsense.errors import AugsenseError
 from augsense.estimators import _delta
-from augsense.estimators._accumulator import DesignAccumulator
+from augsense.estimators._accumulator import DEAD_TOLERANCE, DesignAccumulator
 from augsense.estimators.results import SensitivityResult
 from augsense.estimators.sobol import _to_numpy
 
@@ -97,35 +97,37 @@ class _ShapleyAccumulator(DesignAccumulator):
         """(phi (r, d, mc), variance term (r, mc)) for the outputs sl, shifted values f (r, G, mc)."""
         raise NotImplementedError
 
-    def _per_output(self) -> int:
-        return self.design.group_size * 8
+    def _per_output(self, r: int) -> int:
+        return r * self.design.group_size * 4
 
-    def _update_sums(self, block: DesignBlock, values: torch.Tensor) -> None:
-        r = values.shape[0]
-        self.sums["level"] += values.mean(1).sum(0)
-        group_rows = None
-        for sl in self._chunks(r * self._per_output()):
-            phi, v = self._row_terms(block, values[:, :, sl], sl)
-            z = torch.stack([phi, v[:, None].expand_as(phi)], -1).transpose(1, 2)   # (r, mc, d, 2)
-            s1, s2 = _delta.row_moments(z)
-            self.sums["c1"][sl] += s1
-            self.sums["c2"][sl] += s2
-            if self.groups is not None:
-                group_rows = self._group_sum(z, sl, group_rows)
-        if group_rows is not None:
-            s1, s2 = _delta.row_moments(group_rows)
-            self.sums["g1"] += s1
-            self.sums["g2"] += s2
+    def _update_chunk(self, block: DesignBlock, values: torch.Tensor, sl: slice, carry: Any) -> Any:
+        self.sums["level"][sl] += values.mean(1).sum(0)
+        phi, v = self._row_terms(block, values, sl)                    # (r, d, mc), (r, mc)
+        s1, s2 = _delta.row_moments_of([phi, v[:, None]])              # (d, mc, 2), (d, mc, 3)
+        self.sums["c1"][sl] += s1.transpose(0, 1)
+        self.sums["c2"][sl] += s2.transpose(0, 1)
+        if self.groups is None:
+            return carry
+        return [self._group_sum(x, sl, None if carry is None else carry[k], dim=2)
+                for k, x in enumerate((phi, v[:, None]))]
+
+    def _finish_block(self, carry: Any) -> None:
+        if carry is not None:                                          # [(r, d, ng), (r, 1, ng)]
+            s1, s2 = _delta.row_moments_of(carry)
+            self.sums["g1"] += s1.transpose(0, 1)
+            self.sums["g2"] += s2.transpose(0, 1)
 
     def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor) -> dict[str, torch.Tensor]:
         return dict(sums) | {"level": sums["level"] + n * delta}   # differences do not move
 
     @staticmethod
-    def _ratio(s1: torch.Tensor, s2: torch.Tensor, n: int, z: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """mu_phi / mu_V with CI from cells (..., 2) = [phi, V]; returns (ratio, ci, mu_phi, mu_V)."""
+    def _ratio(s1: torch.Tensor, s2: torch.Tensor, n: int, z: float,
+               dead: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """mu_phi / mu_V with CI from cells (..., 2) = [phi, V], NaN where dead (broadcast over
+        the cells); returns (ratio, ci, mu_phi, mu_V)."""
         mu = s1 / n
         V = mu[..., 1]
-        Vs = torch.where(V > 0, V, torch.nan)
+        Vs = torch.where(dead | ~(V > 0), torch.nan, V)
         ratio = mu[..., 0] / Vs
         grad = torch.stack([1 / Vs, -ratio / Vs], -1)
         se = _delta.standard_error(grad, _delta.covariance(s1, s2, n), n)
@@ -137,21 +139,23 @@ class _ShapleyAccumulator(DesignAccumulator):
         n = self.n
         if n < 2:
             raise AugsenseError(f"need at least 2 base rows to compute Shapley effects, have {n}; add more blocks")
-        sh, ci, phi, V = self._ratio(self.sums["c1"], self.sums["c2"], n, z)
-        V = V[:, 0]
-        dead = ~(V > 0)
         mean = self.shift + self.sums["level"] / n
+        V = self.sums["c1"][:, 0, 1] / n
+        dead = self._dead(V, mean)
+        sh, ci, phi, _ = self._ratio(self.sums["c1"], self.sums["c2"], n, z, dead[:, None])
         res = SensitivityResult(n=n, mean=mean, variance=V, dead=dead, confidence=confidence,
                                 cv=torch.where(dead, torch.nan, V.clamp_min(0).sqrt() / mean.abs()),
                                 shapley=sh, shapley_ci=ci, shapley_variance=phi)
-        self._extra(res, z, V)
+        self._extra(res, z, dead)
         if self.groups is not None:
-            gsh, gci, gphi, gV = self._ratio(self.sums["g1"], self.sums["g2"], n, z)
-            res.aggregated = SensitivityResult(n=n, variance=gV[:, 0], dead=~(gV[:, 0] > 0), shapley=gsh,
+            # live groups keep their dead outputs' rounding-level terms (below tolerance, negligible)
+            gdead = self._group_dead(dead) | ~(self.sums["g1"][:, 0, 1] > 0)
+            gsh, gci, gphi, gV = self._ratio(self.sums["g1"], self.sums["g2"], n, z, gdead[:, None])
+            res.aggregated = SensitivityResult(n=n, variance=gV[:, 0], dead=gdead, shapley=gsh,
                                                shapley_ci=gci, shapley_variance=gphi, confidence=confidence)
         return _to_numpy(res)
 
-    def _extra(self, res: SensitivityResult, z: float, V: torch.Tensor) -> None:
+    def _extra(self, res: SensitivityResult, z: float, dead: torch.Tensor) -> None:
         pass
 
 
@@ -165,11 +169,11 @@ class ShapleyExactAccumulator(_ShapleyAccumulator):
     kinds = ("shapley-exact",)
 
     def __init__(self, design: Design, n_outputs: int, *, groups: torch.Tensor | None = None,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, dead_tolerance: float = DEAD_TOLERANCE) -> None:
         if design.n_players > MAX_EXACT_PLAYERS:
             raise AugsenseError(f"exact Shapley with d = {design.n_players} factors needs 2**{design.n_players} "
                                 f"evaluations per row; use the permutation method for d > {MAX_EXACT_PLAYERS}")
-        super().__init__(design, n_outputs, groups=groups, device=device)
+        super().__init__(design, n_outputs, groups=groups, device=device, dead_tolerance=dead_tolerance)
         shap, inter = _linear_maps(design.n_players)
         self._shap_map = torch.as_tensor(shap, device=self.device)
         self._inter_map = torch.as_tensor(inter, device=self.device)
@@ -181,8 +185,8 @@ class ShapleyExactAccumulator(_ShapleyAccumulator):
                                       "i1": self._zeros(self.n_outputs, n_pairs, 2),
                                       "i2": self._zeros(self.n_outputs, n_pairs, 3)}
 
-    def _per_output(self) -> int:
-        return self.design.group_size * 8 + self._inter_map.shape[0] * 6
+    def _per_output(self, r: int) -> int:
+        return r * (self.design.group_size * 4 + self._inter_map.shape[0] * 3)
 
     def _subset_totals(self, f: torch.Tensor) -> torch.Tensor:
         """Per-row T_hat (r, 2**d, mc) from hybrids f (r, 2**d, mc)."""
@@ -196,17 +200,17 @@ class ShapleyExactAccumulator(_ShapleyAccumulator):
         self.sums["t"][sl] += T.sum(0).T
         if self._inter_map.shape[0]:
             inter = torch.einsum("kg,rgm->rkm", self._inter_map, T)
-            s1, s2 = _delta.row_moments(torch.stack([inter, v[:, None].expand_as(inter)], -1).transpose(1, 2))
-            self.sums["i1"][sl] += s1
-            self.sums["i2"][sl] += s2
+            s1, s2 = _delta.row_moments_of([inter, v[:, None]])         # (P, mc, 2), (P, mc, 3)
+            self.sums["i1"][sl] += s1.transpose(0, 1)
+            self.sums["i2"][sl] += s2.transpose(0, 1)
         return torch.einsum("kg,rgm->rkm", self._shap_map, T), v
 
-    def _extra(self, res: SensitivityResult, z: float, V: torch.Tensor) -> None:
+    def _extra(self, res: SensitivityResult, z: float, dead: torch.Tensor) -> None:
         d, m, n = self.design.n_players, self.n_outputs, self.n
         T = self.sums["t"] / n
         full = (1 << d) - 1
         closed = T[:, full:full + 1] - T.flip(1)            # V_v = V - T(~v); ~v = full - v
-        Vs = torch.where(V > 0, V, torch.nan)[:, None]
+        Vs = torch.where(dead, torch.nan, T[:, full])[:, None]
         res.subset_effects = subset_moebius(closed, d) / Vs
         inter = torch.full((m, d, d), torch.nan, dtype=torch.float64, device=self.device)
         inter_ci = torch.full((2, m, d, d), torch.nan, dtype=torch.float64, device=self.device)
@@ -214,7 +218,7 @@ class ShapleyExactAccumulator(_ShapleyAccumulator):
         inter[:, idx, idx] = res.shapley
         inter_ci[:, :, idx, idx] = res.shapley_ci
         if d > 1:
-            val, ci, _, _ = self._ratio(self.sums["i1"], self.sums["i2"], n, z)
+            val, ci, _, _ = self._ratio(self.sums["i1"], self.sums["i2"], n, z, dead[:, None])
             pi, pj = torch.triu_indices(d, d, 1).tolist()
             inter[:, pi, pj] = inter[:, pj, pi] = val
             inter_ci[:, :, pi, pj] = inter_ci[:, :, pj, pi] = ci

@@ -10,6 +10,7 @@ on the per-row statistic vectors (see :mod:`augsense.estimators._delta`).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Literal
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from augsense.design import Design, DesignBlock
 from augsense.errors import AugsenseError
 from augsense.estimators import _delta
-from augsense.estimators._accumulator import DesignAccumulator
+from augsense.estimators._accumulator import DEAD_TOLERANCE, DesignAccumulator
 from augsense.estimators.results import SensitivityResult
 
 
@@ -36,12 +37,13 @@ class SobolAccumulator(DesignAccumulator):
     kinds = ("sobol", "sobol2")
 
     def __init__(self, design: Design, n_outputs: int, *, denominator: Literal["pooled", "paired"] = "pooled",
-                 groups: torch.Tensor | None = None, device: torch.device | str | None = None) -> None:
+                 groups: torch.Tensor | None = None, device: torch.device | str | None = None,
+                 dead_tolerance: float = DEAD_TOLERANCE) -> None:
         if denominator not in ("pooled", "paired"):
             raise AugsenseError(f"denominator must be 'pooled' or 'paired', got {denominator!r}")
         self.denominator = denominator
         self._n_den = 2 if denominator == "pooled" else 1
-        super().__init__(design, n_outputs, groups=groups, device=device)
+        super().__init__(design, n_outputs, groups=groups, device=device, dead_tolerance=dead_tolerance)
 
     def _config(self) -> dict[str, Any]:
         return {"denominator": self.denominator}
@@ -70,46 +72,51 @@ class SobolAccumulator(DesignAccumulator):
             return [0.5 * (a * a + b * b), a + b]
         return [0.5 * (a - b) ** 2]
 
-    def _update_sums(self, block: DesignBlock, values: torch.Tensor) -> None:
+    def _per_output(self, r: int) -> int:
         d = self.design.n_players
-        r = values.shape[0]
-        self.sums["role"] += values.sum(0).T
-        pi, pj = self._pairs()
-        group_rows = None
-        per_output = r * d * (3 + self._n_den) * 6 + (r * len(pi) * 24 if self._second else 0)
-        for sl in self._chunks(per_output):
-            a, b = values[:, 0, sl], values[:, 1, sl]                    # (r, mc)
-            ab = values[:, 2:2 + d, sl]                                  # (r, d, mc)
-            D = ab - a[:, None]
+        return r * max(1 + _delta.MAX_POWER * d, 4 * d * (d - 1) // 2 if self._second else 0,
+                       4 * d if self.groups is not None else 0)
+
+    def _update_chunk(self, block: DesignBlock, values: torch.Tensor, sl: slice, carry: Any) -> Any:
+        d = self.design.n_players
+        self.sums["role"][sl] += values.sum(0).T
+        # first and total order: weighted power sums, one small matmul per output (see _power_table)
+        v = values.permute(2, 0, 1)                                      # (mc, r, G), a view
+        a, b = v[..., 0], v[..., 1]
+        D = torch.sub(v[..., 2:2 + d], a[..., None])                      # (mc, r, d)
+        atoms = [b, 0.5 * (a * a + b * b), a + b] if self.denominator == "pooled" else [b - a]
+        weights, coef = _power_table(self.denominator)
+        both = _delta.power_moments(D, atoms, weights, coef.to(values.device))
+        p = 3 + self._n_den
+        self.sums["c1"][sl] += both[..., :p]
+        self.sums["c2"][sl] += both[..., p:]
+        if not (self._second or self.groups is not None):
+            return carry
+        a, b = values[:, 0], values[:, 1]                                # (r, mc)
+        ab = values[:, 2:2 + d]                                          # (r, d, mc)
+        D = ab - a[:, None]
+        if self._second:
+            pi, pj = self._pairs()
             bD = b[:, None] * D
-            # paired: centre f_B on the row's own (f_A + f_AB_i) / 2, which cancels anything the
-            # group's rows share (e.g. the image) and keeps the expectation V_i
-            first = bD if self.denominator == "pooled" else (b[:, None] - 0.5 * (a[:, None] + ab)) * D
-            den = [t[:, None].expand_as(D) for t in self._den_terms(a, b)]
-            z = torch.stack([first, D, 0.5 * D * D, *den], -1).transpose(1, 2)  # (r, mc, d, p)
-            s1, s2 = _delta.row_moments(z)
-            self.sums["c1"][sl] += s1
-            self.sums["c2"][sl] += s2
-            if self._second:
-                ba = values[:, 2 + d:, sl]
-                u, w = ba[:, pi], ab[:, pj]                             # (r, P, mc)
-                y = u * w - (a * b)[:, None] - bD[:, pi] - bD[:, pj]
-                t = u + w - (a + b)[:, None] - D[:, pi] - D[:, pj]
-                den = [x[:, None].expand_as(y) for x in self._den_terms(a, b)]
-                zp = torch.stack([y, t, *den], -1).transpose(1, 2)      # (r, mc, P, p)
-                s1, s2 = _delta.row_moments(zp)
-                self.sums["p1"][sl] += s1
-                self.sums["p2"][sl] += s2
-            if self.groups is not None:
-                # shift-invariant companions for the group intervals (same expectations)
-                x = (b[:, None] - 0.5 * (a[:, None] + ab)) * D
-                w2 = (0.5 * (a - b) ** 2)[:, None].expand_as(D)
-                zg = torch.stack([x, 0.5 * D * D, w2], -1).transpose(1, 2)
-                group_rows = self._group_sum(zg, sl, group_rows)
-        if group_rows is not None:
-            s1, s2 = _delta.row_moments(group_rows)
-            self.sums["g1"] += s1
-            self.sums["g2"] += s2
+            ba = values[:, 2 + d:]
+            u, w = ba[:, pi], ab[:, pj]                                  # (r, P, mc)
+            y = u * w - (a * b)[:, None] - bD[:, pi] - bD[:, pj]
+            t = u + w - (a + b)[:, None] - D[:, pi] - D[:, pj]
+            s1, s2 = _delta.row_moments_of([y, t, *(x[:, None] for x in self._den_terms(a, b))])
+            self.sums["p1"][sl] += s1.transpose(0, 1)                    # (mc, P, pp)
+            self.sums["p2"][sl] += s2.transpose(0, 1)
+        if self.groups is not None:
+            # shift-invariant companions for the group intervals (same expectations)
+            terms = [(b[:, None] - 0.5 * (a[:, None] + ab)) * D, 0.5 * D * D, (0.5 * (a - b) ** 2)[:, None]]
+            carry = [self._group_sum(x, sl, None if carry is None else carry[k], dim=2)
+                     for k, x in enumerate(terms)]
+        return carry
+
+    def _finish_block(self, carry: Any) -> None:
+        if carry is not None:                                            # [(r, d, ng), (r, d, ng), (r, 1, ng)]
+            s1, s2 = _delta.row_moments_of(carry)                        # (d, ng, 3), (d, ng, 6)
+            self.sums["g1"] += s1.transpose(0, 1)
+            self.sums["g2"] += s2.transpose(0, 1)
 
     def _shift_map(self, delta: torch.Tensor, p: int, coupled: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Affine map of a cell vector [stat, partner, ..., den] when every value moves by delta (m,)."""
@@ -155,7 +162,8 @@ class SobolAccumulator(DesignAccumulator):
         mu = self.sums["c1"] / n
         cov = _delta.covariance(self.sums["c1"], self.sums["c2"], n)
         V, dV = self._variance(mu[:, 0, 3:])                            # (m,), (m, n_den)
-        dead = ~(V > 0)
+        mean = self.shift + role[:, :2].mean(1)
+        dead = self._dead(V, mean)
         Vs = torch.where(dead, torch.nan, V)[:, None]
         e1 = e if self.denominator == "pooled" else torch.zeros_like(e)   # paired numerator needs no centre
         V1 = mu[..., 0] - e1[:, None] * mu[..., 1]
@@ -167,7 +175,6 @@ class SobolAccumulator(DesignAccumulator):
         g1 = torch.cat([torch.stack([1 / Vs.expand_as(S1), (-e1[:, None] / Vs).expand_as(S1), zero], -1), dden1], -1)
         gT = torch.cat([torch.stack([zero, zero, 1 / Vs.expand_as(S1)], -1), ddenT], -1)
         res = SensitivityResult(n=n, confidence=confidence)
-        mean = self.shift + role[:, :2].mean(1)
         res.mean, res.variance = mean, V
         res.cv = torch.where(dead, torch.nan, V.clamp_min(0).sqrt() / mean.abs())
         res.dead = dead
@@ -178,7 +185,7 @@ class SobolAccumulator(DesignAccumulator):
         if self._second:
             self._second_order(res, e, Vs, dV, z)
         if self.groups is not None:
-            res.aggregated = self._aggregate(V1, VT, V, confidence, z)
+            res.aggregated = self._aggregate(V1, VT, V, dead, confidence, z)
         return _to_numpy(res)
 
     def _second_order(self, res: SensitivityResult, e: torch.Tensor, Vs: torch.Tensor, dV: torch.Tensor, z: float) -> None:
@@ -196,15 +203,16 @@ class SobolAccumulator(DesignAccumulator):
         full_ci[:, :, pi, pj] = full_ci[:, :, pj, pi] = ci
         res.second_order, res.second_order_ci = full, full_ci
 
-    def _aggregate(self, V1: torch.Tensor, VT: torch.Tensor, V: torch.Tensor, confidence: float, z: float) -> SensitivityResult:
-        """Layer-level indices Sum_c V_i^(c) / Sum_c V^(c); point estimates exact, intervals from group sums."""
+    def _aggregate(self, V1: torch.Tensor, VT: torch.Tensor, V: torch.Tensor, dead: torch.Tensor, confidence: float,
+                   z: float) -> SensitivityResult:
+        """Layer-level indices Sum_c V_i^(c) / Sum_c V^(c) over live outputs; exact point estimates,
+        intervals from group sums. A group without a live output is dead."""
         n, ng, g = self.n, self.n_groups, self.groups
-        live = ~(V > 0)
-        V = torch.where(live, 0.0, V)
+        V = torch.where(dead, 0.0, V)
         sum_v = V.new_zeros(ng).index_add_(0, g, V)
-        sum_1 = V1.new_zeros(ng, V1.shape[1]).index_add_(0, g, torch.where(live[:, None], 0.0, V1))
-        sum_t = VT.new_zeros(ng, VT.shape[1]).index_add_(0, g, torch.where(live[:, None], 0.0, VT))
-        dead = ~(sum_v > 0)
+        sum_1 = V1.new_zeros(ng, V1.shape[1]).index_add_(0, g, torch.where(dead[:, None], 0.0, V1))
+        sum_t = VT.new_zeros(ng, VT.shape[1]).index_add_(0, g, torch.where(dead[:, None], 0.0, VT))
+        dead = self._group_dead(dead) | ~(sum_v > 0)
         Vs = torch.where(dead, torch.nan, sum_v)[:, None]
         S1, ST = sum_1 / Vs, sum_t / Vs
         mu = self.sums["g1"] / n
@@ -218,6 +226,22 @@ class SobolAccumulator(DesignAccumulator):
             first_order_ci=_delta.interval(S1, _delta.standard_error(g1, cov, n), z),
             total_order_ci=_delta.interval(ST, _delta.standard_error(gT, cov, n), z),
             first_order_variance=sum_1, total_order_variance=sum_t)
+
+
+@lru_cache(maxsize=None)
+def _power_table(denominator: str) -> tuple[list[tuple[int, ...]], torch.Tensor]:
+    """Per-row statistic vectors z of one (output, factor) cell as polynomials in D = f_AB_i - f_A.
+
+    pooled, atoms (f_B, q, s): z = [f_B D, D, D^2/2, q = (f_A^2 + f_B^2)/2, s = f_A + f_B];
+    paired, atom e = f_B - f_A: z = [e D - D^2/2 (= (f_B - (f_A + f_AB_i)/2) D), D, D^2/2, e^2/2].
+    """
+    if denominator == "pooled":
+        zero = (0, 0, 0)
+        z = [[(1.0, (1, 0, 0), 1)], [(1.0, zero, 1)], [(0.5, zero, 2)], [(1.0, (0, 1, 0), 0)], [(1.0, (0, 0, 1), 0)]]
+    else:
+        z = [[(1.0, (1,), 1), (-0.5, (0,), 2)], [(1.0, (0,), 1)], [(0.5, (0,), 2)], [(0.5, (2,), 0)]]
+    weights, coef = _delta.power_basis(z)
+    return weights, torch.as_tensor(coef)
 
 
 def _to_numpy(res: SensitivityResult) -> SensitivityResult:
