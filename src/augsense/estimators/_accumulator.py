@@ -51,6 +51,8 @@ class DesignAccumulator:
     """Base class; subclasses define ``kinds``, ``_new_sums``, ``_update_sums``, ``_reshift_sums``."""
 
     kinds: tuple[str, ...] = ()
+    #: per-chunk temporary target; kernels contiguous along the outputs want long chunks
+    chunk_elements: int = CHUNK_ELEMENTS
 
     def __init__(self, design: Design, n_outputs: int, *, groups: torch.Tensor | None = None,
                  device: torch.device | str | None = None, dead_tolerance: float = DEAD_TOLERANCE) -> None:
@@ -214,6 +216,6 @@ class DesignAccumulator:
         return ~(live.index_add_(0, self.groups, (~dead).to(torch.float64)) > 0)
 
     def _chunks(self, per_output: int) -> list[slice]:
-        """Slices along m keeping per-chunk temporaries near CHUNK_ELEMENTS (cache-sized)."""
-        step = max(1, CHUNK_ELEMENTS // max(per_output, 1))
+        """Slices along m keeping per-chunk temporaries near ``chunk_elements``."""
+        step = max(1, self.chunk_elements // max(per_output, 1))
         return [slice(s, min(s + step, self.n_outputs)) for s in range(0, self.n_outputs, step)]
