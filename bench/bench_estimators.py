@@ -1,9 +1,12 @@
 """Estimator benchmarks, measured in one run (ratios, no assertions).
 
-(a) S1 + ST for m = 100 000 outputs, d = 8, N = 1024: our accumulator vs SALib's per-output
-    loop (SALib timed on a few hundred outputs and extrapolated linearly to m).
-(b) Shapley RMSE against model evaluations on Ishigami: ours (exact, permutation) and the
-    Song-Nelson-Staum 2016 permutation estimator (outer/inner Monte Carlo loops).
+(a) S1 + ST for m = 100 000 outputs, d = 8, N = 1024: our accumulator (with delta-method CIs)
+    vs SALib's per-output loop, both single-threaded; SALib timed on tens to hundreds of outputs
+    and extrapolated linearly to m, once as users run it (default bootstrap, num_resamples=100)
+    and once with num_resamples=1 (its point estimates alone).
+(b) Shapley RMSE against model evaluations on Ishigami: ours (exact, permutation) on a grid of n
+    and the Song-Nelson-Staum 2016 permutation estimator (outer/inner Monte Carlo loops); for each
+    SNS budget, the evaluations our estimators need to reach its RMSE (log-log interpolation).
 (c) Peak memory of a streaming run at N = 1024 vs N = 16 384 for fixed m (separate processes).
 
 Usage: python bench/bench_estimators.py [--quick]
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -37,33 +41,48 @@ def ishigami(x: np.ndarray) -> np.ndarray:
 ISH_SHAPLEY = np.array([0.4357, 0.4424, 0.1218])
 
 
-def bench_speed(m: int, d: int = 8, n: int = 1024, salib_outputs: int = 200) -> None:
+def bench_speed(m: int, d: int = 8, n: int = 1024, salib_outputs: int = 40, salib_minimal_outputs: int = 400) -> None:
     design = make_design("sobol", [1] * d, n, seed=0, block_size=64)
     rng = np.random.default_rng(0)
     w = torch.as_tensor(rng.normal(size=(d, m)))
-    outputs = {b.index: torch.sin(torch.as_tensor(b.points) @ w) for b in design.blocks()}  # (r, G, m)
     acc = make_accumulator(design, m)
-    t0 = time.perf_counter()
+    kept, ours = [], 0.0
     for b in design.blocks():
-        acc.update(b, outputs[b.index])
-    res = acc.compute()
-    ours = time.perf_counter() - t0
+        y = torch.sin(torch.as_tensor(b.points) @ w)               # (r, G, m), made outside the timer
+        kept.append(y[:, :, :salib_minimal_outputs].clone())
+        t0 = time.perf_counter()
+        acc.update(b, y)
+        ours += time.perf_counter() - t0
+        del y
+    t0 = time.perf_counter()
+    res = acc.compute(centre="all")
+    ours += time.perf_counter() - t0
     from SALib.analyze import sobol as salib_sobol
 
-    order = [0, *range(2, 2 + d), 1]
-    Y = torch.cat([outputs[k] for k in range(design.n_blocks)])[:, order].reshape(n * (d + 2), m).numpy()
+    order = [0, *range(2, 2 + d), 1]                                 # SALib rows: A, AB_1..AB_d, B
+    Y = torch.cat(kept)[:, order].reshape(n * (d + 2), -1).numpy()
     problem = {"num_vars": d, "names": [f"x{i}" for i in range(d)], "bounds": [[0, 1]] * d}
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for j in range(salib_outputs):
-            ref = salib_sobol.analyze(problem, Y[:, j], calc_second_order=False, num_resamples=100,
-                                      print_to_console=False, seed=1)
-    salib = (time.perf_counter() - t0) / salib_outputs * m
-    agree = np.abs(res.first_order[salib_outputs - 1] - ref["S1"]).max()
-    print(f"(a) S1+ST, m={m}, d={d}, N={n}: ours {ours:.2f} s (with CIs), SALib per-output loop "
-          f"{salib:.0f} s extrapolated from {salib_outputs} outputs -> {salib / ours:.0f}x faster "
-          f"(max |S1 diff| on the last timed output {agree:.1e}; SALib's centre differs slightly)")
+
+    def salib(outputs: int, **kw: int) -> tuple[float, dict]:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for j in range(outputs):
+                ref = salib_sobol.analyze(problem, Y[:, j], calc_second_order=False, print_to_console=False,
+                                          seed=1, **kw)
+        return (time.perf_counter() - t0) / outputs * m, ref
+
+    default, ref = salib(salib_outputs)                              # num_resamples=100 bootstrap: what users run
+    minimal, _ = salib(salib_minimal_outputs, num_resamples=1)      # point estimates only, in effect
+    agree = max(np.abs(res.first_order[salib_outputs - 1] - ref["S1"]).max(),
+                np.abs(res.total_order[salib_outputs - 1] - ref["ST"]).max())
+    print(f"(a) S1+ST with 95 % CIs, m={m}, d={d}, N={n}, torch threads {torch.get_num_threads()}: "
+          f"ours {ours:.1f} s")
+    print(f"    SALib sobol.analyze per-output loop, default (num_resamples=100 bootstrap), extrapolated from "
+          f"{salib_outputs} outputs: {default:.0f} s -> ours {default / ours:.0f}x faster")
+    print(f"    SALib with num_resamples=1 (its point estimates only), extrapolated from {salib_minimal_outputs} "
+          f"outputs: {minimal:.0f} s -> ours {minimal / ours:.1f}x faster")
+    print(f"    max |S1, ST difference| vs SALib on output {salib_outputs - 1}: {agree:.1e}")
 
 
 def song_nelson_staum(n_perm: int, n_v: int, n_o: int, n_i: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -91,35 +110,55 @@ def song_nelson_staum(n_perm: int, n_v: int, n_o: int, n_i: int, rng: np.random.
     return sh / n_perm / var, evals
 
 
+def _rmse(errors: list[np.ndarray]) -> float:
+    return float(np.sqrt(np.mean(np.square(errors))))
+
+
+def _evals_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
+    """Evaluations at which an RMSE curve reaches target, interpolating log RMSE vs log evaluations."""
+    curve = sorted(curve)
+    if curve[0][1] <= target:
+        return None if curve[0][1] < target else float(curve[0][0])   # below the grid: no honest figure
+    for (e0, r0), (e1, r1) in zip(curve, curve[1:]):
+        if r1 <= target < r0:
+            t = (np.log(target) - np.log(r0)) / (np.log(r1) - np.log(r0))
+            return float(np.exp(np.log(e0) + t * (np.log(e1) - np.log(e0))))
+    return None
+
+
 def bench_shapley_rmse(reps: int) -> None:
     rng = np.random.default_rng(0)
-    print("(b) Shapley RMSE on Ishigami (over factors and repetitions) vs model evaluations")
-    rows = []
-    for n in (64, 256, 1024):
-        for method in ("exact", "permutation"):
-            G = 8 if method == "exact" else 4
+    print(f"(b) Shapley RMSE on Ishigami (over 3 factors and {reps} seeds per point) vs model evaluations")
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for method, G in (("exact", 8), ("permutation", 4)):
+        for n in (16, 32, 64, 128, 256, 512, 1024, 2048):
             err = [shapley_effects(ishigami, [(-PI, PI)] * 3, n, method=method, seed=s).shapley[0] - ISH_SHAPLEY
                    for s in range(reps)]
-            rows.append((f"ours-{method}", n * G, float(np.sqrt(np.mean(np.square(err))))))
-    for n_perm, n_o in ((6, 16), (24, 32), (96, 64)):
+            curves.setdefault(f"ours-{method}", []).append((n * G, _rmse(err)))
+    # SNS with its recommended N_O = 1, N_I = 3 and many permutations (N_V: as many evaluations as
+    # the permutation part, at least 1000, so the variance estimate does not cap its accuracy),
+    # and with larger outer loops
+    sns = []
+    for n_perm, n_v, n_o in ((32, 1000, 1), (128, 1000, 1), (512, 3072, 1), (2048, 12288, 1), (8192, 49152, 1),
+                             (6, 1000, 16), (24, 4608, 32), (96, 36864, 64)):
         err, evals = [], 0
         for _ in range(reps):
-            sh, evals = song_nelson_staum(n_perm, 1000, n_o, 3, rng)
+            sh, evals = song_nelson_staum(n_perm, n_v, n_o, 3, rng)
             err.append(sh - ISH_SHAPLEY)
-        rows.append(("song-nelson-staum", evals, float(np.sqrt(np.mean(np.square(err))))))
-    for name, evals, rmse in rows:
-        print(f"    {name:20s} evaluations {evals:8d}  RMSE {rmse:.4f}")
-    sns = [r for r in rows if r[0] == "song-nelson-staum"]
-    for name in ("ours-exact", "ours-permutation"):
-        ours = [r for r in rows if r[0] == name]
-        for _, e_sns, r_sns in sns:
-            cheapest = min((e for _, e, r in ours if r <= r_sns), default=None)
-            if cheapest is not None:
-                print(f"    {name} reaches SNS's RMSE {r_sns:.4f} ({e_sns} evals) with {cheapest} evals: "
-                      f"{cheapest / e_sns:.3f} of its evaluations")
+        sns.append((f"SNS perms={n_perm} N_V={n_v} N_O={n_o} N_I=3", evals, _rmse(err)))
+    for name, curve in curves.items():
+        print(f"    {name:18s} " + "  ".join(f"{e}:{r:.4f}" for e, r in curve) + "  (evaluations:RMSE)")
+    for label, e_sns, r_sns in sns:
+        line = f"    {label:36s} evaluations {e_sns:7d} RMSE {r_sns:.4f}"
+        for name, curve in curves.items():
+            need = _evals_to_reach(curve, r_sns)
+            line += (f" | {name} needs {need:7.0f} = {need / e_sns:.3f}x" if need is not None
+                     else f" | {name}: outside the grid")
+        print(line)
 
 
-def memory_child(n: int, m: int) -> None:
+def memory_child(n: int, m: int, threads: int) -> None:
+    torch.set_num_threads(threads)
     design = make_design("sobol", [1] * 4, n, seed=0, block_size=256)
     acc = make_accumulator(design, m)
     w = torch.randn(4, m, dtype=torch.float64)
@@ -132,7 +171,8 @@ def memory_child(n: int, m: int) -> None:
 def bench_memory(m: int) -> None:
     peaks = {}
     for n in (1024, 16384):
-        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), str(m)], capture_output=True,
+        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), str(m),
+                              str(torch.get_num_threads())], capture_output=True,
                              text=True, check=True).stdout
         peaks[n] = json.loads(out.strip().splitlines()[-1])["maxrss_kb"] / 1024
     print(f"(c) peak RSS, m={m}, d=4: N=1024 {peaks[1024]:.0f} MiB, N=16384 {peaks[16384]:.0f} MiB, "
@@ -142,15 +182,21 @@ def bench_memory(m: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller m and fewer repetitions")
-    parser.add_argument("--memory-child", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for our estimator (default 1)")
+    parser.add_argument("--memory-child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(*args.memory_child)
         return
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    bench_speed(10_000 if args.quick else 100_000)
-    bench_shapley_rmse(10 if args.quick else 30)
-    bench_memory(20_000)
+    # one thread, like SALib's numpy loop; on an oversubscribed CPU torch's OpenMP threads also
+    # wait on each other in every small kernel
+    torch.set_num_threads(args.threads)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    for section in (lambda: bench_speed(10_000 if args.quick else 100_000),
+                    lambda: bench_shapley_rmse(10 if args.quick else 20), lambda: bench_memory(20_000)):
+        t0 = time.perf_counter()
+        section()
+        print(f"    [{time.perf_counter() - t0:.0f} s]", flush=True)
 
 
 if __name__ == "__main__":
