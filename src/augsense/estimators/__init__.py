@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 
 from augsense.design import Design
-from augsense.estimators._accumulator import DesignAccumulator
+from augsense.estimators._accumulator import DEAD_TOLERANCE, DesignAccumulator
 from augsense.estimators.moments import MomentAccumulator
 from augsense.estimators.results import SensitivityResult
 from augsense.estimators.shapley import MAX_EXACT_PLAYERS, ShapleyExactAccumulator, ShapleyPermutationAccumulator
@@ -20,14 +20,15 @@ from augsense.estimators.sobol import SobolAccumulator
 
 
 def make_accumulator(design: Design, n_outputs: int, *, denominator: Literal["pooled", "paired"] = "pooled",
-                     groups: torch.Tensor | None = None,
-                     device: torch.device | str | None = None) -> DesignAccumulator:
+                     groups: torch.Tensor | None = None, device: torch.device | str | None = None,
+                     dead_tolerance: float = DEAD_TOLERANCE) -> DesignAccumulator:
     """The accumulator for ``design.kind``; ``denominator`` applies to Sobol designs only."""
     if design.kind in ("sobol", "sobol2"):
-        return SobolAccumulator(design, n_outputs, denominator=denominator, groups=groups, device=device)
+        return SobolAccumulator(design, n_outputs, denominator=denominator, groups=groups, device=device,
+                                dead_tolerance=dead_tolerance)
     cls = ShapleyExactAccumulator if design.kind == "shapley-exact" else ShapleyPermutationAccumulator
-    return cls(design, n_outputs, groups=groups, device=device)
+    return cls(design, n_outputs, groups=groups, device=device, dead_tolerance=dead_tolerance)
 
 
-__all__ = ["DesignAccumulator", "MAX_EXACT_PLAYERS", "MomentAccumulator", "SensitivityResult",
+__all__ = ["DEAD_TOLERANCE", "DesignAccumulator", "MAX_EXACT_PLAYERS", "MomentAccumulator", "SensitivityResult",
            "ShapleyExactAccumulator", "ShapleyPermutationAccumulator", "SobolAccumulator", "make_accumulator"]
