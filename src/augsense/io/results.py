@@ -85,7 +85,11 @@ def write_result_tables(result: Any, out: str | Path, *, players: list[str], lay
                 else:
                     part = value[cols]
                     arrays[f"{layer}/{name}"] = part.reshape(shape + part.shape[1:])
-    _atomic_write(out / "maps.npz", lambda p: np.savez_compressed(open(p, "wb"), **arrays))
+    def write_maps(path: Path) -> None:
+        with open(path, "wb") as handle:  # a handle, so numpy does not append ".npz" to the temporary name
+            np.savez_compressed(handle, **arrays)
+
+    _atomic_write(out / "maps.npz", write_maps)
 
 
 def write_run(run: Any, out: str | Path) -> None:
