@@ -15,8 +15,8 @@ from augsense.config import SensitivityConfig
 from augsense.errors import AugsenseError
 from augsense.io.images import ImageSet
 from augsense.io.results import load_run
-from augsense.probe.masks import (MaskedForward, least_units, quantile_units, random_units, selection_multiplier,
-                                  soft_multiplier)
+from augsense.probe.masks import (MaskedForward, channels_last_copy, heap_allocations, least_units, quantile_units,
+                                  random_units, selection_multiplier, soft_multiplier)
 from planted import PLANTED, PLANTED_CONFIG, planted_bundle, planted_images
 
 FACTORS = ["brightness", "saturation", "hflip"]
@@ -218,3 +218,22 @@ def test_silently_wrong_expansion_is_caught_by_the_check():
     for k in range(4):
         with torch.inference_mode(), MaskedForward(model, {"conv": bank["conv"][k:k + 1]}) as single:
             torch.testing.assert_close(together[k], single(x)[0])
+
+
+def test_channels_last_copy_gives_the_same_masked_outputs_and_leaves_the_model_alone():
+    model = Chain().eval()
+    x = torch.rand(3, 3, 8, 8)
+    model(x)  # materialise lazy layers
+    fast = channels_last_copy(model)
+    assert fast is not None and fast is not model
+    assert model[0].weight.is_contiguous() and fast[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert channels_last_copy(nn.Sequential(nn.Linear(3, 2))) is None  # nothing to gain without convolutions
+    bank = {"0": torch.rand(5, 4, generator=torch.Generator().manual_seed(6)) * 2}
+    with torch.inference_mode(), heap_allocations() as changed:
+        assert isinstance(changed, bool)
+        with MaskedForward(model, bank) as masked:
+            reference = masked(x)
+        with MaskedForward(fast, bank) as masked:
+            got = masked(x.contiguous(memory_format=torch.channels_last))
+            assert masked.expand_inside
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)

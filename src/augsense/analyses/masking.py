@@ -36,8 +36,8 @@ from augsense.io.images import ImageSet
 from augsense.io.results import RunFolder, load_run
 from augsense.probe.hooks import OUTPUT
 from augsense.progress import Progress
-from augsense.probe.masks import (MaskedForward, check_alpha, check_quantile, least_units, quantile_units,
-                                  random_units, selection_multiplier, soft_multiplier)
+from augsense.probe.masks import (MaskedForward, channels_last_copy, check_alpha, check_quantile, heap_allocations,
+                                  least_units, quantile_units, random_units, selection_multiplier, soft_multiplier)
 
 QUANTITIES = ("first_order", "total_order", "shapley")
 PAPER_QUANTILES = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -257,7 +257,7 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
                    n_draws: int = 1, seed: int = 0, batch_size: int = 32, max_batch: int = 256,
                    device: torch.device | str = "cpu", top_k: int = 5, candidates: np.ndarray | None = None,
                    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   n_labels: int | None = None, progress: bool = False) -> Tally:
+                   n_labels: int | None = None, progress: bool = False, channels_last: bool | None = None) -> Tally:
     """Run every planned (augmentation, configuration) pair over the images.
 
     Args:
@@ -270,9 +270,16 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
         candidates: (K, k) class sets; the mean Jaccard of each configuration's top-k with them.
         transform: optional preprocessing after augmentation (the paper's min–max stretch).
         progress: show a progress bar (image × configuration forwards) with ETA on stderr.
+        channels_last: run a channels-last copy of a convolutional model (default: on the CPU, where it is
+            about 1.5× faster); results agree up to float32 rounding.
     Returns:
         A :class:`Tally` of sample counts, correct top-1 / top-5, changes and Jaccard sums.
     """
+    if channels_last is None:
+        channels_last = torch.device(device).type == "cpu"
+    fast = channels_last_copy(module) if channels_last else None
+    layout = torch.channels_last if fast is not None else torch.contiguous_format
+    module = fast if fast is not None else module
     n_aug, n_configs = plan.shape
     labels = images.labels
     n_labels = n_labels or (int(labels.max()) + 1 if labels is not None and len(labels) else 1)
@@ -284,7 +291,7 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
     n_images = len(images)
     total = int((plan[0].sum() + plan[1:].sum() * n_draws) * n_images) if n_aug else 0
     bar = Progress(total=total, unit="img", description="masking", enabled=progress)
-    with torch.inference_mode(), MaskedForward(module, bank) as masked:
+    with torch.inference_mode(), heap_allocations(), MaskedForward(module, bank) as masked:
         for a, factor in enumerate(augmentations):
             configs = np.flatnonzero(plan[a])
             draws = [None] if factor is None else single_augmentation_draws(factor, n_images, n_draws, seed, a)
@@ -296,7 +303,7 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
                         x = factor.apply_unit(x, u[index].to(device))
                     if transform is not None:
                         x = transform(x)
-                    x = normalise(x)
+                    x = normalise(x).contiguous(memory_format=layout)
                     y = labels[index].to(device) if labels is not None else None
                     known = (y >= 0) if y is not None else None
                     with masked.unhooked():
