@@ -237,3 +237,17 @@ def test_channels_last_copy_gives_the_same_masked_outputs_and_leaves_the_model_a
             got = masked(x.contiguous(memory_format=torch.channels_last))
             assert masked.expand_inside
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_a_run_of_only_the_output_layer_asks_for_it_by_name(tmp_path):
+    values = {k: v for k, v in PLANTED_CONFIG.items() if k not in ("model", "images", "layers")}
+    run_sensitivity(SensitivityConfig(**values, layers=["fc"], n=16), model=planted_bundle(),
+                    images=planted_images(), out_dir=tmp_path, progress=False)
+    base = planted_images()
+    images = ImageSet(base.pixels, torch.zeros(len(base), dtype=torch.long), base.sources)
+    with pytest.raises(AugsenseError, match="pass --mask-layers fc"):
+        run_masking(tmp_path, MaskingOptions(quantiles=(0.9,), alphas=(0.0,)), model=planted_bundle(), images=images)
+    result = run_masking(tmp_path, MaskingOptions(layers=["fc"], quantiles=(0.9,), alphas=(0.0,), n_random=1,
+                                                  soft=False, least=False), model=planted_bundle(), images=images,
+                         write=False)
+    assert result.layers == ["fc"] and (result.table[result.table.kind == "guided"].n_units == 1).all()

@@ -97,3 +97,14 @@ def test_single_class_bad_k_and_candidates_layer(run_dir, capsys):
     assert code == 2 and "k must be a positive integer" in stderr
     code, _, stderr = run(["single-class", run_dir, "--candidates-layer", "layer1"], capsys)
     assert code == 2 and "must be the class outputs" in stderr
+
+
+def test_classifier_output_layer_is_masked_only_when_named(run_dir, capsys):
+    code, stdout, _ = run(["mask", run_dir, *SMALL], capsys)
+    assert code == 0 and "masked layers: layer1\n" in stdout
+    default = pd.read_parquet(run_dir / "masking.parquet")
+    code, stdout, _ = run(["mask", run_dir, *SMALL, "--mask-layers", "layer1,fc"], capsys)
+    assert code == 0 and "masked layers: layer1, fc\n" in stdout
+    named = pd.read_parquet(run_dir / "masking.parquet")
+    guided = (default.kind == "guided"), (named.kind == "guided")
+    assert default[guided[0]].n_units.max() <= 64 < named[guided[1]].n_units.max()  # layer1 has 64 channels

@@ -68,7 +68,8 @@ class MaskingOptions:
     ``augmentations``: ``"own"`` (clean + the factor's own augmentation for each factor's masks,
     the default that fits the demo's 10-minute budget), ``"all"`` (every factor's masks on clean and
     on every single augmentation: the full cross-specificity matrix), ``"clean"``, or a list of
-    factor names (evaluated for every mask factor).
+    factor names (evaluated for every mask factor). ``layers``: the layers to mask; default: the
+    run's layers except the classifier output layer (see :func:`output_layer`).
     """
 
     factors: list[str] | None = None
@@ -99,6 +100,8 @@ class MaskingResult:
     spearman: pd.DataFrame
     gap: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
+    layers: list[str] = field(default_factory=list)
+    """The masked layers."""
 
 
 def check_options(options: MaskingOptions) -> None:
@@ -140,6 +143,21 @@ def mask_layers(folder: RunFolder, layers: Sequence[str] | None, quantity: str,
         raise AugsenseError(f"run {str(folder.path)!r} has no layer that can be masked (layers: "
                             f"{', '.join(folder.layer_names)})")
     return chosen
+
+
+def output_layer(folder: RunFolder, n_classes: int) -> str | None:
+    """The run's classifier output layer, left out of the default masked layers; None if it has none.
+
+    That is the run's last hooked layer (``output`` aside) when it has one unit per class, e.g. ``_fc`` or
+    ``fc``. Scaling logits by α is not steering the network: damaging the top half of 1000 logits sends
+    top-1 to 0 for any choice of units, so guided and random masks cannot differ. Name the layer in
+    ``layers`` (``--mask-layers``) to mask it anyway.
+    """
+    names = [name for name in folder.layer_names if name != OUTPUT]
+    if not names:
+        return None
+    shape = tuple(folder.info.get("layers", {}).get(names[-1], {}).get("unit_shape", ()))
+    return names[-1] if shape == (n_classes,) else None
 
 
 def check_factors(folder: RunFolder, factors: Sequence[str] | None) -> list[str]:
@@ -529,7 +547,7 @@ def run_masking(run_dir: str | Path | RunFolder, options: MaskingOptions | None 
     options = options or MaskingOptions()
     check_options(options)
     folder = run_dir if isinstance(run_dir, RunFolder) else load_run(run_dir)
-    layers = mask_layers(folder, options.layers, options.quantity)
+    layers = mask_layers(folder, options.layers, options.quantity) if options.layers else []
     factors = check_factors(folder, options.factors)
     if not isinstance(options.augmentations, str) or options.augmentations not in ("own", "all", "clean"):
         wanted = options.augmentations if not isinstance(options.augmentations, str) else \
@@ -546,6 +564,14 @@ def run_masking(run_dir: str | Path | RunFolder, options: MaskingOptions | None 
         raise AugsenseError("masking measures accuracy, but these images have no labels; pass --images with a "
                             "folder of class sub-folders (or an ImageSet with labels)")
     image_set = image_set.labelled()
+    if not layers:
+        with torch.inference_mode():
+            n_classes = int(bundle.module(bundle.normalise(image_set.batch(torch.arange(1), device))).shape[-1])
+        logits = output_layer(folder, n_classes)
+        if logits is not None and [name for name in folder.layer_names if name not in (OUTPUT, logits)] == []:
+            raise AugsenseError(f"the run's only layer {logits!r} is the classifier output, which is not masked by "
+                                f"default; pass --mask-layers {logits} (layers=[{logits!r}]) to mask the logits anyway")
+        layers = mask_layers(folder, None, options.quantity, exclude=(logits,) if logits else ())
     specs, multipliers = build_masks(folder, factors, layers, options)
     mask_factors = [f for f in factors if f in {x.name for x in space.factors}]
     names, plan = augmentation_plan(specs, mask_factors if options.augmentations != "all" else
@@ -561,7 +587,7 @@ def run_masking(run_dir: str | Path | RunFolder, options: MaskingOptions | None 
     spearman, gap = specificity(table, options.confidence)
     timings = {"setup_s": setup, "total_s": time.perf_counter() - started,
                "forwards": float((plan[0].sum() + plan[1:].sum() * options.n_draws) * len(image_set))}
-    result = MaskingResult(table, classes, spearman, gap, timings)
+    result = MaskingResult(table, classes, spearman, gap, timings, layers)
     if write:
         write_masking(result, folder.path)
     return result

@@ -29,7 +29,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--factors", default=None, help="comma-separated factors whose maps give masks "
                         "(default: all of the run's factors)")
     parser.add_argument("--quantity", default="total_order", help="first_order, total_order or shapley")
-    parser.add_argument("--layers", default=None, help="comma-separated layers to mask (default: the run's layers)")
+    parser.add_argument("--mask-layers", "--layers", dest="layers", default=None,
+                        help="comma-separated layers to mask (default: the run's layers except the classifier "
+                        "output layer, e.g. _fc: name it here to mask logits)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
     parser.add_argument("--max-batch", type=int, default=256,
@@ -52,6 +54,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, max_batch=args.max_batch, device=args.device,
                              limit_images=args.limit_images)
     result = run_masking(args.run_dir, options, images=args.images, progress=not args.quiet)
+    print(f"masked layers: {', '.join(result.layers)}")
     table = result.table
     reference = table[table["kind"] == "none"]
     print("unmasked top-1 per input: " + ", ".join(f"{a} {t:.3f}" for a, t in zip(reference["augmentation"],
