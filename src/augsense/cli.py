@@ -114,12 +114,9 @@ def _print_summary(run: Any, out: Path | None) -> None:
 
 def _finish(run: Any, out: Path | None, report: bool) -> None:
     if out is not None and report and run.shard.rank == 0:
-        try:
-            from augsense.report.html import write_report
-        except ImportError:
-            write_report = None  # the report module is optional until installed
-        if write_report is not None:
-            write_report(out)
+        from augsense.report.html import write_report
+
+        write_report(out)
     if run.shard.rank == 0:
         _print_summary(run, out)
 
