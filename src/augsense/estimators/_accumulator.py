@@ -19,7 +19,7 @@ from augsense.errors import AugsenseError
 
 #: target float64 elements per per-chunk temporary (~0.5 MiB: stays in cache and reuses heap memory;
 #: measured best of 2**12..2**17 for d = 8, 64-row blocks)
-CHUNK_ELEMENTS = 1 << 16
+CHUNK_ELEMENTS = 1 << 18
 #: default relative tolerance below which an output counts as constant (see :func:`dead_outputs`)
 DEAD_TOLERANCE = 1e-6
 
