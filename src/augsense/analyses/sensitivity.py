@@ -8,6 +8,7 @@ Nothing per sample outlives its batch. Finished blocks are checkpointed; a kille
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -18,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from augsense.allocator import heap_allocations
 from augsense.config import SensitivityConfig
 from augsense.design import Design, make_design
 from augsense.errors import AugsenseError
@@ -219,7 +221,8 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
                    * design.block_size * design.group_size, unit="img", description="sensitivity",
                    enabled=progress and shard.rank == 0)
     chunk, evaluated = config.batch_size, 0
-    with probe, torch.inference_mode():
+    allocator = heap_allocations() if device.type == "cpu" else contextlib.nullcontext()
+    with probe, torch.inference_mode(), allocator:
         for k in schedule:
             block = design.block(k)
             rows, group, dims = block.points.shape

@@ -15,9 +15,7 @@ K times (config-major) and applies the K multipliers, so the shared prefix is co
 from __future__ import annotations
 
 import copy
-import ctypes
 import math
-import platform
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Callable
@@ -27,6 +25,7 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
+from augsense.allocator import heap_allocations  # noqa: F401 (re-exported for the masking engine)
 from augsense.errors import AugsenseError
 
 MASK_KINDS = ("quantile", "soft", "soft-inverse")
@@ -103,39 +102,6 @@ def soft_multiplier(values: ArrayLike, inverse: bool = False) -> NDArray[np.floa
     """The soft mask M (index clipped to [0, 1], dead units 0) or 1 − M: (*unit_shape,) float32."""
     array = np.clip(np.nan_to_num(_finite(values), nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
     return (1.0 - array if inverse else array).astype(np.float32)
-
-
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
-GLIBC_MMAP_MAX, GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's defaults, restored on exit
-
-
-@contextmanager
-def heap_allocations() -> Iterator[bool]:
-    """Serve large tensors from glibc's reusable heap rather than fresh ``mmap`` pages; yields whether it could.
-
-    glibc maps every allocation above 32 MiB afresh and unmaps it on free, so each batched activation
-    page-faults its memory in again: on a 2-core machine the kernel then spends about as long zeroing
-    pages as the CPU spends convolving (``sys`` ≈ ``user`` time). With mmap off and trimming deferred,
-    freed activations are reused; the masked forward runs 2–3× faster (bench/bench_masking.py).
-    The defaults are restored (and the heap trimmed) on exit. A no-op outside glibc.
-    """
-    libc = None
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        try:
-            libc = ctypes.CDLL(None)
-            libc.mallopt, libc.malloc_trim  # noqa: B018 (both must exist)
-        except (OSError, AttributeError):
-            libc = None
-    if libc is None:
-        yield False
-        return
-    changed = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
-    try:
-        yield changed
-    finally:
-        libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
-        libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
-        libc.malloc_trim(0)
 
 
 def channels_last_copy(module: nn.Module) -> nn.Module | None:
