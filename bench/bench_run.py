@@ -4,7 +4,8 @@ estimators) versus the bare forward pass of the same model, same batch size and 
     .venv/bin/python bench/bench_run.py [--models resnet18,alexnet,efficientnet-lite0] [--device cpu]
 
 Prints, per model, the median bare-forward rate, the run's rate and their ratio (target ≥ 0.75 for
-ResNet18 on CPU). Random weights for torchvision models (no download); real ones for the default.
+ResNet18 on CPU). The bare forward runs under the same allocator setting as the run
+(``heap_allocations`` on the CPU); its rate with glibc's default allocator is printed beside. Random weights for torchvision models (no download); real ones for the default.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 
 import torch
 
+from augsense.allocator import heap_allocations
 from augsense.analyses.sensitivity import run_sensitivity
 from augsense.config import SensitivityConfig
 from augsense.io.images import load_images
@@ -52,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"device {device}, batch {args.batch_size}, factors {args.factors}, torch threads {torch.get_num_threads()}")
-    print(f"{'model':<20} {'bare img/s':>11} {'run img/s':>10} {'ratio':>7}")
+    print(f"{'model':<20} {'bare img/s':>11} {'run img/s':>10} {'ratio':>7}   (bare forward with the default allocator)")
     for name in args.models.split(","):
         bundle = load_model(name)
         bundle.module.to(device)
@@ -61,12 +63,15 @@ def main() -> None:
                                    batch_size=args.batch_size, device=str(device), report=False, checkpoint_every=0)
         run = run_sensitivity(config, model=bundle, images=images, progress=False)
         batch = run.design.block_size * run.design.group_size  # the run's forward size: whole pick-freeze groups
-        bare = bare_forward_rate(bundle, images, batch, device, args.repeats)
+        with heap_allocations():  # the run's own allocator setting, so the comparison is like for like
+            bare = bare_forward_rate(bundle, images, batch, device, args.repeats)
+        plain = bare_forward_rate(bundle, images, batch, device, args.repeats)
         # the run's own rate, measured over its loop; the bare rate again right after, to bracket drift
-        bare_after = bare_forward_rate(bundle, images, batch, device, args.repeats)
+        with heap_allocations():
+            bare_after = bare_forward_rate(bundle, images, batch, device, args.repeats)
         reference = statistics.median([bare, bare_after])
         ours = run.timings["images_per_s"]
-        print(f"{name:<20} {reference:>11.1f} {ours:>10.1f} {ours / reference:>7.2f}   (forward batch {batch})")
+        print(f"{name:<20} {reference:>11.1f} {ours:>10.1f} {ours / reference:>7.2f}   ({plain:.1f} img/s; forward batch {batch})")
 
 
 if __name__ == "__main__":

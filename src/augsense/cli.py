@@ -148,7 +148,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from augsense.config import DEMO_LAYERS
 
     base = {"model": "efficientnet-lite0", "images": "bundled", "layers": list(DEMO_LAYERS),
-            "factors": ["paper-set1", "paper-set2"], "estimator": "sobol", "n": 128, "batch_size": 32}
+            "factors": ["paper-set1", "paper-set2"], "estimator": "sobol", "n": 256, "batch_size": 32}
     config = load_config(None, args, base)
     out = Path(args.out)
     print(f"augsense demo: {config.model} on the bundled photos, {len(config.layers)} layers, "
