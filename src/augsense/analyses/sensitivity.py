@@ -21,7 +21,7 @@ from torch import nn
 
 from augsense.allocator import heap_allocations
 from augsense.config import SensitivityConfig
-from augsense.design import Design, make_design
+from augsense.design import Design, layouts, make_design
 from augsense.errors import AugsenseError
 from augsense.estimators import make_accumulator
 from augsense.factors import FactorSpace, get_factor, preset
@@ -56,6 +56,16 @@ def build_factor_space(config: SensitivityConfig) -> FactorSpace:
             factor = factor.with_switch()
         chosen.append(factor)
     return FactorSpace(chosen, random_order=config.random_order, image_mode=config.image_mode)  # type: ignore[arg-type]
+
+
+def design_for(config: SensitivityConfig, space: FactorSpace) -> Design:
+    """The run's design: whole pick-freeze groups per block, at most ``batch_size`` evaluations.
+
+    Stimulus export rebuilds a run's rows with this too, so both must come from here.
+    """
+    group = layouts.group_size(config.estimator, len(space.dims))
+    return make_design(config.estimator, space.dims, config.n, seed=config.seed,
+                       block_size=max(1, config.batch_size // group))
 
 
 def pick_device(name: str) -> torch.device:
@@ -186,9 +196,7 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
     space = build_factor_space(config)
     probe = ActivationProbe(bundle.module, config.layers, reduction=config.reduction, output=config.output,  # type: ignore[arg-type]
                             input_size=bundle.input_size, device=device)
-    group_size = make_design(config.estimator, space.dims, config.n, seed=config.seed).group_size
-    design = make_design(config.estimator, space.dims, config.n, seed=config.seed,
-                         block_size=max(1, config.batch_size // group_size))
+    design = design_for(config, space)
     groups = torch.cat([torch.full((s.stop - s.start,), g, dtype=torch.long)
                         for g, s in enumerate(probe.slices.values())]).to(device)
     accumulator = make_accumulator(design, probe.n_units, denominator="paired" if config.image_mode == "within"

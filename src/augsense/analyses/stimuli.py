@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from augsense.config import SensitivityConfig
-from augsense.design import Design, layouts, make_design
+from augsense.design import Design, layouts
 from augsense.errors import AugsenseError
 from augsense.factors import FactorSpace
 from augsense.io.images import ImageSet, load_images
@@ -85,14 +85,12 @@ class StimulusDesign:
         The block size follows ``config.batch_size`` exactly as :func:`run_sensitivity` does, so the
         rows (and, for permutation designs, the player orders) are the same as an in-process run's.
         """
-        from augsense.analyses.sensitivity import build_factor_space
+        from augsense.analyses.sensitivity import build_factor_space, design_for
 
         if not isinstance(size, int) or size < 8:
             raise AugsenseError(f"stimulus size must be an integer >= 8 pixels, got {size!r}")
         space = build_factor_space(config)
-        group_size = layouts.group_size(config.estimator, len(space.dims))
-        design = make_design(config.estimator, space.dims, config.n, seed=config.seed,
-                             block_size=max(1, config.batch_size // group_size))
+        design = design_for(config, space)
         if images is None:
             images = load_images(config.images, size, resize or int(round(size * 256 / 224)),
                                  limit=config.limit_images)
