@@ -35,7 +35,7 @@ def median_time(fn, repeats: int) -> float:
 def batching(model: str, layers: list[str], configs: int, images: int, repeats: int) -> None:
     from augsense.probe.hooks import list_layers, unit_shape
 
-    bundle = load_model(model)
+    bundle = load_model(model, weights="random" if model != "efficientnet-lite0" else None)
     module = bundle.module.eval()
     x = bundle.normalise(torch.rand(images, 3, bundle.input_size, bundle.input_size))
     shapes = {info.name: unit_shape(info.shape, "mean") for info in list_layers(module, bundle.input_size)}
@@ -80,7 +80,7 @@ def layouts(model: str, layers: list[str], configs: int, images: int, repeats: i
     """The same masked forward with NCHW weights, a channels-last copy, and channels-last + heap allocations."""
     from augsense.probe.hooks import list_layers, unit_shape
 
-    bundle = load_model(model)
+    bundle = load_model(model, weights="random" if model != "efficientnet-lite0" else None)
     module = bundle.module.eval()
     fast = channels_last_copy(module)
     if fast is None:

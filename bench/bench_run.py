@@ -56,7 +56,7 @@ def main() -> None:
     print(f"device {device}, batch {args.batch_size}, factors {args.factors}, torch threads {torch.get_num_threads()}")
     print(f"{'model':<20} {'bare img/s':>11} {'run img/s':>10} {'ratio':>7}   (bare forward with the default allocator)")
     for name in args.models.split(","):
-        bundle = load_model(name)
+        bundle = load_model(name, weights="random" if name != "efficientnet-lite0" else None)
         bundle.module.to(device)
         images = load_images("bundled", bundle.input_size, bundle.resize_size)
         config = SensitivityConfig(model=name, layers=LAYERS[name], factors=[args.factors], n=args.n,

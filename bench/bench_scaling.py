@@ -45,8 +45,8 @@ def worker(rank: int, world: int, port: int, model: str, n: int, result: str) ->
     from augsense.io.images import ImageSet
     from augsense.io.models import load_model
 
-    torch.manual_seed(rank)  # different random weights per rank: the run must broadcast rank 0's
-    bundle = load_model(model)
+    # different random weights per rank: the run must broadcast rank 0's
+    bundle = load_model(model, weights="random", seed=rank)
     pixels = torch.randint(0, 256, (16, 3, bundle.input_size, bundle.input_size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
     config = SensitivityConfig(model=model, layers=LAYERS[model], factors=["brightness", "saturation", "hflip"],

@@ -31,7 +31,7 @@ def run(args, capsys):
     return code, captured.out, captured.err
 
 
-SMALL = ["--model", "resnet18", "--layers", "layer1,fc", "--factors", "hue,hflip", "--n", "4", "--batch-size", "16",
+SMALL = ["--model", "resnet18", "--weights", "random", "--layers", "layer1,fc", "--factors", "hue,hflip", "--n", "4", "--batch-size", "16",
          "--device", "cpu", "--quiet", "--no-report", "--output", "logits"]
 
 

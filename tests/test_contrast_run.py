@@ -194,14 +194,14 @@ def test_bad_input_is_refused_with_a_message():
     (["--factors", "wobble"], "wobble"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
-    code = main(["contrast", "--model", "resnet18", "--layers", "layer1", "--limit-images", "2", "--device", "cpu",
+    code = main(["contrast", "--model", "resnet18", "--weights", "random", "--layers", "layer1", "--limit-images", "2", "--device", "cpu",
                  "--quiet", "--out", str(tmp_path / "c"), *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 def test_cli_contrast_writes_the_table(tmp_path, capsys):
-    code = main(["contrast", "--model", "resnet18", "--layers", "layer1,fc", "--factors", "brightness,hflip",
+    code = main(["contrast", "--model", "resnet18", "--weights", "random", "--layers", "layer1,fc", "--factors", "brightness,hflip",
                  "--limit-images", "3", "--draws", "2", "--batch-size", "8", "--device", "cpu", "--quiet",
                  "--output", "logits", "--out", str(tmp_path / "c")])
     out = capsys.readouterr().out

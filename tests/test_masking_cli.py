@@ -32,7 +32,7 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("mask_cli")
     write_images(root / "images", labelled=True)
     out = root / "run"
-    code = main(["run", "--images", str(root / "images"), "--out", str(out), "--model", "resnet18", "--layers",
+    code = main(["run", "--images", str(root / "images"), "--out", str(out), "--model", "resnet18", "--weights", "random", "--layers",
                  "layer1,fc", "--factors", "hue,hflip", "--n", "4", "--batch-size", "16", "--device", "cpu",
                  "--quiet", "--no-report", "--output", "logits"])
     assert code == 0

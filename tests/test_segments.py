@@ -146,7 +146,7 @@ def test_attribution_needs_runs_and_bad_segments_are_refused():
     (["--segment", "layer1", "--layers", "fc"], "not inside segment"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
-    code = main(["segments", "--model", "resnet18", "--limit-images", "2", "--device", "cpu", "--quiet",
+    code = main(["segments", "--model", "resnet18", "--weights", "random", "--limit-images", "2", "--device", "cpu", "--quiet",
                  "--out", str(tmp_path / "s"), *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err

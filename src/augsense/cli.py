@@ -164,7 +164,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from augsense.io.models import load_model
     from augsense.probe.hooks import list_layers, unit_shape
 
-    bundle = load_model(args.model, weights=args.weights)
+    from augsense.io.models import DEFAULT_MODEL, RANDOM_WEIGHTS
+
+    # listing layers needs no trained weights: a torchvision name without --weights is built at random
+    weights = args.weights if args.weights is not None or args.model in (DEFAULT_MODEL, "default") else RANDOM_WEIGHTS
+    bundle = load_model(args.model, weights=weights)
     layers = list_layers(bundle.module, bundle.input_size)
     print(f"{'layer':<36} {'type':<24} {'output shape':<18} {'units (mean)':>12} {'units (none)':>12}")
     for layer in layers:
@@ -221,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     layers = sub.add_parser("layers", help="list a model's layers with their output shapes")
     layers.add_argument("model", nargs="?", default="efficientnet-lite0")
-    layers.add_argument("--weights", default=None, help="local state-dict file or torchvision weights name")
+    layers.add_argument("--weights", default=None, help="local state-dict file, torchvision weights name, or 'random'")
     layers.add_argument("--depth", type=int, default=None, help="hide modules nested deeper than this")
     layers.set_defaults(func=cmd_layers)
 

@@ -32,7 +32,8 @@ class SensitivityConfig:
 
     Attributes:
         model: ``"efficientnet-lite0"`` (embedded default) or a torchvision architecture name.
-        weights: local state-dict file, or a torchvision weights name (``"IMAGENET1K_V1"``).
+        weights: local state-dict file, a torchvision weights name (``"IMAGENET1K_V1"``), or
+            ``"random"`` (random initialisation from ``seed``; a torchvision name without weights is refused).
         images: ``"bundled"`` or a folder (class sub-folders give labels).
         layers: module names (see ``augsense layers MODEL``); ``"output"`` is the model output.
         reduction: ``"mean"`` (per channel), ``"max"`` or ``"none"`` (every unit, the paper's maps).

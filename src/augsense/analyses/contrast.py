@@ -136,7 +136,7 @@ def run_contrast(config: SensitivityConfig | None = None, *, model: nn.Module | 
     started = time.perf_counter()
     device = pick_device(config.device)
     bundle = model if isinstance(model, ModelBundle) else load_model(model if model is not None else config.model,
-                                                                     weights=config.weights)
+                                                                     weights=config.weights, seed=config.seed)
     bundle.module.to(device).eval()
     if model is not None:
         config = dataclasses.replace(config, model=bundle.name)

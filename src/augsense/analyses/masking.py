@@ -512,7 +512,7 @@ def load_inputs(folder: RunFolder, model: Any = None, images: Any = None, device
 
     config = SensitivityConfig.from_dict(dict(folder.info.get("config", {})))
     bundle = model if isinstance(model, ModelBundle) else load_model(model if model is not None else config.model,
-                                                                     weights=config.weights)
+                                                                     weights=config.weights, seed=config.seed)
     chosen = pick_device(device if device != "auto" else (config.device if config.device != "auto" else "auto"))
     bundle.module.to(chosen).eval()
     if isinstance(images, ImageSet):

@@ -197,7 +197,7 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
     if bad or not chosen:
         raise AugsenseError(f"segment channel {bad[0] if bad else ''!r} must be h, s, v or all")
     bundle = model if isinstance(model, ModelBundle) else load_model(model if model is not None else config.model,
-                                                                     weights=config.weights)
+                                                                     weights=config.weights, seed=config.seed)
     bundle.module.eval()
     parsed = parse_segment(bundle.module, segment, bundle.input_size)
     def inside(name: str) -> bool:

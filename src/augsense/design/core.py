@@ -24,6 +24,60 @@ from augsense.design import layouts
 from augsense.errors import AugsenseError
 
 _GENERATOR = "scipy-qmc-sobol-scrambled/v1"
+#: How base rows are given images in within-image mode (see :func:`image_assignment`).
+_IMAGE_ASSIGNMENT = "kensler-permute/v1"
+#: The longest design: 2**30 base rows (Kensler's permutation works on 32-bit words).
+MAX_BASE_ROWS = 2**30
+
+
+def _kensler_permute(i: np.ndarray, n: int, key: int) -> np.ndarray:
+    """A keyed pseudo-random bijection of [0, n) for n a power of two, evaluated pointwise.
+
+    Kensler 2013, "Correlated Multi-Jittered Sampling" (Pixar tech. memo 13-01), ``permute``: every
+    step (xor with the key, multiplication by an odd constant, xor-shift of the masked bits) is a
+    bijection of the low log2(n) bits, and the right shifts fold high bits into low ones, so the
+    image of ``i mod k`` is not tied to the low bits of ``i``. i: (r,) integers in [0, n) → (r,).
+    """
+    w = np.uint32(n - 1)
+    p = np.uint32(key)
+    x = np.asarray(i).astype(np.uint32)
+    with np.errstate(over="ignore"):
+        x = x ^ p
+        x = x * np.uint32(0xE170893D)
+        x = x ^ (p >> np.uint32(16))
+        x = x ^ ((x & w) >> np.uint32(4))
+        x = x ^ (p >> np.uint32(8))
+        x = x * np.uint32(0x0929EB3F)
+        x = x ^ (p >> np.uint32(23))
+        x = x ^ ((x & w) >> np.uint32(1))
+        x = x * (np.uint32(1) | (p >> np.uint32(27)))
+        x = x * np.uint32(0x6935FA69)
+        x = x ^ ((x & w) >> np.uint32(11))
+        x = x * np.uint32(0x74DCB303)
+        x = x ^ ((x & w) >> np.uint32(2))
+        x = x * np.uint32(0x9E501CC3)
+        x = x ^ ((x & w) >> np.uint32(2))
+        x = x * np.uint32(0xC860A3DF)
+        x = x & w
+        x = x ^ (x >> np.uint32(5))
+        return ((x.astype(np.uint64) + np.uint64(p)) & np.uint64(w)).astype(np.int64)
+
+
+def image_assignment(base_rows: np.ndarray, n_images: int, *, n: int, seed: int) -> np.ndarray:
+    """The image of each base row in within-image mode: ``sigma(pi(row) mod n_images)``.
+
+    ``pi`` is a seeded pseudo-random permutation of the n base rows (:func:`_kensler_permute`) and
+    ``sigma`` a seeded permutation of the images (so with n < n_images a random subset is used), so
+    every image gets floor(n / n_images) or one more rows (exactly balanced when n_images divides n)
+    and which rows an image gets is unrelated to the digit structure of the Sobol' points (a plain
+    ``row mod n_images`` ties each image to one half of some coordinates). base_rows: (r,) → (r,) int64.
+    """
+    if n_images < 1:
+        raise AugsenseError("within-image mode needs at least one image")
+    rng = np.random.default_rng([int(seed), 2])
+    key = int(rng.integers(0, 2**32))
+    images = rng.permutation(int(n_images))  # with n < n_images, a random subset of the images is used
+    return images[_kensler_permute(base_rows, int(n), key) % int(n_images)]
 
 
 @dataclass(frozen=True)
@@ -56,6 +110,8 @@ class Design:
         if not dims or any(x < 1 for x in dims):
             raise AugsenseError(f"dims must list at least one player, each with >= 1 coordinate; got {dims}")
         n = int(n)
+        if n > MAX_BASE_ROWS:
+            raise AugsenseError(f"n = {n} base rows is beyond 2**30, the longest design this version supports")
         if n < 2 or n & (n - 1):
             lower = 1 << max(1, n.bit_length() - 1)
             raise AugsenseError(
@@ -130,15 +186,23 @@ class Design:
         for k in range(start, self.n_blocks if stop is None else min(stop, self.n_blocks), step):
             yield self.block(k)
 
+    def image_of(self, base_rows: np.ndarray, n_images: int) -> np.ndarray:
+        """Within-image mode: the image index of each base row (see :func:`image_assignment`)."""
+        return image_assignment(base_rows, n_images, n=self.n, seed=self.seed)
+
     def to_dict(self) -> dict[str, Any]:
-        """Everything that defines the rows (JSON-serialisable)."""
+        """Everything that defines the rows and their images (JSON-serialisable)."""
         return {"kind": self.kind, "dims": list(self.dims), "n": self.n, "seed": self.seed,
-                "block_size": self.block_size, "generator": _GENERATOR}
+                "block_size": self.block_size, "generator": _GENERATOR, "image_assignment": _IMAGE_ASSIGNMENT}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Design":
         if d.get("generator", _GENERATOR) != _GENERATOR:
             raise AugsenseError(f"design was made by generator {d['generator']!r}, this version has {_GENERATOR!r}")
+        assignment = d.get("image_assignment", "row-modulo/v0")  # before v1: image = row mod n_images
+        if assignment != _IMAGE_ASSIGNMENT:
+            raise AugsenseError(f"design assigns images by {assignment!r} (biased for within-image mode), this "
+                                f"version by {_IMAGE_ASSIGNMENT!r}: export the stimuli again")
         return cls(d["kind"], d["dims"], d["n"], seed=d["seed"], block_size=d["block_size"])
 
     def fingerprint(self) -> str:
