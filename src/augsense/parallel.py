@@ -7,11 +7,18 @@ on whether to checkpoint, stop, or go on, so that checkpoints are collective: ev
 accumulator is sent to rank 0, which merges them (float64 sums re-expressed in one shift, exact up
 to summation order) and writes one file. At the end the same reduction gives rank 0 the result.
 NCCL is used when every rank has a GPU, gloo otherwise.
+
+Collective timeout: every collective waits at most ``AUGSENSE_COLLECTIVE_TIMEOUT`` seconds
+(default 1800) for the other ranks. Each round starts with a monitored barrier (gloo, also beside
+NCCL), so when a rank stops answering (stopped, hung, dead) rank 0 names it and stops with an
+:class:`AugsenseError` instead of waiting forever.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -48,6 +55,52 @@ def _env_int(name: str, default: int) -> int:
                             "sets RANK, WORLD_SIZE and LOCAL_RANK") from None
 
 
+#: Environment variable: seconds a collective waits for the other ranks.
+TIMEOUT_ENV = "AUGSENSE_COLLECTIVE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 1800.0
+_monitor: dict[str, Any] = {}
+
+
+def collective_timeout() -> float:
+    """Seconds a collective waits for the other ranks (``AUGSENSE_COLLECTIVE_TIMEOUT``, default 1800)."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None or not text.strip():
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < 10 ** 7):
+        raise AugsenseError(f"{TIMEOUT_ENV}={text!r} must be a positive number of seconds, e.g. 600")
+    return value
+
+
+def collective_failure(error: BaseException, what: str, rank: int | None = None) -> AugsenseError:
+    """One-line error for a collective that failed or timed out, naming the silent rank(s) when known."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    ranks = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(error))
+    if rank is None and ranks:
+        who = "rank" + ("s " if "," in ranks.group(1) else " ") + ranks.group(1).strip().rstrip(",")
+    elif rank is not None:
+        who = f"rank {rank}"
+    else:
+        who = "another rank"
+    return AugsenseError(f"{what}: {who} did not answer within {collective_timeout():g} s ({TIMEOUT_ENV}) or its "
+                         f"process is gone (stopped, hung or dead): {text[:200]}; the last checkpoint is kept, so "
+                         "the run can continue with --resume once all ranks are back")
+
+
+def check_alive(shard: "Shard", what: str = "waiting for the other ranks") -> None:
+    """Collective: a monitored barrier; rank 0 names any rank that does not arrive within the timeout."""
+    if not shard.distributed:
+        return
+    timeout = datetime.timedelta(seconds=collective_timeout())
+    try:
+        dist.monitored_barrier(group=_monitor.get("group"), timeout=timeout, wait_all_ranks=True)
+    except RuntimeError as error:
+        raise collective_failure(error, what, rank=None if shard.rank == 0 else 0) from None
+
+
 def current_shard(device: str = "auto") -> Shard:
     """The shard of this process: joins the process group when launched by torchrun.
 
@@ -63,7 +116,10 @@ def current_shard(device: str = "auto") -> Shard:
             if name not in os.environ:
                 raise AugsenseError(f"WORLD_SIZE={world} but {name} is not set; start distributed runs with "
                                     "`torchrun --nproc_per_node=G -m augsense run CONFIG`")
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        backend = "nccl" if use_cuda else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=collective_timeout()))
+        # monitored barriers need gloo: beside NCCL a small gloo group of the same ranks carries them
+        _monitor["group"] = dist.new_group(backend="gloo") if backend != "gloo" else None
     rank = dist.get_rank()
     shard_device = None
     if use_cuda:
@@ -105,11 +161,17 @@ def _reduce_to_rank0(into: Any, local: Any, shard: Shard) -> Any | None:
     if not shard.distributed:
         return into
     if shard.rank != 0:
-        dist.send_object_list([local.state_dict()], dst=0)
+        try:
+            dist.send_object_list([local.state_dict()], dst=0)
+        except RuntimeError as error:
+            raise collective_failure(error, "sending the sums to rank 0", rank=0) from None
         return None
     for source in range(1, shard.world_size):
         box: list[Any] = [None]
-        dist.recv_object_list(box, src=source)
+        try:
+            dist.recv_object_list(box, src=source)
+        except RuntimeError as error:
+            raise collective_failure(error, f"merging the sums of rank {source}", rank=source) from None
         other = _empty_like_on_cpu(into)
         other.load_state_dict(box[0])
         into.merge(other)
@@ -152,7 +214,11 @@ def _agree(flags: list[bool], shard: Shard) -> list[bool]:
         return flags
     device = shard.device if shard.device is not None else torch.device("cpu")
     tensor = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    check_alive(shard, "agreeing on the next block round")
+    try:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    except RuntimeError as error:
+        raise collective_failure(error, "agreeing on the next block round") from None
     return [bool(v) for v in tensor.tolist()]
 
 
@@ -162,7 +228,8 @@ class BlockSchedule:
 
     Iterating yields block indices; after each round the ranks agree (one all-reduce) on whether a
     checkpoint is due (``checkpoint_every`` seconds since the last, on any rank), whether to stop
-    (``stop_after`` rounds, for tests of resume) and whether any rank has blocks left. A checkpoint
+    (``stop_after`` rounds, for tests of resume, or ``stop_requested()`` true on any rank, e.g. after
+    SIGTERM) and whether any rank has blocks left. A checkpoint
     calls ``on_checkpoint(done)`` on every rank at the same round, so it may itself be collective.
 
     Attributes:
@@ -179,6 +246,7 @@ class BlockSchedule:
     on_checkpoint: Callable[[set[int]], None] | None = None
     stop_after: int | None = None
     complete: bool = True
+    stop_requested: Callable[[], bool] | None = None
 
     @property
     def todo(self) -> list[int]:
@@ -192,7 +260,8 @@ class BlockSchedule:
             mine = position < len(todo)
             due = self.on_checkpoint is not None and self.checkpoint_every > 0 and rounds > 0 and \
                 time.monotonic() - last >= self.checkpoint_every
-            stop = self.stop_after is not None and rounds >= self.stop_after
+            stop = (self.stop_after is not None and rounds >= self.stop_after) or \
+                (self.stop_requested is not None and self.stop_requested())
             due, stop, more = _agree([due, stop, mine], self.shard)
             if not more:
                 return
