@@ -23,9 +23,9 @@ def outputs_for(block, m=5):
     return torch.as_tensor(np.stack(cols, -1))
 
 
-def filled(design, blocks, groups=None):
+def filled(design, blocks, groups=None, **options):
     # relative std ~1e-6 at the 1e6 offset: exact shifted sums matter here, not the dead tolerance
-    acc = make_accumulator(design, 5, groups=groups)
+    acc = make_accumulator(design, 5, groups=groups, **options)
     acc.dead_tolerance = 0.0
     for k in blocks:
         b = design.block(k)
@@ -74,7 +74,13 @@ def test_state_dict_round_trip_changes_nothing(kind):
 
 def test_aggregated_indices_are_variance_weighted_and_singletons_reproduce_outputs():
     design = make_design("sobol", [1, 1, 1], 128, seed=2, block_size=32)
-    r = filled(design, range(4), torch.tensor([0, 0, 1, 2, 2])).compute()
+    groups = torch.tensor([0, 0, 1, 2, 2])
+    # layer estimates are ratios of summed paired-form statistics (those their intervals describe),
+    # whatever the denominator: the paired per-output estimates, variance-weighted
+    pooled = filled(design, range(4), groups).compute()
+    r = filled(design, range(4), groups, denominator="paired").compute()
+    for q in ("first_order", "first_order_ci", "total_order", "total_order_ci"):
+        np.testing.assert_allclose(getattr(pooled.aggregated, q), getattr(r.aggregated, q), rtol=1e-12, err_msg=q)
     live = ~r.dead
     V1, V = r.first_order_variance, r.variance
     np.testing.assert_allclose(r.aggregated.first_order[0], V1[:2].sum(0) / V[:2].sum(), rtol=1e-12)

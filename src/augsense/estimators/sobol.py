@@ -185,7 +185,7 @@ class SobolAccumulator(DesignAccumulator):
         if self._second:
             self._second_order(res, e, Vs, dV, z)
         if self.groups is not None:
-            res.aggregated = self._aggregate(V1, VT, V, dead, confidence, z)
+            res.aggregated = self._aggregate(dead, confidence, z)
         return _to_numpy(res)
 
     def _second_order(self, res: SensitivityResult, e: torch.Tensor, Vs: torch.Tensor, dV: torch.Tensor, z: float) -> None:
@@ -203,29 +203,32 @@ class SobolAccumulator(DesignAccumulator):
         full_ci[:, :, pi, pj] = full_ci[:, :, pj, pi] = ci
         res.second_order, res.second_order_ci = full, full_ci
 
-    def _aggregate(self, V1: torch.Tensor, VT: torch.Tensor, V: torch.Tensor, dead: torch.Tensor, confidence: float,
-                   z: float) -> SensitivityResult:
-        """Layer-level indices Sum_c V_i^(c) / Sum_c V^(c) over live outputs; exact point estimates,
-        intervals from group sums. A group without a live output is dead."""
-        n, ng, g = self.n, self.n_groups, self.groups
-        V = torch.where(dead, 0.0, V)
-        sum_v = V.new_zeros(ng).index_add_(0, g, V)
-        sum_1 = V1.new_zeros(ng, V1.shape[1]).index_add_(0, g, torch.where(dead[:, None], 0.0, V1))
-        sum_t = VT.new_zeros(ng, VT.shape[1]).index_add_(0, g, torch.where(dead[:, None], 0.0, VT))
-        dead = self._group_dead(dead) | ~(sum_v > 0)
-        Vs = torch.where(dead, torch.nan, sum_v)[:, None]
-        S1, ST = sum_1 / Vs, sum_t / Vs
-        mu = self.sums["g1"] / n
+    def _aggregate(self, dead: torch.Tensor, confidence: float, z: float) -> SensitivityResult:
+        """Layer-level indices Sum_c V_i^(c) / Sum_c V^(c) with delta-method intervals.
+
+        Estimate and interval come from the same group sums of shift-invariant (paired-form)
+        per-row statistics, Sum_c (f_B - (f_A + f_AB_i)/2)(f_AB_i - f_A), Sum_c (f_A - f_AB_i)^2 / 2
+        and Sum_c (f_A - f_B)^2 / 2, each unbiased for its sum of variances. (Summing the pooled
+        per-output estimates instead gives a different estimator, whose spread those sums do not
+        describe: its nominal 95 % intervals covered 70 % in tests/test_interval_strength.py.)
+        With the paired denominator this equals the sum of the per-output estimates; dead outputs
+        keep their rounding-level terms. A group without a live output is dead.
+        """
+        n = self.n
+        mu = self.sums["g1"] / n                                          # (ng, d, 3)
         cov = _delta.covariance(self.sums["g1"], self.sums["g2"], n)
-        W = mu[..., 2]
+        N1, NT, W = mu.unbind(-1)                                         # (ng, d) each; W equal along d
+        dead = self._group_dead(dead) | ~(W[:, 0] > 0)
+        Ws = torch.where(dead[:, None], torch.nan, W)
+        S1, ST = N1 / Ws, NT / Ws
         zero = torch.zeros_like(S1)
-        g1 = torch.stack([1 / W, zero, -S1 / W], -1)
-        gT = torch.stack([zero, 1 / W, -ST / W], -1)
+        g1 = torch.stack([1 / Ws, zero, -S1 / Ws], -1)
+        gT = torch.stack([zero, 1 / Ws, -ST / Ws], -1)
         return SensitivityResult(
-            n=n, variance=sum_v, dead=dead, confidence=confidence, first_order=S1, total_order=ST,
+            n=n, variance=W[:, 0], dead=dead, confidence=confidence, first_order=S1, total_order=ST,
             first_order_ci=_delta.interval(S1, _delta.standard_error(g1, cov, n), z),
             total_order_ci=_delta.interval(ST, _delta.standard_error(gT, cov, n), z),
-            first_order_variance=sum_1, total_order_variance=sum_t)
+            first_order_variance=N1, total_order_variance=NT)
 
 
 @lru_cache(maxsize=None)
