@@ -86,3 +86,46 @@ def test_all_nan_and_empty() -> None:
 def test_bad_input(p: list[float], alpha: float, message: str) -> None:
     with pytest.raises(AugsenseError, match=message):
         benjamini_yekutieli(p, alpha)
+
+
+def _contrast_results(seed: int) -> dict:
+    """Three layers of paired outputs with graded planted shifts; one layer keeps no differences (t-test
+    p-values) and has two units whose differences are all zero (zero variance: NaN p)."""
+    import torch
+
+    from augsense.estimators.contrast import ContrastAccumulator
+
+    rng = np.random.default_rng(seed)
+    results = {}
+    for layer, m, keep in (("conv1", 40, True), ("block2", 60, False), ("fc", 25, True)):
+        control = torch.from_numpy(rng.normal(size=(60, m)))
+        shift = torch.from_numpy(np.where(np.arange(m) < m // 3, rng.uniform(0.1, 0.8, size=m), 0.0))
+        treated = control + shift + torch.from_numpy(rng.normal(size=(60, m)))
+        if layer == "block2":
+            treated[:, :2] = control[:, :2] = 1.5
+        acc = ContrastAccumulator(m, keep_differences=keep)
+        acc.update(treated, control)
+        results[layer] = acc.compute()
+    return results
+
+
+@pytest.mark.parametrize("test, alpha", [("auto", 0.05), ("auto", 0.2), ("t", 0.1)])
+def test_contrast_fdr_is_benjamini_yekutieli_over_all_layers(test: str, alpha: float) -> None:
+    """The Python-API path (contrast_fdr) against statsmodels on the pooled p-values of every layer."""
+    from augsense.estimators.contrast import contrast_fdr
+
+    results = _contrast_results(5)
+    table = contrast_fdr(results, alpha=alpha, test=test)
+    p = np.concatenate([r.p_wilcoxon if (test == "auto" and r.has_rank_statistics) else r.p_t
+                        for r in results.values()])
+    np.testing.assert_array_equal(table["p_value"].to_numpy(), p)
+    finite = ~np.isnan(p)
+    assert finite.sum() == p.size - 2  # the zero-variance units are not tested and not counted in m
+    sm_reject, sm_q, _, _ = multipletests(p[finite], alpha=alpha, method="fdr_by")
+    q = table["q_value"].to_numpy()
+    np.testing.assert_allclose(q[finite], sm_q, rtol=1e-12)
+    assert np.isnan(q[~finite]).all() and not table["significant"].to_numpy()[~finite].any()
+    np.testing.assert_array_equal(table["significant"].to_numpy()[finite], sm_reject)
+    # the case tells BY from BH: BH's q-values and its rejections differ here
+    bh_reject, bh_q, _, _ = multipletests(p[finite], alpha=alpha, method="fdr_bh")
+    assert not np.allclose(bh_q, sm_q) and bh_reject.sum() > sm_reject.sum() > 0
