@@ -65,6 +65,11 @@ def shapley_report(shapley_run) -> Path:
     return write_report(shapley_run)
 
 
+@pytest.fixture(scope="module")
+def sobol_report(sobol_run) -> Path:
+    return write_report(sobol_run)
+
+
 def _copy(run: Path, tmp_path: Path, *, drop: tuple[str, ...] = ()) -> Path:
     """A copy of a run folder without its report and without ``drop`` (to keep a test to its section)."""
     target = tmp_path / "run"
@@ -98,8 +103,8 @@ def test_report_is_self_contained_with_every_section(shapley_run, shapley_report
         assert text in header, text
 
 
-def test_sobol_report_shows_second_order_and_omits_the_unreachable_gallery(sobol_run):
-    page = write_report(sobol_run).read_text(encoding="utf-8")
+def test_sobol_report_shows_second_order_and_omits_the_unreachable_gallery(sobol_report):
+    page = sobol_report.read_text(encoding="utf-8")
     assert "second-order S2" in _section(page, "interactions")
     assert 'id="spatial"' not in page  # channel means: no spatial maps
     gallery = _section(page, "gallery")
@@ -260,3 +265,91 @@ def test_report_opens_in_a_real_browser_with_every_figure_loaded(shapley_report,
     assert all(complete and width > 0 for complete, width, _ in images), images
     assert messages == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+# -- the numbers on the page are the numbers in the tables ----------------------------------------
+CELL = re.compile(r"<t([hd])>(.*?)</t[hd]>", re.S)
+INTERVAL = re.compile(r"^\[(-?\d+\.\d{3}), (-?\d+\.\d{3})\]$")
+
+
+def _html_table(fragment: str) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the first table in ``fragment``, cell text unescaped."""
+    import html as _html
+
+    table = re.search(r"<table>(.*?)</table>", fragment, re.S)
+    assert table, "no table"
+    head = [_html.unescape(t) for _, t in CELL.findall(re.search(r"<thead>(.*?)</thead>", table.group(1), re.S).group(1))]
+    body = re.search(r"<tbody>(.*?)</tbody>", table.group(1), re.S).group(1)
+    rows = [[_html.unescape(t) for _, t in CELL.findall(row)] for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+    return head, rows
+
+
+def _same_number(text: str, value: float) -> bool:
+    """A 3-decimal or 3-significant-digit rendering of ``value``."""
+    return abs(float(text) - value) <= 5e-4 + 5e-3 * abs(value)
+
+
+def _same_interval(text: str, low: float, high: float) -> bool:
+    match = INTERVAL.match(text.strip())
+    assert match, f"{text!r} is not an interval [low, high] with 3 decimals"
+    return abs(float(match.group(1)) - low) <= 5e-4 + 1e-12 and abs(float(match.group(2)) - high) <= 5e-4 + 1e-12
+
+
+def _flat_unit(label: str, shape: list[int] | None) -> int:
+    """Inverse of ``unit_label``: "c" or "c (y, x)" -> flat unit number."""
+    numbers = [int(x) for x in re.findall(r"\d+", label)]
+    return numbers[0] if len(numbers) == 1 else int(np.ravel_multi_index(numbers, tuple(shape)))
+
+
+@pytest.mark.parametrize("run, quantity, known", [
+    ("shapley", "shapley", ("hflip", "readout", "2")),
+    ("sobol", "total_order", ("saturation", "readout", "1"))])
+def test_specialist_rows_show_the_estimate_and_interval_of_indices_parquet(run, quantity, known, request):
+    """Every row of the specialists table, parsed from report.html, matches indices.parquet: index and CI."""
+    folder = request.getfixturevalue(f"{run}_run")
+    page = request.getfixturevalue(f"{run}_report").read_text(encoding="utf-8")
+    head, rows = _html_table(_section(page, "specialists"))
+    indices = pd.read_parquet(folder / "indices.parquet")
+    indices = indices[indices["quantity"] == quantity].set_index(["layer", "unit", "factor"])
+    shapes = {k: v.get("unit_shape") for k, v in json.loads((folder / "run.json").read_text())["layers"].items()}
+    column = {name: head.index(name) for name in ("factor", "layer", "unit", "CI")}
+    value_column = head.index({"shapley": "Shapley effect", "total_order": "total-order ST"}[quantity])
+    assert len(rows) == 9
+    widths, seen = [], set()
+    for row in rows:
+        factor, layer, label = row[column["factor"]], row[column["layer"]], row[column["unit"]]
+        truth = indices.loc[(layer, _flat_unit(label, shapes[layer]), factor)]
+        assert _same_number(row[value_column], truth["estimate"]), (row, truth)
+        assert _same_interval(row[column["CI"]], truth["ci_low"], truth["ci_high"]), (row, truth)
+        widths.append(truth["ci_high"] - truth["ci_low"])
+        seen.add((factor, layer, label))
+    assert known in seen  # the planted unit is listed for its factor
+    if run == "shapley":  # per-position colour units: real intervals, not the planted units' [1.000, 1.000]
+        assert max(widths) > 0.05
+
+
+@pytest.mark.parametrize("run", ["shapley", "sobol"])
+def test_layer_table_shows_the_estimate_and_interval_of_layers_parquet(run, request):
+    """Each cell "estimate [low, high]" of the layer table matches layers.parquet, and no row is missing."""
+    from augsense.report.data import QUANTITY_LABELS
+
+    folder = request.getfixturevalue(f"{run}_run")
+    page = request.getfixturevalue(f"{run}_report").read_text(encoding="utf-8")
+    section = _section(page, "layers")
+    head, rows = _html_table(section[section.index("<details>"):])
+    layers = pd.read_parquet(folder / "layers.parquet")
+    layers = layers[layers["factor"].notna()].set_index(["layer", "factor", "quantity"])
+    labels = {label: q for q, label in QUANTITY_LABELS.items()}
+    quantities = [labels[h] for h in head[2:]]
+    assert quantities and set(quantities) <= set(layers.index.get_level_values("quantity"))
+    shown = set()
+    for row in rows:
+        layer, factor = row[0], row[1]
+        for quantity, cell in zip(quantities, row[2:]):
+            truth = layers.loc[(layer, factor, quantity)]
+            estimate, _, interval = cell.partition(" ")
+            assert _same_number(estimate, truth["estimate"]), (row, truth)
+            assert _same_interval(interval, truth["ci_low"], truth["ci_high"]), (row, truth)
+            shown.add((layer, factor, quantity))
+    expected = {key for key in layers.index if key[2] in quantities}
+    assert shown == expected
