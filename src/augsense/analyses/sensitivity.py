@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from augsense.allocator import heap_allocations
+from augsense.analyses.plan import RunPlan, check_ranks_agree
 from augsense.config import SensitivityConfig
 from augsense.design import Design, layouts, make_design
 from augsense.errors import AugsenseError
@@ -126,6 +127,7 @@ class SensitivityRun:
     complete: bool = True
     out_dir: Path | None = None
     device: str = "cpu"
+    plan: RunPlan | None = None
 
     def dominant_factors(self, quantity: str = "total_order") -> dict[str, list[tuple[str, float]]]:
         """Per layer, the factors ranked by their aggregated share of variance."""
@@ -197,6 +199,8 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
     probe = ActivationProbe(bundle.module, config.layers, reduction=config.reduction, output=config.output,  # type: ignore[arg-type]
                             input_size=bundle.input_size, device=device)
     design = design_for(config, space)
+    plan = RunPlan.build(config, space=space, design=design, images=image_set, bundle=bundle, probe=probe)
+    check_ranks_agree(plan, shard)
     groups = torch.cat([torch.full((s.stop - s.start,), g, dtype=torch.long)
                         for g, s in enumerate(probe.slices.values())]).to(device)
     accumulator = make_accumulator(design, probe.n_units, denominator="paired" if config.image_mode == "within"
@@ -210,12 +214,12 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
     if resume:
         if checkpoint is None:
             raise AugsenseError("--resume needs the run folder (--out DIR) of the killed run")
-        done = resume_run_checkpoint(checkpoint, fingerprint=design.fingerprint(), accumulator=accumulator,
+        done = resume_run_checkpoint(checkpoint, plan=plan, accumulator=accumulator,
                                      shard=shard)
 
     def save(finished: set[int]) -> None:
         assert checkpoint is not None
-        save_run_checkpoint(checkpoint, fingerprint=design.fingerprint(), accumulator=accumulator, done=finished,
+        save_run_checkpoint(checkpoint, plan=plan, accumulator=accumulator, done=finished,
                             shard=shard)
 
     schedule = BlockSchedule(design.n_blocks, shard, set(done), checkpoint_every=config.checkpoint_every,
@@ -268,7 +272,7 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
     timings["total_s"] = time.perf_counter() - started
     run = SensitivityRun(config, result, list(space.players), list(config.layers), dict(probe.unit_shapes),
                          dict(probe.slices), space, design, image_set, bundle, accuracy, timings, shard, complete, out,
-                         str(device))
+                         str(device), plan=plan)
     if out is not None and shard.rank == 0 and result is not None:
         from augsense.io.results import write_run
 

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from augsense.analyses.plan import RunPlan
 from augsense.config import SensitivityConfig
 from augsense.design import Design, layouts
 from augsense.errors import AugsenseError
@@ -50,6 +51,8 @@ class StimulusDesign:
         config: the run configuration the design came from (provenance), when there was one.
         images: the decoded base images (None when the design was read back from ``design.json``;
             they are needed to render stimuli, not to analyse responses).
+        plan: the run plan (:class:`augsense.analyses.plan.RunPlan` as a dict: factors, bounds, design,
+            image content hash …; model entries null) when built from a config; in ``design.json``.
     """
 
     space: FactorSpace
@@ -60,6 +63,7 @@ class StimulusDesign:
     shuffle_seed: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
     images: ImageSet | None = None
+    plan: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.repeats, int) or self.repeats < 1:
@@ -97,7 +101,8 @@ class StimulusDesign:
         elif images.size != size:
             raise AugsenseError(f"the images are {images.size} px, the stimuli should be {size} px; pass size="
                                 f"{images.size} or images at {size} px")
-        return cls(space, design, list(images.sources), size, repeats, shuffle_seed, config.to_dict(), images)
+        plan = RunPlan.build(config, space=space, design=design, images=images).to_dict()
+        return cls(space, design, list(images.sources), size, repeats, shuffle_seed, config.to_dict(), images, plan)
 
     # -- the stimuli ---------------------------------------------------------------------------
     @property
@@ -127,7 +132,7 @@ class StimulusDesign:
         if self.space.image_mode == "joint":
             u = torch.from_numpy(self.points() if points is None else points).float()
             return self.space.image_index(u, n_images).numpy()
-        return np.repeat(np.arange(self.design.n) % n_images, self.group_size)
+        return np.repeat(self.design.image_of(np.arange(self.design.n), n_images), self.group_size)
 
     def stimulus_table(self) -> pd.DataFrame:
         """One row per stimulus in design order.
@@ -212,7 +217,7 @@ class StimulusDesign:
                 "players": self.players, "factors": self.space.to_dict(),
                 "images": {"count": len(self.image_sources), "sources": list(self.image_sources), "size": self.size},
                 "repeats": self.repeats, "shuffle_seed": self.shuffle_seed, "n_stimuli": self.n_stimuli,
-                "n_trials": self.n_trials, "config": self.config}
+                "n_trials": self.n_trials, "config": self.config, "plan": self.plan}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], images: ImageSet | None = None) -> "StimulusDesign":
@@ -225,9 +230,13 @@ class StimulusDesign:
             space = FactorSpace.from_dict(data["factors"])
             fingerprint = data["design"].get("fingerprint")
             made = cls(space, design, list(data["images"]["sources"]), int(data["images"]["size"]),
-                       int(data["repeats"]), data.get("shuffle_seed"), dict(data.get("config") or {}), images)
+                       int(data["repeats"]), data.get("shuffle_seed"), dict(data.get("config") or {}), images,
+                       data.get("plan"))
         except (KeyError, TypeError, ValueError) as error:
             raise AugsenseError(f"the stimulus design metadata is incomplete or damaged ({error!r})") from None
+        if made.plan is not None and (not isinstance(made.plan, dict)
+                                      or made.plan.get("fingerprint") != RunPlan.from_dict(made.plan).fingerprint):
+            raise AugsenseError("the run plan in design.json does not match its fingerprint; the file was edited")
         if fingerprint is not None and fingerprint != design.fingerprint():
             raise AugsenseError("the design rebuilt from design.json does not match its fingerprint; the file was edited "
                                 "or written by another augsense version")

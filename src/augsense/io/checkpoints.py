@@ -1,21 +1,40 @@
-"""Checkpoints: merged accumulator state and the finished blocks, one file, atomic, checksummed.
+"""Checkpoints: merged accumulator state and the finished blocks, one file, atomic, checksummed, code-free.
 
-File layout: a header line ``AUGSENSE-CHECKPOINT 1 sha256=<hex>`` followed by a ``torch.save``
-payload whose SHA-256 is in the header. It is written to a temporary file, fsynced and renamed
-over the old one, so a process killed at any instant leaves either the previous checkpoint or the
-new one, never half of one. A file whose checksum does not match, that is not a checkpoint, or
-that belongs to another design is refused with a message, never silently used.
+File layout (format 2)::
+
+    AUGSENSE-CHECKPOINT 2 sha256=<hex of everything after this line>\\n
+    <8-byte little-endian length L><L bytes of UTF-8 JSON header><raw tensor bytes>
+
+The JSON header holds the state as a tree of dicts, lists, strings, numbers, booleans and null, in
+which every tensor or array is replaced by a reference ``{"__tensor__": i}`` / ``{"__ndarray__":
+i}`` to entry ``i`` of its ``"buffers"`` list (dtype from a fixed whitelist, shape, byte offset,
+byte length); the bytes are little-endian and C-ordered. Reading parses JSON and copies bytes into
+arrays, nothing else: a checkpoint cannot carry code, so a crafted file (e.g. a pickle payload, as
+the format-1 files of earlier versions were ``torch.save`` pickles) is refused without executing
+anything. Format-1 files are refused for that reason.
+
+The SHA-256 detects corruption (a flipped bit, a file cut short), not tampering: whoever writes the
+file writes the checksum too. Safety against crafted files comes from the code-free format.
+
+Writes go to a temporary file, are fsynced and renamed over the old one, so a process killed at
+any instant leaves either the previous checkpoint or the new one, never half of one. A failed
+write (disk full, read-only folder) raises :class:`AugsenseError` with one line and keeps the
+previous checkpoint.
 
 In a distributed run the checkpoint is collective: every rank's accumulator is merged on rank 0
 (:func:`augsense.parallel.merged_state`), which writes one file. Resuming reads it on rank 0 and
 sends the finished blocks to every rank, so a run may be resumed with a different world size.
+The checkpoint stores the run plan (:mod:`augsense.analyses.plan`); a resume whose plan differs
+is refused naming the differing keys.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import io
+import json
 import os
+import struct
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -26,9 +45,18 @@ import torch.distributed as dist
 from augsense.errors import AugsenseError
 from augsense.parallel import Shard, merged_state, union_blocks
 
-MAGIC = b"AUGSENSE-CHECKPOINT 1 sha256="
+FORMAT = 2
+MAGIC = b"AUGSENSE-CHECKPOINT "
 #: The checkpoint file inside a run folder.
 CHECKPOINT_NAME = "checkpoint.pt"
+
+#: dtypes a checkpoint may hold (name → little-endian numpy dtype); anything else is refused.
+_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in
+           ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")}
+_TORCH_DTYPES = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16",
+                 torch.int64: "int64", torch.int32: "int32", torch.int16: "int16", torch.int8: "int8",
+                 torch.uint8: "uint8", torch.bool: "bool"}
+_TAGS = ("__tensor__", "__ndarray__", "__tuple__")
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:
@@ -37,34 +65,150 @@ def checkpoint_path(run_dir: str | Path) -> Path:
 
 
 def remove_checkpoint(path: str | Path) -> None:
-    """Delete a checkpoint and any temporary file a killed writer left beside it."""
+    """Delete a checkpoint and this process's temporary file beside it (``.<name>.tmp<pid>``).
+
+    Temporary files named with another PID belong to another writer and are left alone.
+    """
     path = Path(path)
     path.unlink(missing_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp*"):
-        stale.unlink(missing_ok=True)
+    path.with_name(f".{path.name}.tmp{os.getpid()}").unlink(missing_ok=True)
 
 
-def _digest(data: bytes) -> str:
+def _digest(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def describe_os_error(error: OSError) -> str:
+    """``No space left on device (ENOSPC)``: the reason of an OSError in a few words, for one-line messages."""
+    name = errno.errorcode.get(error.errno or 0)
+    reason = error.strerror or type(error).__name__
+    return f"{reason} ({name})" if name else reason
+
+
+# -- encoding -------------------------------------------------------------------------------------
+def _encode(value: Any, buffers: list[dict[str, Any]], chunks: list[bytes], offset: list[int]) -> Any:
+    """The JSON tree of ``value``; tensors and arrays become references into ``buffers``."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        is_tensor = isinstance(value, torch.Tensor)
+        if is_tensor:
+            if value.dtype not in _TORCH_DTYPES:
+                raise TypeError(f"a checkpoint cannot hold a {value.dtype} tensor")
+            dtype = _TORCH_DTYPES[value.dtype]
+            array = value.detach().cpu().contiguous().numpy()
+        else:
+            dtype = value.dtype.name
+            if dtype not in _DTYPES:
+                raise TypeError(f"a checkpoint cannot hold a {dtype} array")
+            array = value
+        data = np.ascontiguousarray(array, dtype=_DTYPES[dtype]).tobytes()
+        buffers.append({"dtype": dtype, "shape": list(array.shape), "offset": offset[0], "nbytes": len(data)})
+        chunks.append(data)
+        offset[0] += len(data)
+        return {"__tensor__" if is_tensor else "__ndarray__": len(buffers) - 1}
+    if isinstance(value, dict):
+        if any(not isinstance(k, str) for k in value) or any(k in _TAGS for k in value):
+            raise TypeError(f"checkpoint dict keys must be strings other than {_TAGS}: {list(value)[:5]}")
+        return {k: _encode(v, buffers, chunks, offset) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, buffers, chunks, offset) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, buffers, chunks, offset) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"a checkpoint cannot hold a {type(value).__name__}")
+
+
+def encode_state(state: dict[str, Any]) -> bytes:
+    """A state tree as the checkpoint payload: length, JSON header, raw little-endian buffers."""
+    buffers: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    tree = _encode(state, buffers, chunks, [0])
+    header = json.dumps({"state": tree, "buffers": buffers}, separators=(",", ":"), allow_nan=True).encode()
+    return struct.pack("<Q", len(header)) + header + b"".join(chunks)
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def _decode(node: Any, arrays: list[np.ndarray]) -> Any:
+    if isinstance(node, dict):
+        if len(node) == 1 and next(iter(node)) in _TAGS:
+            tag, ref = next(iter(node.items()))
+            if tag == "__tuple__":
+                if not isinstance(ref, list):
+                    raise _Malformed("bad tuple")
+                return tuple(_decode(v, arrays) for v in ref)
+            if not isinstance(ref, int) or isinstance(ref, bool) or not 0 <= ref < len(arrays):
+                raise _Malformed(f"bad buffer reference {ref!r}")
+            return torch.from_numpy(arrays[ref].copy()) if tag == "__tensor__" else arrays[ref].copy()
+        return {k: _decode(v, arrays) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_decode(v, arrays) for v in node]
+    return node
+
+
+def decode_state(payload: bytes) -> dict[str, Any]:
+    """Inverse of :func:`encode_state`; raises ValueError on anything malformed (never runs code)."""
+    if len(payload) < 8:
+        raise _Malformed("too short")
+    (length,) = struct.unpack("<Q", payload[:8])
+    if length > len(payload) - 8:
+        raise _Malformed("header longer than the file")
+    try:
+        header = json.loads(payload[8:8 + length].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise _Malformed(f"header is not JSON ({error})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("buffers"), list) or "state" not in header:
+        raise _Malformed("header lacks state or buffers")
+    data = memoryview(payload)[8 + length:]
+    arrays = []
+    for entry in header["buffers"]:
+        try:
+            dtype = _DTYPES[entry["dtype"]]
+            shape = tuple(int(s) for s in entry["shape"])
+            offset, nbytes = int(entry["offset"]), int(entry["nbytes"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise _Malformed(f"bad buffer entry ({error!r})") from None
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if min(shape, default=0) < 0 or offset < 0 or nbytes != count * dtype.itemsize or offset + nbytes > len(data):
+            raise _Malformed("buffer entry outside the file or of the wrong size")
+        array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+        arrays.append(array.astype(dtype.newbyteorder("="), copy=False))
+    state = _decode(header["state"], arrays)
+    if not isinstance(state, dict):
+        raise _Malformed("the state is not a table")
+    return state
+
+
+# -- files ----------------------------------------------------------------------------------------
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename), checksum in the header."""
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename), checksum in the header.
+
+    ``state``: nested dicts (string keys), lists, tuples, numbers, strings, None, torch tensors and
+    numpy arrays of the whitelisted dtypes. A failed write raises AugsenseError (one line) and
+    leaves the previous checkpoint in place.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getvalue()
+    payload = encode_state(state)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(MAGIC + _digest(payload).encode() + b"\n")
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(MAGIC + f"{FORMAT} sha256={_digest(payload)}\n".encode())
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as error:
+        raise AugsenseError(f"cannot write the checkpoint {str(path)!r}: {describe_os_error(error)}; the previous "
+                            "checkpoint (if any) is kept — free space or fix the folder's permissions, then "
+                            "continue with --resume") from None
     try:  # make the rename itself durable
         directory = os.open(path.parent, os.O_RDONLY)
     except OSError:
@@ -78,43 +222,77 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, *, fingerprint: str | None = None) -> dict[str, Any]:
-    """Read a checkpoint, verifying its checksum and (optionally) its design fingerprint."""
+    """Read a checkpoint, verifying its checksum and (optionally) its ``"fingerprint"`` entry.
+
+    Nothing in the file is executed: it is parsed as JSON plus raw arrays (see the module docstring).
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise AugsenseError(f"no checkpoint at {str(path)!r}; run without --resume to start afresh")
-    data = path.read_bytes()
+    if not path.is_file():
+        raise AugsenseError(f"the checkpoint {str(path)!r} is not a file; remove it and run without --resume")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise AugsenseError(f"cannot read the checkpoint {str(path)!r}: {describe_os_error(error)}; fix its "
+                            "permissions, or run without --resume in a new --out to start afresh") from None
     header, _, payload = data.partition(b"\n")
-    if not header.startswith(MAGIC):
+    fields = header[len(MAGIC):].decode("ascii", "replace").split(" ", 1) if header.startswith(MAGIC) else []
+    if len(fields) != 2 or not fields[1].startswith("sha256="):
         raise AugsenseError(f"{str(path)!r} is not an augsense checkpoint (bad header); delete it and start afresh "
                             "without --resume")
-    if _digest(payload) != header[len(MAGIC):].decode("ascii", "replace").strip():
+    if fields[0] != str(FORMAT):
+        raise AugsenseError(f"checkpoint {str(path)!r} has format {fields[0]!r}; this version reads only format "
+                            f"{FORMAT} (format 1 was a pickle, which is never loaded because a pickle can run "
+                            "code); delete it and run without --resume to start afresh")
+    if _digest(payload) != fields[1][len("sha256="):].strip():
         raise AugsenseError(f"checkpoint {str(path)!r} is corrupt (checksum mismatch: the file was changed or cut "
                             "short); delete it and run without --resume to start afresh")
     try:
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise AugsenseError(f"checkpoint {str(path)!r} cannot be read: {error}") from error
-    if not isinstance(state, dict):
-        raise AugsenseError(f"checkpoint {str(path)!r} does not hold a run state")
+        state = decode_state(payload)
+    except (ValueError, struct.error) as error:
+        raise AugsenseError(f"checkpoint {str(path)!r} is malformed ({error}); delete it and run without --resume "
+                            "to start afresh") from None
     if fingerprint is not None and state.get("fingerprint") != fingerprint:
         raise AugsenseError(f"checkpoint {str(path)!r} belongs to another design (config, seed or factors changed); "
                             "resume with the same config or start afresh in a new folder")
     return state
 
 
-def save_run_checkpoint(path: str | Path, *, fingerprint: str, accumulator: Any, done: Iterable[int],
+# -- collective run checkpoints --------------------------------------------------------------------
+def _raise_everywhere(message: str | None, shard: Shard) -> None:
+    """Collective: rank 0's error message (or None) raised on every rank, so no rank waits forever."""
+    box: list[Any] = [message]
+    if shard.distributed:
+        dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise AugsenseError(box[0])
+
+
+def save_run_checkpoint(path: str | Path, *, plan: Any, accumulator: Any, done: Iterable[int],
                         shard: Shard = Shard()) -> None:
-    """Collective: merge all ranks' accumulators and finished blocks; rank 0 writes one checkpoint."""
+    """Collective: merge all ranks' accumulators and finished blocks; rank 0 writes one checkpoint.
+
+    ``plan``: the run's :class:`augsense.analyses.plan.RunPlan`, stored (as JSON) beside the sums.
+    A failed write is raised on every rank.
+    """
     blocks = union_blocks(done, shard)
     state = merged_state(accumulator, shard)
+    message = None
     if shard.rank == 0:
         assert state is not None
-        save_checkpoint(path, {"fingerprint": fingerprint, "done": blocks, "accumulator": state,
-                               "world_size": shard.world_size})
+        try:
+            save_checkpoint(path, {"fingerprint": plan.fingerprint, "plan": plan.to_dict(), "done": blocks,
+                                   "accumulator": state, "world_size": shard.world_size})
+        except AugsenseError as error:
+            message = str(error)
+    _raise_everywhere(message, shard)
 
 
-def _read_run_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
-    state = load_checkpoint(path, fingerprint=fingerprint)
+def _read_run_checkpoint(path: Path, plan: Any) -> dict[str, Any]:
+    state = load_checkpoint(path)
+    if state.get("fingerprint") != plan.fingerprint:
+        raise AugsenseError(plan.refusal(state.get("plan")))
     try:
         done = sorted(int(k) for k in state["done"])
         seen = np.flatnonzero(np.asarray(state["accumulator"]["blocks_seen"], dtype=bool)).tolist()
@@ -127,18 +305,22 @@ def _read_run_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
     return state
 
 
-def resume_run_checkpoint(path: str | Path, *, fingerprint: str, accumulator: Any,
-                          shard: Shard = Shard()) -> set[int]:
+def resume_run_checkpoint(path: str | Path, *, plan: Any, accumulator: Any, shard: Shard = Shard()) -> set[int]:
     """Collective: load the checkpoint into rank 0's accumulator; every rank gets the finished blocks.
 
-    Only rank 0 reads the file (no shared file system needed across nodes); an error there is
-    raised on every rank, so no rank waits forever.
+    The checkpoint's plan must equal ``plan`` (else one line naming the differing keys). Only rank
+    0 reads the file (no shared file system needed across nodes); an error there is raised on every
+    rank, so no rank waits forever.
     """
     outcome: list[Any] = [None]
     if shard.rank == 0:
         try:
-            state = _read_run_checkpoint(Path(path), fingerprint)
-            accumulator.load_state_dict(state["accumulator"])
+            state = _read_run_checkpoint(Path(path), plan)
+            try:
+                accumulator.load_state_dict(state["accumulator"])
+            except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+                raise AugsenseError(f"checkpoint {str(path)!r} holds sums that do not fit this run ({error!r}); "
+                                    "start afresh without --resume") from None
             outcome = [sorted(int(k) for k in state["done"])]
         except AugsenseError as error:
             outcome = [str(error)]

@@ -108,6 +108,7 @@ def write_run(run: Any, out: str | Path) -> None:
         "factors": run.space.to_dict(),
         "layers": {layer: {"unit_shape": list(run.unit_shapes[layer]), "units": math.prod(run.unit_shapes[layer])}
                    for layer in run.layers},
+        "plan": run.plan.to_dict() if getattr(run, "plan", None) is not None else None,
         "design": {**run.design.to_dict(), "fingerprint": run.design.fingerprint(), "group_size": run.design.group_size,
                    "roles": run.design.roles, "evaluations": run.design.n_evaluations},
         "images": {"count": len(run.images), "sources": run.images.sources,

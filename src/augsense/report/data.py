@@ -64,7 +64,8 @@ class ReportData:
         return str(self.info.get("status", "unknown"))
 
     def unit_shape(self, layer: str) -> tuple[int, ...] | None:
-        entry = (self.info.get("layers") or {}).get(layer)
+        layers = self.info.get("layers")
+        entry = layers.get(layer) if isinstance(layers, dict) else None
         if isinstance(entry, dict) and "unit_shape" in entry:
             return tuple(int(s) for s in entry["unit_shape"])
         dead = self.maps.get(f"{layer}/dead")
@@ -93,6 +94,72 @@ class ReportData:
     def pair_quantity(self) -> str | None:
         have = {key.split("/", 1)[1] for key in self.maps}
         return next((q for q in PAIR_QUANTITIES if q in have), None)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _layers_ok(value: Any) -> bool:
+    if _strings(value):
+        return True
+    return isinstance(value, dict) and all(
+        isinstance(entry, dict) and (
+            "unit_shape" not in entry or (isinstance(entry["unit_shape"], list)
+                                          and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                  for s in entry["unit_shape"])))
+        for entry in value.values())
+
+
+def _factors_ok(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    specs, order = value.get("factors", []), value.get("order", [])
+    return isinstance(specs, list) and (order is None or _strings(order)) and all(
+        isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("parameters", []), list)
+        and _is_number(spec.get("p", 0.5))
+        and all(isinstance(p, dict) and isinstance(p.get("name"), str) and _is_number(p.get("low"))
+                and _is_number(p.get("high")) for p in spec.get("parameters", []))
+        for spec in specs)
+
+
+#: What the report reads from run.json: key → (check, what it must be). Absent keys are fine.
+RUN_JSON_SCHEMA: dict[str, tuple[Any, str]] = {
+    "status": (lambda v: isinstance(v, str), "a string"),
+    "config": (lambda v: isinstance(v, dict) and all(_strings(v[k]) for k in ("layers", "factors") if k in v),
+               "a table of the run's settings (layers and factors lists of names)"),
+    "model": (lambda v: isinstance(v, dict) and (v.get("input_size") is None or
+                                                 (isinstance(v["input_size"], int) and v["input_size"] > 0)),
+              "a table with the model's name and input_size (a positive integer)"),
+    "players": (_strings, "a list of factor names"),
+    "factors": (_factors_ok, "a table with a 'factors' list of {name, parameters: [{name, low, high}]} tables"),
+    "layers": (_layers_ok, "a table of layer names to {unit_shape: [sizes]} (or a list of layer names)"),
+    "design": (lambda v: isinstance(v, dict), "a table"),
+    "images": (lambda v: isinstance(v, dict) and (v.get("sources") is None or _strings(v["sources"]))
+               and isinstance(v.get("skipped", []), list), "a table with a 'sources' list of names"),
+    "clean_top1": (lambda v: v is None or _is_number(v), "a number or null"),
+    "world_size": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                   "a positive integer"),
+    "device": (lambda v: isinstance(v, str), "a string"),
+    "timings": (lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()),
+                "a table of numbers (seconds, images/s)"),
+    "versions": (lambda v: isinstance(v, dict), "a table"),
+    "warnings": (_strings, "a list of strings"),
+    "plan": (lambda v: v is None or isinstance(v, dict), "a table or null"),
+}
+
+
+def malformed_entries(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run.json keys whose values the report cannot use: [(key, what it must be)]."""
+    bad = []
+    for key, (check, expected) in RUN_JSON_SCHEMA.items():
+        if key in info and not check(info[key]):
+            bad.append((key, expected))
+    return bad
 
 
 def _info_from_config(path: Path) -> dict[str, Any]:
@@ -133,6 +200,10 @@ def read_report_data(path: str | Path) -> ReportData:
         except (AugsenseError, OSError, ValueError) as error:
             notices.append(f"config.toml could not be read either ({error}).")
             info = {"status": "incomplete"}
+    for key, expected in malformed_entries(info):
+        notices.append(f"run.json in {str(path)!r} is malformed: {key} must be {expected}, got "
+                       f"{json.dumps(info[key], default=str)[:60]}; that entry is ignored.")
+        del info[key]
     data = ReportData(path, info, notices=notices)
     if info.get("status") == "partial":
         notices.append("This run stopped before it finished (status: partial). The numbers below come from "
