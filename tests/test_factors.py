@@ -257,7 +257,8 @@ def test_call_applies_only_active_samples() -> None:
 
 
 @pytest.mark.parametrize("name", ["brightness", "hue", "rotation", "elliptic_local_blur", "erasing", "rolling",
-                                  "gaussian_blur", "sharpness", "contrast", "saturation", "grayscale", "hflip"])
+                                  "gaussian_blur", "sharpness", "contrast", "saturation", "grayscale", "hflip",
+                                  "erasing_reference", "rolling_reference", "rotation_reference"])
 def test_inference_mode_float32_deterministic(name: str) -> None:
     factor = get_factor(name)
     images = _photo_like(4, 48, 48)

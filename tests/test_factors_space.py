@@ -31,7 +31,8 @@ def test_presets_hold_the_papers_factors_and_bounds() -> None:
     assert [f.name for f in preset("paper-set1")] == ["erasing", "sharpness", "rolling", "grayscale", "gaussian_blur"]
     assert [f.name for f in preset("paper-set2")] == [
         "brightness", "contrast", "saturation", "hue", "hflip", "rotation", "elliptic_local_blur"]
-    assert len(factor_names()) == 12
+    assert len(factor_names()) == 15  # the twelve, and erasing/rolling/rotation_reference
+    assert factor_names()[12:] == ["erasing_reference", "rolling_reference", "rotation_reference"]
     erasing = get_factor("erasing")
     assert [(p.low, p.high) for p in erasing.parameters][2:] == [(0.02, 0.33), (math.log(0.3), math.log(3.3))]
     assert (get_factor("contrast").parameters[0].low, get_factor("contrast").parameters[0].high) == (0.01, 3.5)

@@ -1,6 +1,8 @@
 """The built-in factors (the twelve of Kharyuk, Matveev & Oseledets, arXiv 2503.03283), presets, and lookup.
 
 Bounds are the paper's, for 224×224 images; pixel quantities scale with the image (see ``Parameter``).
+``erasing_reference``, ``rolling_reference`` and ``rotation_reference`` reproduce the paper's code where
+the default factors deliberately differ from it (``REFERENCE_VARIANTS``; docs/factors.md has the table).
 User-defined factors registered with ``register_factor`` are found by name too (e.g. by
 ``FactorSpace.from_dict``).
 """
@@ -12,7 +14,7 @@ import math
 import torch
 
 from augsense.errors import AugsenseError
-from augsense.factors import blur, colour, geometry, occlusion
+from augsense.factors import blur, colour, geometry, occlusion, reference
 from augsense.factors.base import Factor, Parameter
 
 SHARPNESS_FACTOR = 1.5
@@ -77,6 +79,18 @@ def _erasing(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     return occlusion.erase(images, params)
 
 
+def _erasing_reference(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    return reference.erase_reference(images, params)
+
+
+def _rolling_reference(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    return reference.roll_reference(images, params)
+
+
+def _rotation_reference(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    return reference.rotate_crop_reference(images, params[:, 0])
+
+
 def _builtins() -> dict[str, Factor]:
     ln = math.log
     factors = [
@@ -115,12 +129,33 @@ def _builtins() -> dict[str, Factor]:
             Parameter("y", -32.0, 32.0, "px@224", domain=(-112.0, 112.0)),
             Parameter("angle", -15.0, 15.0, "deg", domain=(-90.0, 90.0)),
         ), _elliptic_local_blur, description=f"Gaussian blur (sigma {LOCAL_BLUR_SIGMA} px@224) inside an ellipse"),
+        # the paper's code, where the defaults above differ from it (bounds: H // 5 = 44 px at 224)
+        Factor("erasing_reference", (
+            Parameter("center_y", 44.0, 180.0, "px@224", domain=(0.0, 224.0)),
+            Parameter("center_x", 44.0, 180.0, "px@224", domain=(0.0, 224.0)),
+            Parameter("area", 0.02, 0.33, "frac_HW", domain=(0.0, 1.0)),
+            Parameter("log_aspect", ln(0.3), ln(3.3), "ln(h/w)", domain=(ln(0.01), ln(100.0))),
+        ), _erasing_reference, description="reference code: fill a rectangle with 0, no-op when it does not fit"),
+        Factor("rolling_reference", (
+            Parameter("dy", -44.0, 44.0, "px@224", domain=(-224.0, 224.0)),
+            Parameter("dx", -44.0, 44.0, "px@224", domain=(-224.0, 224.0)),
+        ), _rolling_reference, description="reference code: cyclic 2-D shift of round(d) pixels"),
+        Factor("rotation_reference", (Parameter("angle", -10.0, 10.0, "deg", domain=(-30.0, 30.0)),),
+               _rotation_reference, description="reference code: uint8, PIL nearest rotate, crop (1.44x at 10 deg), "
+                                                "bilinear resize"),
     ]
     return {factor.name: factor for factor in factors}
 
 
 BUILTIN_FACTORS: dict[str, Factor] = _builtins()
 _USER_FACTORS: dict[str, Factor] = {}
+
+REFERENCE_VARIANTS: dict[str, str] = {
+    "erasing": "erasing_reference",
+    "rolling": "rolling_reference",
+    "rotation": "rotation_reference",
+}
+"""Default factor → the variant that reproduces the paper's code (docs/factors.md: what differs and why)."""
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "paper-set1": ("erasing", "sharpness", "rolling", "grayscale", "gaussian_blur"),
