@@ -118,7 +118,7 @@ def _sobol_params(name: str, m: int, seed: int = 0) -> torch.Tensor:
 # ---- erasing ---------------------------------------------------------------------------------------------
 
 def test_erasing_reference_equals_the_reference_code() -> None:
-    n = 160
+    n = 96
     images = _images(n)
     params = _params("erasing_reference", n)
     out = get_factor("erasing_reference").apply(images, params)
@@ -128,7 +128,7 @@ def test_erasing_reference_equals_the_reference_code() -> None:
         expected = ref_erasing_transform(images[i].clone(), *theta)
         assert torch.equal(out[i], expected), i
         unchanged += int(torch.equal(out[i], images[i]))
-    assert 10 <= unchanged <= 60  # both branches are exercised: ~16 % of draws leave the image unchanged
+    assert 6 <= unchanged <= 40  # both branches are exercised: ~16 % of draws leave the image unchanged
 
 
 def test_erasing_reference_boxes_follow_the_reference_rule_draw_by_draw() -> None:
@@ -183,7 +183,7 @@ def test_rolling_reference_equals_the_reference_code() -> None:
 # ---- rotation --------------------------------------------------------------------------------------------
 
 def test_rotation_reference_equals_the_reference_code_through_pil() -> None:
-    n = 24
+    n = 16
     images = _images(n)
     angles = _params("rotation_reference", n)
     angles[2:9, 0] = torch.tensor([0.0, 10.0, -10.0, 1e-6, -1e-6, 5.0, -0.5])
