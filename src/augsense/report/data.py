@@ -181,6 +181,7 @@ def read_report_data(path: str | Path) -> ReportData:
                             "`augsense demo --out DIR` first")
     notices: list[str] = []
     info: dict[str, Any] | None = None
+    damage = ""
     try:
         info = json.loads((path / "run.json").read_text(encoding="utf-8"))
         if not isinstance(info, dict):
@@ -189,10 +190,14 @@ def read_report_data(path: str | Path) -> ReportData:
         notices.append("run.json is missing: the run did not reach its end. The header is rebuilt from "
                        "config.toml; finish it with `augsense run --resume --out RUN_DIR`.")
     except (OSError, ValueError) as error:
-        notices.append(f"run.json is damaged ({error}); the header is rebuilt from config.toml.")
+        damage = f"{type(error).__name__}: {error}" if isinstance(error, OSError) else str(error)
+        notices.append(f"run.json is damaged ({damage}); the header is rebuilt from config.toml.")
         info = None
     if info is None:
         if not (path / "config.toml").is_file():
+            if (path / "run.json").exists():
+                raise AugsenseError(f"run.json in {str(path)!r} is malformed or unreadable ({damage}) and there is no "
+                                    "config.toml to rebuild the run from")
             raise AugsenseError(f"{str(path)!r} is not a run folder (no run.json, no config.toml); run "
                                 "`augsense run --out DIR` or `augsense demo --out DIR` first")
         try:
