@@ -45,7 +45,14 @@ def weights_digest(module: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     with torch.no_grad():
         for name, tensor in module.state_dict().items():
+            if not isinstance(tensor, torch.Tensor):  # a module's extra state (get_extra_state)
+                digest.update(f"{name}|extra|{json.dumps(tensor, sort_keys=True, default=repr)}|".encode())
+                continue
             tensor = tensor.detach()
+            if tensor.is_quantized:
+                tensor = tensor.dequantize()
+            elif tensor.layout != torch.strided:
+                tensor = tensor.to_dense()
             digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
             flat = tensor.cpu().contiguous().reshape(-1)
             if flat.numel():
