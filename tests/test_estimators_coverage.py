@@ -1,4 +1,15 @@
-"""Coverage study: nominal-95 % delta-method intervals cover the analytic Ishigami values."""
+"""Coverage study on the function API (scrambled Sobol' points): nominal-95 % delta-method intervals
+against the analytic Ishigami values.
+
+On scrambled Sobol' points the estimates vary less than the iid delta method assumes, so these
+intervals are conservative by design (:mod:`augsense.estimators._delta`): measured with 200 seeds,
+the mean standard error is 3.0-6.4x the spread of the Sobol estimates at N = 1024 (coverage 1.00),
+1.2-1.4x for exact Shapley at N = 256 and 1.1-1.2x for permutation Shapley (random orders) at
+N = 512. Here coverage must reach 0.90 and the standard error must stay between 0.75x and 10x the
+spread, which still fails for intervals sqrt(N) too wide (about 100x at N = 1024). The two-sided
+checks of the interval formulas (0.90 <= coverage <= 0.99, SE within ±25 %) run on iid inputs, where
+the delta method is exact asymptotically: tests/test_interval_strength.py.
+"""
 
 import numpy as np
 import pytest
@@ -7,6 +18,8 @@ from augsense.estimators.api import shapley_effects, sobol_indices
 
 SEEDS = range(200)
 BOUNDS = [(-np.pi, np.pi)] * 3
+#: the mean delta-method SE may exceed the spread over seeds by up to this factor on QMC points
+QMC_CONSERVATIVE = 10.0
 
 
 def ishigami(x, a=7.0, b=0.1):
@@ -20,27 +33,35 @@ def truth(a=7.0, b=0.1):
             "shapley": np.array([V1 + V13 / 2, V2, V13 / 2]) / V}
 
 
-def coverage(run, quantity):
-    t = truth()[quantity]
-    hits = []
-    for seed in SEEDS:
-        r = run(seed)
-        ci = getattr(r, quantity + "_ci")[:, 0]
-        hits.append((ci[0] <= t) & (t <= ci[1]))
-    return np.mean(hits, axis=0)
+def coverage(run, quantities):
+    """Per quantity: (coverage of the truth, mean SE / SD of the estimates over SEEDS), each (d,)."""
+    results = [run(seed) for seed in SEEDS]
+    out = {}
+    for q in quantities:
+        t = truth()[q]
+        est = np.array([getattr(r, q)[0] for r in results])
+        ci = np.array([getattr(r, q + "_ci")[:, 0] for r in results])          # (seeds, 2, d)
+        hits = ((ci[:, 0] <= t) & (t <= ci[:, 1])).mean(0)
+        se = (ci[:, 1] - ci[:, 0]) / (2 * 1.959963984540054)
+        out[q] = hits, se.mean(0) / est.std(0, ddof=1)
+    return out
+
+
+def check(name, hits, ratio):
+    print(name, "coverage", hits, "SE/SD", np.round(ratio, 2))
+    assert np.all(hits >= 0.90), (name, hits)
+    assert np.all((0.75 <= ratio) & (ratio <= QMC_CONSERVATIVE)), (name, ratio)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("quantity", ["first_order", "total_order"])
-def test_sobol_intervals_cover_at_least_90_percent(quantity):
-    cov = coverage(lambda s: sobol_indices(ishigami, BOUNDS, 1024, seed=s), quantity)
-    print(quantity, cov)
-    assert np.all(cov >= 0.90), cov
+def test_sobol_intervals_cover_at_least_90_percent():
+    for q, (hits, ratio) in coverage(lambda s: sobol_indices(ishigami, BOUNDS, 1024, seed=s),
+                                     ("first_order", "total_order")).items():
+        check(q, hits, ratio)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method, n", [("exact", 256), ("permutation", 512)])
 def test_shapley_intervals_cover_at_least_90_percent(method, n):
-    cov = coverage(lambda s: shapley_effects(ishigami, BOUNDS, n, method=method, seed=s), "shapley")
-    print(method, cov)
-    assert np.all(cov >= 0.90), cov
+    hits, ratio = coverage(lambda s: shapley_effects(ishigami, BOUNDS, n, method=method, seed=s), ("shapley",))["shapley"]
+    check(method, hits, ratio)
