@@ -96,9 +96,9 @@ def test_weights_files_are_checked(folder, tmp_path, capsys):
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), wrong)
     base = ["run", "--images", folder, "--out", tmp_path / "w", *SMALL]
     assert run([*base, "--weights", good], capsys)[0] == 0
-    code, _, stderr = run([*base, "--weights", wrong], capsys)
+    code, _, stderr = run([*base, "--weights", wrong, "--overwrite"], capsys)  # same --out: replace the first run
     assert code == 2 and "does not match model 'resnet18'" in stderr
-    code, _, stderr = run([*base, "--weights", tmp_path / "nope.pth"], capsys)
+    code, _, stderr = run([*base, "--weights", tmp_path / "nope.pth", "--overwrite"], capsys)
     assert code == 2 and "does not exist" in stderr
 
 

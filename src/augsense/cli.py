@@ -1,9 +1,14 @@
-"""The command line: parse, load the config, call the analyses. Errors print one line, exit 2."""
+"""The command line: parse, load the config, call the analyses. Errors print one line, exit 2.
+
+Exit codes: 0 done; 2 bad input or a refused/failed run (one line on stderr); 130 / 143 stopped by
+SIGINT / SIGTERM (a checkpoint is written and the resume command printed).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from pathlib import Path
@@ -121,7 +126,16 @@ def _finish(run: Any, out: Path | None, report: bool) -> None:
         _print_summary(run, out)
 
 
+def preflight(args: argparse.Namespace) -> None:
+    """Check --out before anything heavy is imported or loaded (rank 0 only under torchrun)."""
+    from augsense.io.lock import preflight as check_folder
+
+    if os.environ.get("RANK", "0").strip() in ("", "0"):
+        check_folder(Path(args.out), resume=args.resume, overwrite=args.overwrite)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    preflight(args)
     from augsense.analyses.sensitivity import run_sensitivity
 
     config = load_config(args.config, args)
@@ -138,12 +152,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                               progress=not args.quiet)
         print_segments(result, out)
         return 0
-    run = run_sensitivity(config, out_dir=out, resume=args.resume, progress=not args.quiet)
+    run = run_sensitivity(config, out_dir=out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
     _finish(run, out, config.report)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    preflight(args)
     from augsense.analyses.sensitivity import run_sensitivity
     from augsense.config import DEMO_LAYERS
 
@@ -153,7 +168,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print(f"augsense demo: {config.model} on the bundled photos, {len(config.layers)} layers, "
           f"factors {' + '.join(config.factors)}; writing to {out}", file=sys.stderr)
-    run = run_sensitivity(config, out_dir=out, resume=args.resume, progress=not args.quiet)
+    run = run_sensitivity(config, out_dir=out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
     _finish(run, out, config.report)
     return 0
 
@@ -219,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("config", nargs="?", help="TOML config file (every key is also a flag)")
         command.add_argument("--out", default=default_out, help=f"run folder (default: {default_out})")
         command.add_argument("--resume", action="store_true", help="continue a killed run in --out from its checkpoint")
+        command.add_argument("--overwrite", action="store_true", help="replace the finished run or the checkpoint in "
+                             "--out (refused without it)")
         command.add_argument("--quiet", action="store_true", help="no progress bar")
         add_config_flags(command)
         command.set_defaults(func=handler)
@@ -246,7 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that continues an interrupted run: the same arguments, --resume, no --overwrite."""
+    import shlex
+
+    words = [word for word in argv if word != "--overwrite"]
+    if "--resume" not in words:
+        words.append("--resume")
+    return "augsense " + shlex.join(words)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from augsense.interrupts import RunInterrupted
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.func
@@ -255,8 +285,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AugsenseError as error:
         print(f"augsense: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunInterrupted as stop:
+        if stop.rank == 0:
+            out = getattr(args, "out", None)
+            given = any(word == "--out" or word.startswith("--out=") for word in argv)
+            if stop.checkpoint or (out is not None and (Path(out) / "checkpoint.pt").exists()):
+                hint = (f"; resume with: {resume_command(argv)}" + ("" if given else f" --out {out}")
+                        + (" (under torchrun: the same torchrun line with --resume)"
+                           if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""))
+            else:
+                hint = "; no checkpoint yet: start it again" if out is not None else ""
+            print(f"augsense: {stop.describe()}{hint}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
-        print("augsense: interrupted; resume with --resume", file=sys.stderr)
+        out = getattr(args, "out", None)
+        print("augsense: interrupted" + (f"; if {out}/checkpoint.pt exists, resume with: {resume_command(argv)}"
+                                         if out else ""), file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,11 @@ from augsense.errors import AugsenseError
 from augsense.estimators import make_accumulator
 from augsense.factors import FactorSpace, get_factor, preset
 from augsense.io.checkpoints import checkpoint_path, remove_checkpoint, resume_run_checkpoint, save_run_checkpoint
+from augsense.interrupts import RunInterrupted, StopRequest
 from augsense.io.images import ImageSet, load_images
 from augsense.io.models import ModelBundle, load_model
-from augsense.parallel import BlockSchedule, Shard, broadcast_module, current_shard, gather_states
+from augsense.parallel import (BlockSchedule, Shard, broadcast_module, current_shard, gather_states,
+                               union_blocks)
 from augsense.probe.hooks import ActivationProbe
 from augsense.progress import Progress
 
@@ -67,6 +70,18 @@ def design_for(config: SensitivityConfig, space: FactorSpace) -> Design:
     group = layouts.group_size(config.estimator, len(space.dims))
     return make_design(config.estimator, space.dims, config.n, seed=config.seed,
                        block_size=max(1, config.batch_size // group))
+
+
+def run_warnings(config: SensitivityConfig, bundle: ModelBundle, n_images: int) -> list[str]:
+    """What the user must know before trusting the numbers: random weights, images never used."""
+    notices = []
+    if bundle.random_weights:
+        notices.append(f"the model has random weights ({bundle.weights}): the indices describe an untrained "
+                       "network")
+    if config.image_mode == "within" and config.n < n_images:
+        notices.append(f"n = {config.n} base rows for {n_images} images: within-image mode gives each base row one "
+                       f"image, so only {config.n} images (drawn at random) are used; use n >= {n_images}")
+    return notices
 
 
 def pick_device(name: str) -> torch.device:
@@ -127,6 +142,7 @@ class SensitivityRun:
     complete: bool = True
     out_dir: Path | None = None
     device: str = "cpu"
+    warnings: list[str] = field(default_factory=list)
     plan: RunPlan | None = None
 
     def dominant_factors(self, quantity: str = "total_order") -> dict[str, list[tuple[str, float]]]:
@@ -161,11 +177,58 @@ def clean_top1(bundle: ModelBundle, images: ImageSet, device: torch.device, batc
     return correct / len(labelled)
 
 
+@dataclass
+class RunFolderState:
+    """What rank 0 found in the run folder before the run, and what the run has written there."""
+
+    previous: str | None = None  # run.json status before this run (None: no run.json)
+    started: bool = False  # this run wrote config.toml and run.json "running"
+
+
+def _on_every_rank(work: Callable[[], Any], shard: Shard) -> Any:
+    """Rank 0 does ``work``; an AugsenseError there is raised on every rank (so none waits forever)."""
+    outcome: list[Any] = [None, None]
+    if shard.rank == 0:
+        try:
+            outcome = [work(), None]
+        except AugsenseError as error:
+            outcome = [None, str(error)]
+    if shard.distributed:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(outcome, src=0)
+    if outcome[1] is not None:
+        raise AugsenseError(outcome[1])
+    return outcome[0]
+
+
+def _open_run_folder(out: Path, *, resume: bool, overwrite: bool) -> tuple[Any, RunFolderState]:
+    """Rank 0, before any computing: check ``--out``, take its lock, refuse to overwrite another run's data."""
+    from augsense.io import lock as run_lock
+
+    run_lock.prepare_out_dir(out)
+    held = run_lock.acquire(out)
+    try:
+        if held.notice:
+            print(f"augsense: notice: {held.notice}", file=sys.stderr)
+        previous = run_lock.inspect_run_folder(out, resume=resume, overwrite=overwrite)
+    except BaseException:
+        held.release()
+        raise
+    return held, RunFolderState(previous)
+
+
 def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module | ModelBundle | None = None,
                     images: ImageSet | torch.utils.data.Dataset | None = None, out_dir: str | Path | None = None,
                     resume: bool = False, progress: bool = True, stop_after_blocks: int | None = None,
-                    ) -> SensitivityRun:
+                    overwrite: bool = False) -> SensitivityRun:
     """Run a sensitivity analysis and (with ``out_dir``) write its results.
+
+    With ``out_dir``, rank 0 first checks the folder (a folder, writable), takes its lock
+    (:mod:`augsense.io.lock`) for the whole run and refuses a folder holding a finished run or a
+    checkpoint unless ``resume`` or ``overwrite``. SIGINT/SIGTERM stop the run at a block boundary
+    with a checkpoint and raise :class:`~augsense.interrupts.RunInterrupted` (see
+    :mod:`augsense.interrupts`).
 
     Args:
         config: what to measure (defaults: the demo configuration).
@@ -175,15 +238,51 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
         resume: continue from the checkpoint in ``out_dir``.
         progress: show a progress bar with ETA on stderr.
         stop_after_blocks: stop early after this many blocks of this process (for tests of resume).
+        overwrite: replace the finished run or the checkpoint in ``out_dir`` (the old results stay
+            whole until the new set is committed).
     Returns:
         A :class:`SensitivityRun`; ``run.result`` holds indices and CIs for every unit.
     """
+    from augsense.io.results import mark_run
+
     config = config or SensitivityConfig()
+    shard = current_shard(config.device)
+    out = Path(out_dir) if out_dir is not None else None
+    held, folder = None, RunFolderState()
+    with StopRequest(rank=shard.rank) as stop:
+        try:
+            if out is not None:
+                opened = _on_every_rank(lambda: _open_run_folder(out, resume=resume, overwrite=overwrite), shard)
+                if shard.rank == 0:
+                    held, folder = opened
+            return _run_sensitivity(config, model=model, images=images, out=out, resume=resume, progress=progress,
+                                    stop_after_blocks=stop_after_blocks, overwrite=overwrite, stop=stop,
+                                    folder=folder)
+        except BaseException as error:
+            if out is not None and shard.rank == 0 and folder.started and not isinstance(error, RunInterrupted):
+                mark_run(out, "failed", reason=f"{type(error).__name__}: {error}"[:500])
+            elif out is not None and shard.rank == 0 and folder.started and getattr(error, "immediate", False):
+                mark_run(out, "interrupted", reason=str(error))
+            raise
+        finally:
+            if held is not None:
+                held.release()
+
+
+def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundle | None,
+                     images: ImageSet | torch.utils.data.Dataset | None, out: Path | None, resume: bool, progress: bool,
+                     stop_after_blocks: int | None, overwrite: bool, stop: StopRequest,
+                     folder: RunFolderState) -> SensitivityRun:
+    """The run itself (see :func:`run_sensitivity`); the run folder is already checked and locked.
+
+    ``stop`` is the SIGINT/SIGTERM request (true: stop at the next block round), ``folder`` what rank 0
+    found in ``out`` and whether this run has marked it "running".
+    """
     started = time.perf_counter()
     shard = current_shard(config.device)
     device = pick_device(config.device) if shard.device is None else shard.device
     bundle = model if isinstance(model, ModelBundle) else load_model(model if model is not None else config.model,
-                                                                     weights=config.weights)
+                                                                     weights=config.weights, seed=config.seed)
     bundle.module.to(device).eval()
     broadcast_module(bundle.module, shard)
     if model is not None:
@@ -207,23 +306,45 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
                                    else "pooled", groups=groups, device=device)
     stretch = minmax_stretch if config.preprocessing == "paper" else None
     timings: dict[str, float] = {"setup_s": time.perf_counter() - started}
+    notices = run_warnings(config, bundle, len(image_set))  # once the run is known to be valid
+    if shard.rank == 0:
+        for line in notices:
+            print(f"augsense: warning: {line}", file=sys.stderr)
 
-    out = Path(out_dir) if out_dir is not None else None
     checkpoint = checkpoint_path(out) if out is not None else None
     done: set[int] = set()
-    if resume:
+    if resume:  # before anything is written: a refused resume leaves the killed run's folder as it was
         if checkpoint is None:
             raise AugsenseError("--resume needs the run folder (--out DIR) of the killed run")
-        done = resume_run_checkpoint(checkpoint, plan=plan, accumulator=accumulator,
-                                     shard=shard)
+        done = resume_run_checkpoint(checkpoint, plan=plan, accumulator=accumulator, shard=shard)
+    if out is not None:  # rank 0, before the forward passes: free space, then config.toml + run.json "running"
+        def start() -> None:
+            from augsense.io.results import check_free_space, expected_bytes, write_run_start
+
+            assert out is not None and checkpoint is not None
+            check_free_space(out, expected_bytes(probe.n_units, len(space.players),
+                                                 pairwise=config.estimator in ("sobol2", "shapley-exact")))
+            if overwrite:  # the user asked to replace the old run: its checkpoint goes now, its results at commit
+                checkpoint.unlink(missing_ok=True)
+            if folder.previous != "complete":  # a complete set stays whole until the new one is committed
+                write_run_start(SensitivityRun(config=config, result=None, players=list(space.players),
+                                               layers=list(config.layers), unit_shapes=dict(probe.unit_shapes),
+                                               slices=dict(probe.slices), space=space, design=design,
+                                               images=image_set, bundle=bundle, timings=timings, shard=shard,
+                                               complete=False, out_dir=out, device=str(device), warnings=notices,
+                                               plan=plan), out)
+                folder.started = True
+
+        _on_every_rank(start, shard)
 
     def save(finished: set[int]) -> None:
         assert checkpoint is not None
         save_run_checkpoint(checkpoint, plan=plan, accumulator=accumulator, done=finished,
                             shard=shard)
 
-    schedule = BlockSchedule(design.n_blocks, shard, set(done), checkpoint_every=config.checkpoint_every,
-                             on_checkpoint=save if checkpoint is not None else None, stop_after=stop_after_blocks)
+    schedule = BlockSchedule(design.n_blocks, shard, done, checkpoint_every=config.checkpoint_every,
+                             on_checkpoint=save if checkpoint is not None else None, stop_after=stop_after_blocks,
+                             stop_requested=lambda: bool(stop))
     my_blocks, todo = shard.blocks(design.n_blocks), schedule.todo
 
     accuracy = clean_top1(bundle, image_set, device, config.batch_size, stretch) if shard.rank == 0 else None
@@ -240,7 +361,7 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
             rows, group, dims = block.points.shape
             u = torch.from_numpy(block.points.reshape(rows * group, dims)).to(device=device, dtype=torch.float32)
             if config.image_mode == "within":
-                index = torch.from_numpy(block.base_rows % n_images).repeat_interleave(group)
+                index = torch.from_numpy(design.image_of(block.base_rows, n_images)).repeat_interleave(group)
             else:
                 index = space.image_index(u, n_images).cpu()
             outputs = torch.empty(rows * group, probe.n_units, device=device)
@@ -265,6 +386,15 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
             bar.update(rows * group)
     bar.close()
     complete = schedule.complete
+    if stop and not complete:  # SIGINT/SIGTERM: the ranks stopped at one round and wrote a checkpoint
+        finished = len(union_blocks(schedule.done, shard))
+        if out is not None and shard.rank == 0 and folder.started:
+            from augsense.io.results import mark_run
+
+            mark_run(out, "interrupted", reason=f"{stop.signal_name} after {finished} of {design.n_blocks} blocks; "
+                     "resume with --resume", blocks_done=finished, blocks=design.n_blocks)
+        raise RunInterrupted(stop.signum or 2, done=finished, total=design.n_blocks, checkpoint=checkpoint is not None,
+                             rank=shard.rank)
     timings["loop_s"] = time.perf_counter() - loop_started
     timings["images_per_s"] = evaluated / timings["loop_s"] if timings["loop_s"] > 0 else float("nan")
     accumulator = gather_states(accumulator, shard)
@@ -272,7 +402,7 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
     timings["total_s"] = time.perf_counter() - started
     run = SensitivityRun(config, result, list(space.players), list(config.layers), dict(probe.unit_shapes),
                          dict(probe.slices), space, design, image_set, bundle, accuracy, timings, shard, complete, out,
-                         str(device), plan=plan)
+                         str(device), notices, plan)
     if out is not None and shard.rank == 0 and result is not None:
         from augsense.io.results import write_run
 

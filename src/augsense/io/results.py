@@ -6,7 +6,15 @@ A run folder holds
   shapley, interactions);
 - ``layers.parquet``: the layer-aggregated indices Σ_c V_i^(c) / Σ_c V^(c) with CIs;
 - ``maps.npz``: ``<layer>/<quantity>`` arrays shaped (*unit_shape, d) (CIs (2, *unit_shape, d));
-- ``run.json``: config, factors with bounds, design, versions, device, world size, timings.
+- ``run.json``: config, factors with bounds, design, versions, device, world size, timings, and
+  ``status``: "running" (written at the start, with start time, host and PID), "interrupted"
+  (SIGINT/SIGTERM; a checkpoint is kept), "failed" (with ``reason``), "partial" (stopped early on
+  purpose) or "complete";
+- ``config.toml``: the config that reproduces the run (also written at the start).
+
+The results are committed as one set (:func:`write_run`): every file is written into a staging
+folder inside the run folder and fsynced, then renamed into place with ``run.json`` last, so a
+failure (disk full, killed) leaves the previous complete set, or run.json saying "failed".
 """
 
 from __future__ import annotations
@@ -15,7 +23,10 @@ import json
 import math
 import os
 import platform
+import shutil
+import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from augsense.errors import AugsenseError
+from augsense.io.lock import prepare_out_dir, read_status  # noqa: F401 - part of the run-folder API
 
 MAP_QUANTITIES = ("first_order", "total_order", "shapley", "second_order", "interactions", "mean", "variance", "cv",
                   "dead")
@@ -92,18 +104,21 @@ def write_result_tables(result: Any, out: str | Path, *, players: list[str], lay
     _atomic_write(out / "maps.npz", write_maps)
 
 
-def write_run(run: Any, out: str | Path) -> None:
-    """Write a SensitivityRun's results and provenance into ``out``."""
-    out = Path(out)
-    result = run.result
-    write_result_tables(result, out, players=run.players, layers=run.layers, slices=run.slices,
-                        unit_shapes=run.unit_shapes)
+#: The files of one run's result set, in commit order (run.json last: it says the set is whole).
+RESULT_FILES = ("indices.parquet", "layers.parquet", "maps.npz", "config.toml", "run.json")
+#: Files derived from a result set; a newly committed set removes them (``augsense report`` redraws).
+DERIVED = ("report.html", "figures")
 
+
+def run_info(run: Any, status: str) -> dict[str, Any]:
+    """run.json's content for a SensitivityRun (``run.result`` may be None at the start of a run)."""
+    result = run.result
     info = {
-        "status": "complete" if run.complete else "partial",
+        "status": status,
         "config": run.config.to_dict(),
-        "model": {"name": run.bundle.name, "input_size": run.bundle.input_size, "mean": run.bundle.mean,
-                  "std": run.bundle.std},
+        "model": {"name": run.bundle.name, "weights": run.bundle.weights, "input_size": run.bundle.input_size,
+                  "mean": run.bundle.mean, "std": run.bundle.std},
+        "warnings": list(run.warnings),
         "players": run.players,
         "factors": run.space.to_dict(),
         "layers": {layer: {"unit_shape": list(run.unit_shapes[layer]), "units": math.prod(run.unit_shapes[layer])}
@@ -114,14 +129,163 @@ def write_run(run: Any, out: str | Path) -> None:
         "images": {"count": len(run.images), "sources": run.images.sources,
                    "skipped": [{"path": p, "reason": r} for p, r in run.images.skipped]},
         "clean_top1": run.clean_accuracy,
-        "n_base_rows": int(result.n),
+        "n_base_rows": int(result.n) if result is not None else None,
         "world_size": run.shard.world_size,
         "device": run.device,
         "timings": run.timings,
         "versions": versions(),
     }
-    _atomic_write(out / "run.json", lambda p: Path(p).write_text(json.dumps(info, indent=2, default=str)))
-    (out / "config.toml").write_text(run.config.to_toml())
+    return info
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or folder (best effort for folders: some file systems refuse)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, info: dict[str, Any]) -> None:
+    """Write JSON atomically and durably (temporary name with this PID, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(info, indent=2, default=str))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def mark_run(out: str | Path, status: str, **fields: Any) -> bool:
+    """Set run.json's ``status`` (and ``fields``) keeping the rest; best effort: False if it failed."""
+    path = Path(out) / "run.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(info, dict):
+            info = {}
+    except (OSError, ValueError):
+        info = {}
+    info.update(status=status, **fields)
+    try:
+        _write_json(path, info)
+    except OSError:
+        return False
+    return True
+
+
+def expected_bytes(n_units: int, n_players: int, *, pairwise: bool = False) -> int:
+    """A generous estimate of the disk a run needs: results, checkpoint and its temporary copy.
+
+    n_units × players (× players for pairwise estimators) × 12 quantities (estimates and CI bounds)
+    × 8 bytes, × 4 for the long-form tables, the checkpoint sums and a staged copy, + 1 MiB.
+    """
+    per_unit = n_players * (n_players if pairwise else 1) * 12 * 8
+    return int(n_units) * per_unit * 4 + (1 << 20)
+
+
+def check_free_space(out: str | Path, need: int) -> None:
+    """Refuse (one line) when the file system of ``out`` has fewer than ``need`` bytes free."""
+    try:
+        free = shutil.disk_usage(out).free
+    except OSError:
+        return  # cannot tell; the writes themselves will say
+    if free < need:
+        raise AugsenseError(f"not enough free space for the run folder {str(out)!r}: {free / 1e6:.1f} MB free, about "
+                            f"{need / 1e6:.1f} MB needed for its checkpoints and results; free space or choose "
+                            "another --out")
+
+
+def write_run_start(run: Any, out: str | Path) -> None:
+    """At the start of a run: ``config.toml`` and ``run.json`` with status "running", start time, host, PID.
+
+    Raises :class:`AugsenseError` (one line) when they cannot be written.
+    """
+    out = Path(out)
+    info = run_info(run, "running")
+    info.update(started=_now(), host=socket.gethostname(), pid=os.getpid())
+    try:
+        tmp = out / f".config.toml.tmp{os.getpid()}"
+        tmp.write_text(run.config.to_toml(), encoding="utf-8")
+        os.replace(tmp, out / "config.toml")
+        _write_json(out / "run.json", info)
+    except OSError as error:
+        raise AugsenseError(f"cannot write into the run folder {str(out)!r}: {error.strerror or error}") from None
+
+
+def write_run(run: Any, out: str | Path, *, status: str | None = None) -> None:
+    """Commit a SensitivityRun's results and provenance into ``out`` as one set.
+
+    Every file of :data:`RESULT_FILES` is written into ``out/.staging-<pid>/`` and fsynced, then
+    renamed into ``out`` with ``run.json`` last, and the folder is fsynced. A failure while writing
+    leaves the files in ``out`` as they were (a previous complete set stays whole) and marks an
+    unfinished run.json "failed" with the reason; it raises :class:`AugsenseError` (one line).
+    Report files of an earlier set (``report.html``, ``figures/``) are removed after the commit.
+    """
+    out = Path(out)
+    status = status or ("complete" if run.complete else "partial")
+    previous = read_status(out)
+    staging = out / f".staging-{os.getpid()}"
+    info = run_info(run, status)
+    try:  # keep when, where and by whom the run was started (written by write_run_start)
+        begun = json.loads((out / "run.json").read_text(encoding="utf-8"))
+        begun = begun if isinstance(begun, dict) and begun.get("status") != "complete" else {}
+    except (OSError, ValueError):
+        begun = {}
+    info.update(started=begun.get("started"), host=socket.gethostname(), pid=os.getpid(), finished=_now())
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        write_result_tables(run.result, staging, players=run.players, layers=run.layers, slices=run.slices,
+                            unit_shapes=run.unit_shapes)
+        (staging / "config.toml").write_text(run.config.to_toml(), encoding="utf-8")
+        (staging / "run.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+        for name in RESULT_FILES:
+            _fsync_path(staging / name)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = f"writing the results failed: {error.strerror or error}"
+        if previous == "complete":
+            kept = "the previous complete results are unchanged"
+        else:
+            kept = "run.json says 'failed'" if mark_run(out, "failed", reason=reason, failed=_now()) else \
+                "run.json could not be updated either"
+        raise AugsenseError(f"cannot write the results into {str(out)!r}: {error.strerror or error} ({kept}; "
+                            "free space, then run again, with --resume if the folder has a checkpoint)") from None
+    moved: list[str] = []
+    try:
+        for name in RESULT_FILES:
+            os.replace(staging / name, out / name)
+            moved.append(name)
+        _fsync_path(out)
+    except OSError as error:
+        reason = f"committing the results failed after {', '.join(moved) or 'no file'}: {error.strerror or error}"
+        mark_run(out, "failed", reason=reason, failed=_now())
+        raise AugsenseError(f"cannot commit the results into {str(out)!r}: {error.strerror or error} (run.json "
+                            "says 'failed'; run again, with --resume if the folder has a checkpoint)") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for name in DERIVED:
+        stale = out / name
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 @dataclass

@@ -173,6 +173,32 @@ def _info_from_config(path: Path) -> dict[str, Any]:
             "factors": space.to_dict(), "layers": {layer: {} for layer in config.layers}}
 
 
+def _status_notice(path: Path, info: dict[str, Any]) -> str | None:
+    """A notice for a run that is running, was killed, interrupted or failed (run.json ``status``)."""
+    from augsense.io.lock import holder_of, host_name, pid_alive
+
+    status = info.get("status")
+    resume = "finish it with `augsense run CONFIG --resume --out RUN_DIR`" if (path / "checkpoint.pt").exists() \
+        else "it left no checkpoint, so run it again"
+    if status == "running":
+        holder = holder_of(path) or {}
+        pid, host = info.get("pid", holder.get("pid")), info.get("host", holder.get("host"))
+        alive = isinstance(pid, int) and host == host_name() and pid_alive(pid) and holder.get("pid") == pid
+        if alive:
+            return (f"This run is still running (PID {pid} on {host}, started {info.get('started', '?')}); the "
+                    "report shows what it has written so far.")
+        return (f"This run did not finish (status: running, started {info.get('started', '?')} by PID {pid} on host "
+                f"{host}, which is no longer running it: killed or crashed); {resume}.")
+    if status == "interrupted":
+        return f"This run was interrupted ({info.get('reason', 'a signal')}); {resume}."
+    if status == "failed":
+        return f"This run failed: {info.get('reason', 'no reason recorded')}; {resume}."
+    if status == "complete" and (path / "checkpoint.pt").exists():
+        return ("A later run into this folder (started with --overwrite) did not finish: its checkpoint is here, and "
+                "the results shown are those of the earlier, complete run.")
+    return None
+
+
 def read_report_data(path: str | Path) -> ReportData:
     """Read whatever a run folder holds; problems become ``notices`` rather than errors."""
     path = Path(path)
@@ -214,6 +240,9 @@ def read_report_data(path: str | Path) -> ReportData:
         notices.append("This run stopped before it finished (status: partial). The numbers below come from "
                        "the design blocks that were done, so their confidence intervals are wider; finish it "
                        "with `augsense run --resume --out RUN_DIR`.")
+    notice = _status_notice(path, info)
+    if notice:
+        notices.append(notice)
     for name, attribute in (("indices.parquet", "indices"), ("layers.parquet", "layers")):
         try:
             setattr(data, attribute, pd.read_parquet(path / name))

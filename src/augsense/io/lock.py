@@ -1,0 +1,299 @@
+"""Guarding a run folder: checks before any computing, and the lock that lets one run at a time write it.
+
+:func:`preflight` (stdlib only, so the command line refuses within a fraction of a second) checks
+``--out`` is a writable folder, that no live run holds it and that it holds no finished run or
+checkpoint that this run would overwrite (unless ``--resume`` / ``--overwrite``).
+
+``DIR/augsense.lock`` is held for the whole run (under torchrun by rank 0 only). It is an
+``fcntl.flock`` on that file, which the kernel drops when the holder dies, plus a JSON record of
+the holder (host, PID, start time, command) so that a refusal can say who holds it:
+
+- another live run on this host holds the flock → refused, naming its host and PID;
+- the record names a process on this host that is dead (killed, crashed, or a file system that
+  does not support flock) → a stale lock, taken over with a notice;
+- the record names another host and the flock is free → that host's run may still be alive (many
+  shared file systems do not pass flocks between hosts), so it is refused with advice: delete the
+  file if that run is gone.
+
+On release the record is emptied and the file removed. A file system without flock falls back
+to the record alone.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from augsense.errors import AugsenseError
+
+#: The lock file inside a run folder.
+LOCK_NAME = "augsense.lock"
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+
+def host_name() -> str:
+    return socket.gethostname()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this host (a zombie counts as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    try:  # a zombie (killed, not yet reaped by its parent) holds nothing any more
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def describe(holder: dict[str, Any]) -> str:
+    """'PID 123 on host h (since 2026-01-01 10:00:00 UTC: augsense run …)'."""
+    since = holder.get("started")
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since)) if isinstance(since, (int, float)) else "?"
+    command = holder.get("command")
+    return (f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')} (since {when}"
+            + (f": {command}" if command else "") + ")")
+
+
+def _read_record(fd: int) -> dict[str, Any] | None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
+    if not data.strip():
+        return None
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return {"host": "?", "pid": "?", "damaged": True}
+    return record if isinstance(record, dict) else {"host": "?", "pid": "?", "damaged": True}
+
+
+@dataclass
+class RunLock:
+    """A held run-folder lock; release it with :meth:`release` or use it as a context manager."""
+
+    path: Path
+    fd: int
+    record: dict[str, Any]
+    notice: str | None = None
+
+    def release(self) -> None:
+        """Drop the lock: remove the file (if it is still ours), then the flock."""
+        if self.fd < 0:
+            return
+        try:
+            current = os.stat(self.path)
+            if current.st_ino == os.fstat(self.fd).st_ino:
+                os.ftruncate(self.fd, 0)
+                os.unlink(self.path)
+        except OSError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _flock(fd: int) -> bool | None:
+    """Try to take the flock without waiting: True got it, False held elsewhere, None unsupported."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as error:
+        if error.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return None
+        raise
+
+
+def acquire(folder: str | Path, *, command: str | None = None) -> RunLock:
+    """Take the lock of run folder ``folder`` (which must exist) or raise :class:`AugsenseError`.
+
+    Args:
+        folder: the run folder.
+        command: what to show other runs about this one (default: this process's command line).
+    Returns:
+        The held :class:`RunLock`; ``notice`` says when a stale lock was taken over.
+    """
+    path = Path(folder) / LOCK_NAME
+    me = {"host": host_name(), "pid": os.getpid(), "started": time.time(),
+          "command": command if command is not None else " ".join(["augsense", *sys.argv[1:]])[:300]}
+    for _ in range(20):  # retried only when the file is replaced under us
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise AugsenseError(f"cannot create the lock file {str(path)!r}: {error.strerror or error}") from None
+        try:
+            got = _flock(fd)
+            holder = _read_record(fd)
+            if got is False:
+                raise AugsenseError(f"run folder {str(path.parent)!r} is in use by "
+                                    f"{describe(holder or {'host': '?', 'pid': '?'})}; wait for that run to finish "
+                                    "or choose another --out")
+            try:  # the file we locked may have been removed by its releasing holder meanwhile
+                if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                    os.close(fd)
+                    continue
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            notice = None
+            if holder is not None and holder.get("pid") != me["pid"]:
+                same_host = holder.get("host") == me["host"]
+                pid = holder.get("pid")
+                dead = same_host and isinstance(pid, int) and not pid_alive(pid)
+                if got is None and same_host and not dead:
+                    raise AugsenseError(f"run folder {str(path.parent)!r} is in use by {describe(holder)}; wait for "
+                                        "that run to finish or choose another --out")
+                if not same_host and not holder.get("damaged"):
+                    raise AugsenseError(f"run folder {str(path.parent)!r} is locked by {describe(holder)}, another "
+                                        "host, which this one cannot check; if that run is no longer running, delete "
+                                        f"{str(path)!r} and start again")
+                notice = (f"took over the stale lock of {describe(holder)}, which is no longer running"
+                          if not holder.get("damaged") else f"replaced an unreadable lock file {str(path)!r}")
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, json.dumps(me).encode())
+            os.fsync(fd)
+            return RunLock(path, fd, me, notice)
+        except BaseException:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            raise
+    raise AugsenseError(f"could not take the lock {str(path)!r}: it keeps being replaced by other processes")
+
+
+def prepare_out_dir(out: str | Path) -> Path:
+    """Check ``--out`` before any computing: a folder (created if absent) in which files can be written.
+
+    A probe file is created, written, fsynced and removed, so read-only mounts, permissions and
+    quotas show up now, not after the run. Raises :class:`AugsenseError` with one line.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AugsenseError(f"--out {str(out)!r} is a file, not a folder; choose a folder for the run")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise AugsenseError(f"cannot create the run folder {str(out)!r}: a part of its path is a file") from None
+    except OSError as error:
+        raise AugsenseError(f"cannot create the run folder {str(out)!r}: {error.strerror or error}; choose "
+                            "another --out") from None
+    probe = out / f".augsense-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, b"augsense write test\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise AugsenseError(f"cannot write into the run folder {str(out)!r}: {error.strerror or error}; choose "
+                            "another --out") from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return out
+
+
+#: The result files whose presence means a folder holds another run's results.
+TABLES = ("indices.parquet", "layers.parquet", "maps.npz")
+
+
+def read_status(folder: str | Path) -> str | None:
+    """The ``status`` in ``folder/run.json``: None without one, "damaged" when it cannot be read."""
+    try:
+        info = json.loads((Path(folder) / "run.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return "damaged"
+    return str(info.get("status", "unknown")) if isinstance(info, dict) else "damaged"
+
+
+def inspect_run_folder(folder: str | Path, *, resume: bool, overwrite: bool,
+                       checkpoint: str = "checkpoint.pt") -> str | None:
+    """Refuse (one line) to start a fresh run over another run's checkpoint or results; the old status.
+
+    Without ``resume`` or ``overwrite``: a checkpoint, a run.json saying "complete", or result tables
+    are refused. A folder holding only the config.toml/run.json of a run that died before its first
+    checkpoint holds nothing to lose and is accepted.
+    """
+    folder = Path(folder)
+    if resume and overwrite:
+        raise AugsenseError("--resume continues the run in --out and --overwrite replaces it; choose one")
+    previous = read_status(folder)
+    if resume or overwrite:
+        return previous
+    tables = [name for name in TABLES if (folder / name).exists()]
+    if (folder / checkpoint).exists():
+        raise AugsenseError(f"{str(folder)!r} holds the checkpoint of an unfinished run (status: "
+                            f"{previous or 'unknown'}); continue it with --resume, or pass --overwrite to start "
+                            "afresh and replace it")
+    if previous == "complete":
+        raise AugsenseError(f"{str(folder)!r} holds the results of a finished run; choose another --out, or pass "
+                            "--overwrite to replace them")
+    if tables or previous in ("partial", "damaged", "unknown"):
+        raise AugsenseError(f"{str(folder)!r} holds results of another run (status: {previous or 'unknown'}; "
+                            f"{', '.join(tables) or 'run.json'}); choose another --out, or pass --overwrite to "
+                            "replace them")
+    return previous
+
+
+def preflight(folder: str | Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    """All checks of a run folder that need no model: writable folder, lock free, nothing overwritten.
+
+    Takes the lock and drops it again at once: the run takes it for good when it starts.
+    """
+    folder = prepare_out_dir(folder)
+    held = acquire(folder)
+    held.release()
+    if held.notice:
+        print(f"augsense: notice: {held.notice}", file=sys.stderr)
+    inspect_run_folder(folder, resume=resume, overwrite=overwrite)
+
+
+def holder_of(folder: str | Path) -> dict[str, Any] | None:
+    """The record of whoever holds (or held, if it died) the lock of ``folder``, or None."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return _read_record(fd)
+    finally:
+        os.close(fd)
