@@ -243,6 +243,10 @@ def test_checkpoint_state_round_trips_through_the_code_free_format():
     assert back["c"]["d"] == (1, 2.5, None, "x") and back["c"]["e"][0] == 3
     assert back["c"]["e"][1].shape == (0,) and back["c"]["e"][1].dtype == torch.int32
     assert np.isnan(back["f"]) and back["g"].item() == 7 and back["g"].shape == ()
+    payload = bytearray(encode_state(state))
+    inplace = decode_state(payload)  # a writable buffer: arrays are views of it, 8-byte aligned
+    assert inplace["a"].data_ptr() % 8 == 0 and np.shares_memory(inplace["a"].numpy(), np.frombuffer(payload, np.uint8))
+    inplace["a"] += 1  # writable, like any loaded tensor
     with pytest.raises(TypeError):
         encode_state({"x": object()})
 
@@ -260,19 +264,19 @@ def cli_resume(tmp_path: Path, monkeypatch, capsys, **changes) -> tuple[int, str
 
 
 def test_an_unreadable_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
+    import augsense.io.checkpoints as checkpoints
+
     checkpoint = partial_run(tmp_path / "run")
-    original = Path.read_bytes
 
-    def denied(self):
-        if self.name == CHECKPOINT_NAME:
-            raise PermissionError(13, "Permission denied", str(self))
-        return original(self)
+    def denied(file, mode="r", *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(file))
 
-    monkeypatch.setattr(Path, "read_bytes", denied)  # chmod 000 does not stop root, who runs these tests in CI
+    # chmod 000 does not stop root, who runs these tests in CI: open() in checkpoints.py is denied instead
+    monkeypatch.setattr(checkpoints, "open", denied, raising=False)
     code, error = cli_resume(tmp_path, monkeypatch, capsys)
     assert code == 2 and len(error.strip().splitlines()) == 1, error
     assert "cannot read the checkpoint" in error and "Permission denied (EACCES)" in error
-    monkeypatch.setattr(Path, "read_bytes", original)
+    monkeypatch.delattr(checkpoints, "open")
     checkpoint.unlink()
     checkpoint.mkdir()  # a folder where the checkpoint should be
     code, error = cli_resume(tmp_path, monkeypatch, capsys)

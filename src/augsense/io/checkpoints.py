@@ -86,8 +86,15 @@ def describe_os_error(error: OSError) -> str:
 
 
 # -- encoding -------------------------------------------------------------------------------------
-def _encode(value: Any, buffers: list[dict[str, Any]], chunks: list[bytes], offset: list[int]) -> Any:
-    """The JSON tree of ``value``; tensors and arrays become references into ``buffers``."""
+_ALIGN = 8  # buffers start at multiples of 8 bytes in the file, so they are read in place, uncopied
+
+
+def _encode(value: Any, buffers: list[dict[str, Any]], chunks: list[np.ndarray], offset: list[int]) -> Any:
+    """The JSON tree of ``value``; tensors and arrays become references into ``buffers``.
+
+    ``chunks`` collects each buffer's bytes as a flat uint8 view (no copy when already contiguous
+    and little-endian), preceded by zero padding up to the next multiple of 8 bytes.
+    """
     if isinstance(value, (torch.Tensor, np.ndarray)):
         is_tensor = isinstance(value, torch.Tensor)
         if is_tensor:
@@ -100,10 +107,14 @@ def _encode(value: Any, buffers: list[dict[str, Any]], chunks: list[bytes], offs
             if dtype not in _DTYPES:
                 raise TypeError(f"a checkpoint cannot hold a {dtype} array")
             array = value
-        data = np.ascontiguousarray(array, dtype=_DTYPES[dtype]).tobytes()
-        buffers.append({"dtype": dtype, "shape": list(array.shape), "offset": offset[0], "nbytes": len(data)})
+        data = np.ascontiguousarray(array, dtype=_DTYPES[dtype]).reshape(-1).view(np.uint8)
+        pad = -offset[0] % _ALIGN
+        if pad:
+            chunks.append(np.zeros(pad, dtype=np.uint8))
+            offset[0] += pad
+        buffers.append({"dtype": dtype, "shape": list(array.shape), "offset": offset[0], "nbytes": int(data.size)})
         chunks.append(data)
-        offset[0] += len(data)
+        offset[0] += int(data.size)
         return {"__tensor__" if is_tensor else "__ndarray__": len(buffers) - 1}
     if isinstance(value, dict):
         if any(not isinstance(k, str) for k in value) or any(k in _TAGS for k in value):
@@ -120,13 +131,21 @@ def _encode(value: Any, buffers: list[dict[str, Any]], chunks: list[bytes], offs
     raise TypeError(f"a checkpoint cannot hold a {type(value).__name__}")
 
 
-def encode_state(state: dict[str, Any]) -> bytes:
-    """A state tree as the checkpoint payload: length, JSON header, raw little-endian buffers."""
+def _encode_parts(state: dict[str, Any], lead: int = 0) -> tuple[bytes, list[np.ndarray]]:
+    """The payload as (8-byte length + JSON header, buffer chunks); the header is padded with spaces so
+    that the buffers start at a multiple of 8 bytes when ``lead`` bytes precede the payload in the file."""
     buffers: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
+    chunks: list[np.ndarray] = []
     tree = _encode(state, buffers, chunks, [0])
     header = json.dumps({"state": tree, "buffers": buffers}, separators=(",", ":"), allow_nan=True).encode()
-    return struct.pack("<Q", len(header)) + header + b"".join(chunks)
+    header += b" " * (-(lead + 8 + len(header)) % _ALIGN)  # JSON allows trailing whitespace
+    return struct.pack("<Q", len(header)) + header, chunks
+
+
+def encode_state(state: dict[str, Any]) -> bytes:
+    """A state tree as the checkpoint payload: length, JSON header, raw little-endian buffers."""
+    prefix, chunks = _encode_parts(state)
+    return prefix + b"".join(chunk.tobytes() for chunk in chunks)
 
 
 class _Malformed(ValueError):
@@ -143,27 +162,32 @@ def _decode(node: Any, arrays: list[np.ndarray]) -> Any:
                 return tuple(_decode(v, arrays) for v in ref)
             if not isinstance(ref, int) or isinstance(ref, bool) or not 0 <= ref < len(arrays):
                 raise _Malformed(f"bad buffer reference {ref!r}")
-            return torch.from_numpy(arrays[ref].copy()) if tag == "__tensor__" else arrays[ref].copy()
+            return torch.from_numpy(arrays[ref]) if tag == "__tensor__" else arrays[ref]
         return {k: _decode(v, arrays) for k, v in node.items()}
     if isinstance(node, list):
         return [_decode(v, arrays) for v in node]
     return node
 
 
-def decode_state(payload: bytes) -> dict[str, Any]:
-    """Inverse of :func:`encode_state`; raises ValueError on anything malformed (never runs code)."""
+def decode_state(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """Inverse of :func:`encode_state`; raises ValueError on anything malformed (never runs code).
+
+    Arrays are views of ``payload`` when it is writable (a bytearray) and aligned, else copies; a
+    buffer referenced twice gives one array.
+    """
+    payload = memoryview(payload)
     if len(payload) < 8:
         raise _Malformed("too short")
     (length,) = struct.unpack("<Q", payload[:8])
     if length > len(payload) - 8:
         raise _Malformed("header longer than the file")
     try:
-        header = json.loads(payload[8:8 + length].decode("utf-8"))
+        header = json.loads(bytes(payload[8:8 + length]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise _Malformed(f"header is not JSON ({error})") from None
     if not isinstance(header, dict) or not isinstance(header.get("buffers"), list) or "state" not in header:
         raise _Malformed("header lacks state or buffers")
-    data = memoryview(payload)[8 + length:]
+    data = payload[8 + length:]
     arrays = []
     for entry in header["buffers"]:
         try:
@@ -176,7 +200,10 @@ def decode_state(payload: bytes) -> dict[str, Any]:
         if min(shape, default=0) < 0 or offset < 0 or nbytes != count * dtype.itemsize or offset + nbytes > len(data):
             raise _Malformed("buffer entry outside the file or of the wrong size")
         array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
-        arrays.append(array.astype(dtype.newbyteorder("="), copy=False))
+        array = array.astype(dtype.newbyteorder("="), copy=False)
+        if not (array.flags.writeable and array.flags.aligned):
+            array = array.copy()
+        arrays.append(array)
     state = _decode(header["state"], arrays)
     if not isinstance(state, dict):
         raise _Malformed("the state is not a table")
@@ -192,14 +219,22 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     leaves the previous checkpoint in place.
     """
     path = Path(path)
-    payload = encode_state(state)
+    lead = len(MAGIC) + len(f"{FORMAT} sha256=") + 64 + 1  # the header line
+    prefix, chunks = _encode_parts(state, lead)
+    digest = hashlib.sha256(prefix)
+    for chunk in chunks:
+        digest.update(chunk)
+    line = MAGIC + f"{FORMAT} sha256={digest.hexdigest()}\n".encode()
+    assert len(line) == lead
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(tmp, "wb") as handle:
-                handle.write(MAGIC + f"{FORMAT} sha256={_digest(payload)}\n".encode())
-                handle.write(payload)
+                handle.write(line)
+                handle.write(prefix)
+                for chunk in chunks:
+                    handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -232,11 +267,15 @@ def load_checkpoint(path: str | Path, *, fingerprint: str | None = None) -> dict
     if not path.is_file():
         raise AugsenseError(f"the checkpoint {str(path)!r} is not a file; remove it and run without --resume")
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:  # into a bytearray: the arrays are views of it, not copies
+            data = bytearray(os.fstat(handle.fileno()).st_size)
+            del data[handle.readinto(data):]  # in place (a file that shrank meanwhile fails the checksum)
     except OSError as error:
         raise AugsenseError(f"cannot read the checkpoint {str(path)!r}: {describe_os_error(error)}; fix its "
                             "permissions, or run without --resume in a new --out to start afresh") from None
-    header, _, payload = data.partition(b"\n")
+    newline = data.find(b"\n")
+    header = bytes(data[:newline]) if newline >= 0 else bytes(data[:200])
+    payload = memoryview(data)[newline + 1:] if newline >= 0 else memoryview(b"")
     fields = header[len(MAGIC):].decode("ascii", "replace").split(" ", 1) if header.startswith(MAGIC) else []
     if len(fields) != 2 or not fields[1].startswith("sha256="):
         raise AugsenseError(f"{str(path)!r} is not an augsense checkpoint (bad header); delete it and start afresh "
