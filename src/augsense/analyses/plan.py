@@ -6,7 +6,7 @@ the design and the probe (:meth:`RunPlan.build`). Its entries (JSON values, in t
 - ``architecture`` and ``weights`` (SHA-256 of every state-dict entry's name, dtype, shape and raw
   bytes), ``input`` (input size, normalisation mean and std);
 - ``layers`` (names and unit shapes), ``reduction``, ``output``;
-- ``factors`` (names in order), ``bounds`` (every parameter's low, high, log), ``switches``
+- ``factors`` (names in order), ``bounds`` (every parameter's [low, high], + "log" if log-scaled), ``switches``
   (factor → p), ``order`` (composition order), ``random_order``, ``image_mode``;
 - ``images`` (count, side in pixels, SHA-256 of the decoded (n, 3, S, S) uint8 pixels in order);
 - ``preprocessing``, ``estimator``, ``n``, ``seed``, ``block_size`` and ``generator`` (the design's
@@ -15,7 +15,7 @@ the design and the probe (:meth:`RunPlan.build`). Its entries (JSON values, in t
 What does not change the accumulated sums is left out on purpose, so changing it never blocks a
 resume: ``confidence`` (used only when the indices are computed from the sums), ``checkpoint_every``,
 ``report``, ``device``, progress bars, file paths and image labels (only clean top-1 uses them);
-``batch_size`` matters only through ``block_size`` (``batch_size // group size`` rows per block).
+``batch_size`` matters only through ``block_size`` (the design's rows per block, derived from it).
 The fingerprint is the SHA-256 of the canonical JSON of the entries. Run, resume, torchrun ranks
 (:func:`check_ranks_agree`), stimulus export (``design.json``), checkpoints and ``run.json`` carry it.
 """
@@ -123,6 +123,7 @@ class RunPlan:
             "generator": {k: v for k, v in design.to_dict().items()
                           if k not in ("kind", "dims", "n", "seed", "block_size")},
         }
+        assert tuple(entries) == KEYS
         return cls(entries)
 
     @property
@@ -158,8 +159,8 @@ class RunPlan:
         for key in self.differences(other):
             _changes(key, theirs.get(key), self.entries.get(key), parts, old, new)
             if key == "block_size":
-                parts[-1] += (" — the block size is batch_size // group size; use a batch_size that gives "
-                              f"{theirs.get(key)} rows per block")
+                parts[-1] += (" — the rows per block follow batch_size (batch_size // group size, capped by the "
+                              f"design); use a batch_size that gives {theirs.get(key)}")
         return "; ".join(parts[:8] + (["…"] if len(parts) > 8 else []))
 
     def refusal(self, checkpoint_plan: Any) -> str:
