@@ -405,3 +405,18 @@ def test_a_run_json_that_is_not_a_table_with_nothing_to_rebuild_it_is_one_line(f
     lines = report.stderr.strip().splitlines()
     assert report.returncode == 2 and len(lines) == 1, report.stderr
     assert lines[0].startswith("augsense: error: run.json in") and "malformed" in lines[0]
+
+
+def test_the_command_line_refuses_a_resume_with_other_factors_and_bounds_leaving_the_folder_as_it_was(
+        tmp_path, monkeypatch, capsys):
+    checkpoint = partial_run(tmp_path / "run")
+    folder = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    code, error = cli_resume(tmp_path, monkeypatch, capsys, factors=["brightness", "saturation", "grayscale"],
+                             bounds={"brightness": {"factor": [0.5, 1.0]}, "saturation": {"factor": [0.0, 1.0]}})
+    lines = error.strip().splitlines()
+    assert code == 2 and len(lines) == 1, error
+    assert lines[0].startswith("augsense: error: cannot resume: factors, bounds, switches, order differ from the "
+                               "checkpoint's run (factors: ")
+    assert "bounds.brightness.factor: [0.1,1.0] → [0.5,1.0]" in lines[0]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == folder
+    assert checkpoint.exists()
