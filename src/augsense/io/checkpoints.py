@@ -8,8 +8,9 @@ File layout (format 2)::
 The JSON header holds the state as a tree of dicts, lists, strings, numbers, booleans and null, in
 which every tensor or array is replaced by a reference ``{"__tensor__": i}`` / ``{"__ndarray__":
 i}`` to entry ``i`` of its ``"buffers"`` list (dtype from a fixed whitelist, shape, byte offset,
-byte length); the bytes are little-endian and C-ordered. Reading parses JSON and copies bytes into
-arrays, nothing else: a checkpoint cannot carry code, so a crafted file (e.g. a pickle payload, as
+byte length); the bytes are little-endian, C-ordered and start at multiples of 8 bytes, so a read
+file's buffers become the tensors in place. Reading parses JSON and maps bytes as arrays, nothing
+else: a checkpoint cannot carry code, so a crafted file (e.g. a pickle payload, as
 the format-1 files of earlier versions were ``torch.save`` pickles) is refused without executing
 anything. Format-1 files are refused for that reason.
 
