@@ -420,3 +420,16 @@ def test_the_command_line_refuses_a_resume_with_other_factors_and_bounds_leaving
     assert "bounds.brightness.factor: [0.1,1.0] → [0.5,1.0]" in lines[0]
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == folder
     assert checkpoint.exists()
+
+
+def test_analyses_that_read_a_run_folder_refuse_a_malformed_run_json_in_one_line(finished, tmp_path, capsys):
+    from augsense.cli import main
+    from augsense.io.results import load_run
+
+    out = malformed_copy(finished, tmp_path, layers=5)
+    with pytest.raises(AugsenseError, match=r"^run.json in .* is malformed: layers must be a table of layer names"):
+        load_run(out)
+    assert main(["maps", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "is malformed: layers must be" in lines[0]
+    assert load_run(finished).layer_names == ["readout"]  # the unharmed folder still reads

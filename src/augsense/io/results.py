@@ -327,6 +327,18 @@ def load_run(path: str | Path) -> RunFolder:
         info = json.loads(info_path.read_text())
     except json.JSONDecodeError as error:
         raise AugsenseError(f"{str(info_path)!r} is damaged: {error}") from error
+    except OSError as error:
+        raise AugsenseError(f"cannot read {str(info_path)!r}: {error.strerror or error}") from None
+    from augsense.report.data import malformed_entries
+
+    if not isinstance(info, dict):
+        raise AugsenseError(f"run.json in {str(path)!r} is malformed: it must be a JSON object, got "
+                            f"{type(info).__name__}")
+    malformed = malformed_entries(info)
+    if malformed:  # the analyses that read a run folder need its provenance whole, unlike the report
+        key, expected = malformed[0]
+        raise AugsenseError(f"run.json in {str(path)!r} is malformed: {key} must be {expected}, got "
+                            f"{json.dumps(info[key], default=str)[:60]}")
     folder = RunFolder(path, info)
     for name, attribute in (("indices.parquet", "indices"), ("layers.parquet", "layers")):
         try:
