@@ -372,7 +372,7 @@ def test_a_full_disk_during_the_final_write_keeps_the_previous_set_or_marks_the_
 # --- signals ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_signal_writes_a_checkpoint_and_the_resume_gives_the_uninterrupted_indices(
         tmp_path, config_file, planted_cli, uninterrupted, signum):
     out, gate = tmp_path / "run", tmp_path / "gate"
@@ -470,3 +470,37 @@ def test_a_stopped_rank_makes_rank_0_stop_with_a_message_within_the_timeout(tmp_
         for process in ranks:
             process.kill()
             process.wait()
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_0_stops_every_rank_at_one_round_with_one_checkpoint(tmp_path, config_file, planted_cli,
+                                                                              uninterrupted):
+    out, port = tmp_path / "run", free_port()
+    ranks = []
+    for rank in range(2):
+        go = tmp_path / f"go{rank}"
+        go.write_text("wait")
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "2",
+               "LOCAL_RANK": str(rank), "START": str(go)}
+        ranks.append(start(tmp_path, "run", str(config_file), "--out", str(out), "--quiet", "--device", "cpu",
+                           gate=tmp_path / f"gate{rank}", pause_at=4 if rank == 0 else 10 ** 6, env=env))
+    try:
+        for rank, process in enumerate(ranks):
+            wait_for(tmp_path / f"go{rank}.ready", process)
+        for rank in range(2):
+            (tmp_path / f"go{rank}").unlink()
+        wait_for(tmp_path / "gate0.reached", ranks[0])
+        ranks[0].send_signal(signal.SIGTERM)  # rank 1 gets no signal: it learns at the next round
+        stderr = read_until(ranks[0], "received")
+        (tmp_path / "gate0").unlink()
+        stderr += ranks[0].communicate(timeout=300)[1]
+        other = ranks[1].communicate(timeout=300)[1]
+        assert ranks[0].returncode == 143 and ranks[1].returncode == 143, stderr + other
+        assert "checkpoint written; resume with: augsense run" in stderr and "resume with" not in other
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert planted_cli(["run", str(config_file), "--out", str(out), "--quiet", "--resume"]) == 0  # one process
+    assert_equal_indices(load_run(out), uninterrupted)

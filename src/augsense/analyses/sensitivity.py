@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -202,6 +203,18 @@ def _on_every_rank(work: Callable[[], Any], shard: Shard) -> Any:
     return outcome[0]
 
 
+def _signal_on_any_rank(stop: StopRequest, shard: Shard) -> int:
+    """Collective: the signal that stopped the run on any rank (the largest number), 0 if none did."""
+    mine = stop.signum or 0
+    if not shard.distributed:
+        return mine
+    import torch.distributed as dist
+
+    value = torch.tensor([mine], dtype=torch.int32, device=shard.device or torch.device("cpu"))
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item())
+
+
 def _open_run_folder(out: Path, *, resume: bool, overwrite: bool) -> tuple[Any, RunFolderState]:
     """Rank 0, before any computing: check ``--out``, take its lock, refuse to overwrite another run's data."""
     from augsense.io import lock as run_lock
@@ -386,14 +399,15 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
             bar.update(rows * group)
     bar.close()
     complete = schedule.complete
-    if stop and not complete:  # SIGINT/SIGTERM: the ranks stopped at one round and wrote a checkpoint
+    signum = _signal_on_any_rank(stop, shard) if not complete else 0
+    if signum:  # SIGINT/SIGTERM on some rank: every rank stopped at one round and a checkpoint was written
         finished = len(union_blocks(schedule.done, shard))
         if out is not None and shard.rank == 0 and folder.started:
             from augsense.io.results import mark_run
 
-            mark_run(out, "interrupted", reason=f"{stop.signal_name} after {finished} of {design.n_blocks} blocks; "
-                     "resume with --resume", blocks_done=finished, blocks=design.n_blocks)
-        raise RunInterrupted(stop.signum or 2, done=finished, total=design.n_blocks, checkpoint=checkpoint is not None,
+            mark_run(out, "interrupted", reason=f"{signal.Signals(signum).name} after {finished} of {design.n_blocks} "
+                     "blocks; resume with --resume", blocks_done=finished, blocks=design.n_blocks)
+        raise RunInterrupted(signum, done=finished, total=design.n_blocks, checkpoint=checkpoint is not None,
                              rank=shard.rank)
     timings["loop_s"] = time.perf_counter() - loop_started
     timings["images_per_s"] = evaluated / timings["loop_s"] if timings["loop_s"] > 0 else float("nan")
