@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline = plant(None, Path(tmp) / "baseline")
         for tests in dict.fromkeys(m.tests for m in chosen):   # each selection passes without a mutation
             code, line, seconds = run_tests(baseline, tests, args.timeout)
-            print(f"{'baseline: ' + ' '.join(tests):34s} {'passes' if code == 0 else 'FAILS':8s} {seconds:5.0f} s  {line}")
+            verdict = "passes" if code == 0 else "FAILS"
+            print(f"{'baseline: ' + ' '.join(tests):34s} {verdict:8s} {seconds:5.0f} s  {line}")
             ok &= code == 0
         for m in chosen:
             code, line, seconds = run_tests(plant(m, Path(tmp) / m.name), m.tests, args.timeout)

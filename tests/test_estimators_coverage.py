@@ -66,5 +66,6 @@ def test_sobol_intervals_cover_95_percent():
 @pytest.mark.slow
 @pytest.mark.parametrize("method, n", [("exact", 256), ("permutation", 512)])
 def test_shapley_intervals_cover_95_percent(method, n):
-    hits, ratio = coverage(lambda s: shapley_effects(ishigami, BOUNDS, n, method=method, seed=s), ("shapley",))["shapley"]
+    run = lambda s: shapley_effects(ishigami, BOUNDS, n, method=method, seed=s)  # noqa: E731
+    hits, ratio = coverage(run, ("shapley",))["shapley"]
     check(method, hits, ratio)

@@ -278,7 +278,8 @@ def _html_table(fragment: str) -> tuple[list[str], list[list[str]]]:
 
     table = re.search(r"<table>(.*?)</table>", fragment, re.S)
     assert table, "no table"
-    head = [_html.unescape(t) for _, t in CELL.findall(re.search(r"<thead>(.*?)</thead>", table.group(1), re.S).group(1))]
+    thead = re.search(r"<thead>(.*?)</thead>", table.group(1), re.S).group(1)
+    head = [_html.unescape(t) for _, t in CELL.findall(thead)]
     body = re.search(r"<tbody>(.*?)</tbody>", table.group(1), re.S).group(1)
     rows = [[_html.unescape(t) for _, t in CELL.findall(row)] for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
     return head, rows
