@@ -149,7 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # the default layers belong to the whole network: a segment defaults to its last module
         layers = None if config.layers == DEMO_LAYERS else config.layers
         result = run_segments(config, config.segment, channels=config.segment_channel, out_dir=out, layers=layers,
-                              progress=not args.quiet)
+                              progress=not args.quiet, overwrite=args.overwrite)
         print_segments(result, out)
         return 0
     run = run_sensitivity(config, out_dir=out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)

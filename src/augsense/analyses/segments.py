@@ -173,7 +173,8 @@ def _default_scaling(bundle: ModelBundle, segment: Segment) -> tuple[float, floa
 def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[str] | str = "all",
                  model: nn.Module | ModelBundle | None = None, images: ImageSet | str | None = None,
                  out_dir: str | Path | None = None, layers: Sequence[str] | None = None,
-                 scaling: tuple[float, float] | None = None, progress: bool = True) -> SegmentRuns:
+                 scaling: tuple[float, float] | None = None, progress: bool = True,
+                 overwrite: bool = False) -> SegmentRuns:
     """Run the sensitivity analysis on a network segment fed one HSV channel at a time.
 
     Args:
@@ -187,6 +188,7 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
         scaling: (shift, scale) applied to the channel before replication; default: the model's
             mean/std averaged over RGB when the segment starts at the input, else (0, 1).
         progress: progress bars.
+        overwrite: replace finished runs in the channel folders (see :func:`run_sensitivity`).
 
     Returns:
         :class:`SegmentRuns` with the per-channel runs and the attribution table
@@ -224,7 +226,8 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
         segment_bundle = ModelBundle(module, f"{bundle.name}[{segment}]:{channel}", bundle.input_size,
                                      bundle.resize_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         runs[channel] = run_sensitivity(run_config, model=segment_bundle, images=unlabelled,
-                                        out_dir=out / channel if out is not None else None, progress=progress)
+                                        out_dir=out / channel if out is not None else None, progress=progress,
+                                        overwrite=overwrite)
     attribution = attribute_channels(runs)
     if out is not None:
         attribution.to_parquet(out / "segments.parquet", index=False)

@@ -19,6 +19,7 @@ def register(subparsers: Any) -> None:
                     "attributes each unit and (unit, factor) to a channel (OUT/segments.parquet).")
     parser.add_argument("config", nargs="?", help="TOML config file (as for `augsense run`)")
     parser.add_argument("--out", default="runs/segments", help="folder for the per-channel runs and segments.parquet")
+    parser.add_argument("--overwrite", action="store_true", help="replace finished runs in the channel folders")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(parser)
     parser.add_argument("--channel", default=None, help="h, s, v or all (default: segment_channel, all three)")
@@ -38,7 +39,7 @@ def cmd_segments(args: argparse.Namespace) -> int:
     layers = config.layers if args.layers is not None or args.config is not None else None
     out = Path(args.out)
     result = run_segments(config, config.segment, channels=channels, out_dir=out, layers=layers,
-                          progress=not args.quiet)
+                          progress=not args.quiet, overwrite=args.overwrite)
     print_segments(result, out)
     return 0
 
