@@ -9,24 +9,42 @@ from augsense.design.core import Design
 from augsense.errors import AugsenseError
 
 
-def test_blocks_are_the_scrambled_sobol_sequence_split_into_pieces():
-    design = make_design("sobol", [1, 2], 64, seed=5, block_size=16)
-    whole = qmc.Sobol(6, scramble=True, seed=5).random(64)
+def test_each_block_is_its_own_scrambled_sobol_net():
+    design = make_design("sobol", [1, 2], 512, seed=5, block_size=16)
     pts = np.concatenate([b.points for b in design.blocks()])
-    assert pts.shape == (64, 4, 3)
-    np.testing.assert_array_equal(pts[:, 0], whole[:, :3])
-    np.testing.assert_array_equal(pts[:, 1], whole[:, 3:])
-    np.testing.assert_array_equal(np.concatenate([b.base_rows for b in design.blocks()]), np.arange(64))
+    assert pts.shape == (512, 4, 3)
+    for k in range(4):
+        own = qmc.Sobol(6, scramble=True, seed=np.random.default_rng([5, k, 0])).random(16)
+        np.testing.assert_array_equal(design.block(k).points[:, 0], own[:, :3])
+        np.testing.assert_array_equal(design.block(k).points[:, 1], own[:, 3:])
+        # a balanced net: each half of every coordinate holds exactly half of the block's points
+        assert ((own < 0.5).sum(0) == 8).all()
+    np.testing.assert_array_equal(np.concatenate([b.base_rows for b in design.blocks()]), np.arange(512))
+
+
+def test_block_size_is_rounded_down_to_a_power_of_two():
+    design = make_design("sobol", [1] * 4, 4096, seed=3, block_size=73)
+    assert design.block_size == 64 and design.n_blocks == 64
+    assert make_design("sobol", [1], 1024, block_size=100).block_size == 32   # >= 32 blocks
+    assert make_design("sobol", [1], 8, block_size=100).block_size == 1       # tiny n: one row per block
+
+
+def test_blocks_are_independent_replicates():
+    """Block means of a smooth function are uncorrelated across blocks (one randomisation each)."""
+    design = make_design("sobol", [1, 1], 4096, seed=1, block_size=16)
+    means = np.array([b.points[:, 0].sum(1).mean() for b in design.blocks()])
+    assert abs(np.corrcoef(means[:-1], means[1:])[0, 1]) < 0.2
+    assert abs(means.mean() - 1.0) < 0.01
 
 
 def test_block_regenerated_from_seed_and_index_alone():
-    a = make_design("shapley-permutation", [1, 1, 3], 128, seed=9, block_size=32)
-    b = make_design("shapley-permutation", [1, 1, 3], 128, seed=9, block_size=32)
+    a = make_design("shapley-permutation", [1, 1, 3], 128, seed=9, block_size=64)
+    b = make_design("shapley-permutation", [1, 1, 3], 128, seed=9, block_size=64)
     for _ in a.blocks():
         pass
     np.testing.assert_array_equal(a.block(2).points, b.block(2).points)
     np.testing.assert_array_equal(a.block(2).permutations, b.block(2).permutations)
-    assert [blk.index for blk in a.blocks(1, None, 2)] == [1, 3]
+    assert [blk.index for blk in a.blocks(1, 9, 2)] == [1, 3, 5, 7] and a.n_blocks == 32
 
 
 def test_pick_freeze_layout_swaps_whole_players():
@@ -50,7 +68,7 @@ def test_shapley_exact_hybrids_are_bitmasks_of_players_from_a():
 
 
 def test_permutation_walk_switches_one_player_at_a_time_from_a_to_b():
-    design = make_design("shapley-permutation", [1, 1, 1, 1], 16, seed=4, block_size=16)
+    design = make_design("shapley-permutation", [1, 1, 1, 1], 512, seed=4, block_size=16)
     blk = design.block(0)
     p = blk.points
     for row in range(16):
@@ -79,5 +97,25 @@ def test_bad_designs_are_refused_with_advice(kwargs, message):
 
 
 def test_missing_block_is_an_error():
-    with pytest.raises(AugsenseError, match="blocks 0..1"):
-        make_design("sobol", [1], 16, block_size=8).block(2)
+    with pytest.raises(AugsenseError, match="blocks 0..31"):
+        make_design("sobol", [1], 512, block_size=256).block(32)
+
+
+@pytest.mark.parametrize("n_images", [2, 3, 4, 20, 25, 64])
+def test_images_are_paired_with_rows_independently_of_the_points(n_images):
+    """Each image sees both halves of every coordinate (row mod n_images gave shares of 0 and 1)."""
+    design = make_design("sobol", [1] * 4, 4096, seed=3, block_size=73)
+    rows = np.concatenate([b.base_rows for b in design.blocks()])
+    points = np.concatenate([b.points[:, :2] for b in design.blocks()])       # A and B, (n, 2, 4)
+    image = design.image_of(rows, n_images)
+    counts = np.bincount(image, minlength=n_images)
+    assert counts.max() - counts.min() <= 1                                   # balanced
+    for j in range(n_images):
+        share = (points[image == j] <= 0.5).mean(0)                          # (2, 4)
+        # binomial spread of a share over counts[j] rows, 4.5 sigma over all images and coordinates
+        assert np.abs(share - 0.5).max() < 4.5 * 0.5 / np.sqrt(counts[j]), (j, share)
+
+
+def test_fewer_rows_than_images_use_a_random_subset():
+    used = {int(i) for seed in range(20) for i in make_design("sobol", [1], 8, seed=seed).image_of(np.arange(8), 20)}
+    assert len(used) > 15   # not always images 0..7

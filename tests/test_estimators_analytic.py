@@ -157,7 +157,7 @@ def test_small_discrete_game_against_exact_enumeration():
     truth /= V
     r = shapley_effects(func, [(0, 1)] * 3, 1024, seed=7, confidence=0.999)
     within(r.shapley, *r.shapley_ci, truth)
-    assert np.abs(r.shapley - truth).max() < 0.02
+    assert np.abs(r.shapley - truth).max() < 0.04
 
 
 def _oracle_inputs(second_order):

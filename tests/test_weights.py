@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -97,3 +98,27 @@ def test_few_base_rows_for_many_images_warn(folder, tmp_path, capsys):
     assert code == 0 and "n = 2 base rows for 3 images" in err
     info = json.loads((out / "run.json").read_text())
     assert any("only 2 images" in w for w in info["warnings"])
+
+
+def test_report_shows_weights_warnings_and_out_of_range_indices(folder, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["run", "--images", str(folder), "--out", str(out), *RUN, "--weights", "random"]) == 0
+    table = pd.read_parquet(out / "indices.parquet")
+    shares = table["quantity"].isin(["first_order", "total_order"]) & ~table["dead"].astype(bool)
+    row = table.index[shares][0]
+    table.loc[row, ["estimate", "ci_low", "ci_high"]] = [1.3, 1.1, 1.5]  # as a noisy index near 1 might be
+    table.to_parquet(out / "indices.parquet")
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "weights random, seed 0" in page
+    assert "Warning: the model has random weights" in page
+    assert "are estimated below 0 or above 1" in page and "intervals lie wholly outside [0, 1]" in page
+
+
+def test_result_counts_shares_outside_the_unit_interval():
+    from augsense.estimators.results import SensitivityResult
+
+    first = np.array([[0.2, -0.05], [1.2, 0.0], [np.nan, np.nan]])
+    result = SensitivityResult(n=8, dead=np.array([False, False, True]), first_order=first,
+                               total_order=np.array([[0.3, 1e-9], [1.0 + 1e-9, 0.1], [np.nan, np.nan]]))
+    assert result.outside_unit_interval() == 2

@@ -9,6 +9,8 @@ temporary ever scales with m.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 
 from augsense.design import Design, DesignBlock
 from augsense.errors import AugsenseError
+from augsense.estimators import _delta
 
 #: target float64 elements per per-chunk temporary (~0.5 MiB: stays in cache and reuses heap memory;
 #: measured best of 2**12..2**17 for d = 8, 64-row blocks)
@@ -107,8 +110,10 @@ class DesignAccumulator:
     def _finish_block(self, carry: Any) -> None:
         """Add the per-row group sums collected over the chunks of one block (``carry``)."""
 
-    def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Sums of another accumulator after adding delta (m,) to all of its shifted values."""
+    def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor,
+                      rows_per_block: float) -> dict[str, torch.Tensor]:
+        """Sums of another accumulator (n rows in blocks of ``rows_per_block``) after adding delta (m,)
+        to all of its shifted values."""
         raise NotImplementedError
 
     def _config(self) -> dict[str, Any]:
@@ -138,12 +143,35 @@ class DesignAccumulator:
         if self.shift is None:
             self.shift = outputs[:, :2].to(self.device, torch.float64).mean(dim=(0, 1))
         carry = None
+        pairs = [(a, b) for a, b in self._moment_pairs() if a != "g1"]
         for sl in self._chunks(self._per_output(r)):
             values = outputs[:, :, sl].to(self.device, torch.float64) - self.shift[sl]
-            carry = self._update_chunk(block, values, sl, carry)
-        self._finish_block(carry)
+            with self._block_moments(pairs, sl):
+                carry = self._update_chunk(block, values, sl, carry)
+        with self._block_moments([(a, b) for a, b in self._moment_pairs() if a == "g1"], slice(None)):
+            self._finish_block(carry)
         self.n += r
         self.blocks_seen[block.index] = True
+
+    def _moment_pairs(self) -> list[tuple[str, str]]:
+        """(first, second) moment sums: "x1" holds per-row statistic sums, "x2" block outer products."""
+        return [(k, k[:-1] + "2") for k in self.sums if k.endswith("1") and k[:-1] + "2" in self.sums]
+
+    @contextlib.contextmanager
+    def _block_moments(self, pairs: list[tuple[str, str]], sl: slice) -> Iterator[None]:
+        """Around one block's update of outputs ``sl``: whatever the update adds to a second-moment
+        sum is replaced by the outer product of the block's first-moment increment (one term per
+        block, as :func:`augsense.estimators._delta.covariance` expects)."""
+        before = {a: self.sums[a][sl].clone() for a, _ in pairs}
+        kept = {b: self.sums[b][sl].clone() for _, b in pairs}
+        yield
+        for a, b in pairs:
+            self.sums[b][sl] = kept[b] + _delta.block_outer(self.sums[a][sl] - before[a])
+
+    @property
+    def n_blocks_seen(self) -> int:
+        """Design blocks added so far (the independent replicates behind the intervals)."""
+        return int(self.blocks_seen.sum())
 
     def _check_compatible(self, other: "DesignAccumulator") -> None:
         if type(other) is not type(self):
@@ -170,7 +198,8 @@ class DesignAccumulator:
         if self.shift is None:
             self.shift = other_shift.clone()
         elif not torch.equal(other_shift, self.shift):
-            other_sums = self._reshift_sums(other_sums, other.n, other_shift - self.shift)
+            other_sums = self._reshift_sums(other_sums, other.n, other_shift - self.shift,
+                                            other.n / max(other.n_blocks_seen, 1))
         for k, v in other_sums.items():
             self.sums[k] += v
         self.n += other.n

@@ -1,11 +1,15 @@
-"""Streaming first and second moments of per-row statistic vectors, and delta-method intervals.
+"""Streaming first and second moments of per-block statistic sums, and delta-method intervals.
 
 Every estimator here is a smooth function g of the means mu of a small vector z of per-row
-statistics (e.g. z = (f_B (f_AB_i - f_A), (f_A - f_AB_i)^2 / 2, ...)). Summing z and the upper
-triangle of z z^T over rows is mergeable and O(p^2) memory per cell; at the end
-Var(g(mu_hat)) ~= grad^T Cov(z) grad / n (the delta method, e.g. Janon et al. 2014, "Asymptotic
-normality and efficiency of two Sobol index estimators", ESAIM P&S 18). With scrambled Sobol'
-points the iid covariance is conservative.
+statistics (e.g. z = (f_B (f_AB_i - f_A), (f_A - f_AB_i)^2 / 2, ...)). Summing z over rows, and the
+upper triangle of Z_b Z_b^T over design blocks (Z_b = the block's sum of z), is mergeable and O(p^2)
+memory per cell. The blocks of a design are independent randomisations (see
+:mod:`augsense.design.core`), so the block sums are i.i.d. and Var(mu_hat) is estimated from their
+spread, whatever the dependence of the scrambled points inside a block (randomised QMC replicates,
+Owen 1997; L'Ecuyer & Lemieux 2002). At the end Var(g(mu_hat)) ~= grad^T Sigma grad / n with
+Sigma the per-row equivalent covariance (the delta method, e.g. Janon et al. 2014, ESAIM P&S 18),
+and intervals use Student's t with (blocks - 1) degrees of freedom. With one row per block this is
+the ordinary i.i.d. delta method.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 from scipy.stats import norm
+from scipy.stats import t as student_t
 
 
 @lru_cache(maxsize=None)
@@ -113,27 +118,47 @@ def power_moments(D: torch.Tensor, atoms: Sequence[torch.Tensor], weights: Seque
     return full.reshape(mc, -1, d).transpose(1, 2) @ coef.T             # (mc, d, p + T)
 
 
-def covariance(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
-    """Sample covariance (ddof 1) (..., p, p) of z from its sums s1 (..., p) and s2 (..., T)."""
-    p = s1.shape[-1]
+def _full(s2: torch.Tensor, p: int, like: torch.Tensor) -> torch.Tensor:
     i, j = _triu(p)
-    full = s1.new_zeros(s1.shape + (p,))
+    full = like.new_zeros(like.shape + (p,))
     full[..., list(i), list(j)] = s2
     full[..., list(j), list(i)] = s2
+    return full
+
+
+def block_outer(s1: torch.Tensor) -> torch.Tensor:
+    """Upper triangle (..., p(p+1)/2) of the outer product of one block's sums s1 (..., p)."""
+    i, j = _triu(s1.shape[-1])
+    return s1[..., list(i)] * s1[..., list(j)]
+
+
+def covariance(s1: torch.Tensor, s2: torch.Tensor, n: int, blocks: int | None = None) -> torch.Tensor:
+    """Per-row equivalent covariance (..., p, p) of z from its row sums s1 (..., p) and the block
+    outer-product sums s2 (..., T) of ``blocks`` equal blocks (default n: one row per block).
+
+    Sigma = r Cov(block means) with r = n / blocks rows per block (ddof 1), so that Sigma / n is
+    the variance of the overall mean; with r = 1 it is the sample covariance of the rows.
+    """
+    blocks = n if blocks is None else blocks
+    p = s1.shape[-1]
     mu = s1 / n
-    return (full - n * mu[..., :, None] * mu[..., None, :]) / max(n - 1, 1)
+    r = n / max(blocks, 1)
+    return (_full(s2, p, s1) / r - n * mu[..., :, None] * mu[..., None, :]) / max(blocks - 1, 1)
 
 
-def reshift(s1: torch.Tensor, s2: torch.Tensor, n: int, M: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums of z' = M z + c from sums of z; M (..., p, p), c (..., p) broadcast against s1."""
+def reshift(s1: torch.Tensor, s2: torch.Tensor, n: int, M: torch.Tensor, c: torch.Tensor,
+            rows_per_block: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums after every row's z becomes M z + c; M (..., p, p), c (..., p) broadcast against s1.
+
+    s2 holds block outer products (blocks of ``rows_per_block`` rows): a block sum Z becomes M Z + r c.
+    """
     p = s1.shape[-1]
     i, j = _triu(p)
-    full = s1.new_zeros(s1.shape + (p,))
-    full[..., list(i), list(j)] = s2
-    full[..., list(j), list(i)] = s2
+    full = _full(s2, p, s1)
+    r = float(rows_per_block)
     ms1 = (M @ s1[..., None])[..., 0]
-    outer = M @ full @ M.transpose(-1, -2) + ms1[..., :, None] * c[..., None, :] + c[..., :, None] * ms1[..., None, :]
-    outer = outer + n * c[..., :, None] * c[..., None, :]
+    outer = M @ full @ M.transpose(-1, -2) + r * (ms1[..., :, None] * c[..., None, :] + c[..., :, None] * ms1[..., None, :])
+    outer = outer + n * r * c[..., :, None] * c[..., None, :]
     return ms1 + n * c, outer[..., list(i), list(j)]
 
 
@@ -143,12 +168,15 @@ def standard_error(grad: torch.Tensor, cov: torch.Tensor, n: int) -> torch.Tenso
     return var.clamp_min(0).sqrt()
 
 
-def z_value(confidence: float) -> float:
-    """Two-sided normal quantile for a confidence level in (0, 1)."""
+def z_value(confidence: float, blocks: int | None = None) -> float:
+    """Two-sided quantile for a confidence level in (0, 1): Student's t with blocks - 1 degrees of
+    freedom when the variance comes from ``blocks`` block sums, else the normal quantile."""
     from augsense.errors import AugsenseError
 
     if not 0 < confidence < 1:
         raise AugsenseError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence}")
+    if blocks is not None and blocks >= 2:
+        return float(student_t.ppf(0.5 + confidence / 2, blocks - 1))
     return float(norm.ppf(0.5 + confidence / 2))
 
 

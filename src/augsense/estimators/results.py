@@ -53,6 +53,17 @@ class SensitivityResult:
     def n_outputs(self) -> int:
         return int(self.dead.shape[0]) if self.dead is not None else 0
 
+    def outside_unit_interval(self) -> int:
+        """How many living (output, factor) shares (first, total order, Shapley) are estimated outside [0, 1]
+        (beyond 1e-6, float32 rounding)."""
+        count = 0
+        for name in _PER_FACTOR:
+            values = getattr(self, name)
+            if values is not None:
+                live = values[~self.dead] if self.dead is not None else values
+                count += int(((live < -1e-6) | (live > 1 + 1e-6)).sum())
+        return count
+
     def to_dataframe(self, output_names: Sequence[str] | None = None, factor_names: Sequence[str] | None = None,
                      group_names: Sequence[str] | None = None) -> pd.DataFrame:
         """Tidy table: output, factor, factor2, quantity, estimate, ci_low, ci_high, dead, level.

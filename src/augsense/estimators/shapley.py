@@ -135,11 +135,11 @@ class _ShapleyAccumulator(DesignAccumulator):
             self.sums["g1"] += s1.transpose(0, 1)
             self.sums["g2"] += s2.transpose(0, 1)
 
-    def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor,
+                      rows_per_block: float) -> dict[str, torch.Tensor]:
         return dict(sums) | {"level": sums["level"] + n * delta}   # differences do not move
 
-    @staticmethod
-    def _ratio(s1: torch.Tensor, s2: torch.Tensor, n: int, z: float,
+    def _ratio(self, s1: torch.Tensor, s2: torch.Tensor, n: int, z: float,
                dead: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """mu_phi / mu_V with CI from cells (..., 2) = [phi, V], NaN where dead (broadcast over
         the cells); returns (ratio, ci, mu_phi, mu_V)."""
@@ -148,12 +148,12 @@ class _ShapleyAccumulator(DesignAccumulator):
         Vs = torch.where(dead | ~(V > 0), torch.nan, V)
         ratio = mu[..., 0] / Vs
         grad = torch.stack([1 / Vs, -ratio / Vs], -1)
-        se = _delta.standard_error(grad, _delta.covariance(s1, s2, n), n)
+        se = _delta.standard_error(grad, _delta.covariance(s1, s2, n, self.n_blocks_seen), n)
         return ratio, _delta.interval(ratio, se, z), mu[..., 0], V
 
     def compute(self, confidence: float = 0.95) -> SensitivityResult:
         """Shapley effects (shares of variance, summing to 1) with delta-method intervals."""
-        z = _delta.z_value(confidence)
+        z = _delta.z_value(confidence, self.n_blocks_seen)
         n = self.n
         if n < 2:
             raise AugsenseError(f"need at least 2 base rows to compute Shapley effects, have {n}; add more blocks")

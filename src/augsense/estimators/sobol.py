@@ -131,15 +131,16 @@ class SobolAccumulator(DesignAccumulator):
             c[:, s] = 2 * delta                 # s -> s + 2 delta
         return M[:, None], c[:, None]
 
-    def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor,
+                      rows_per_block: float) -> dict[str, torch.Tensor]:
         sums = dict(sums)
         sums["role"] = sums["role"] + n * delta[:, None]
         if self.denominator == "pooled":   # the paired cell is shift-invariant
             M, c = self._shift_map(delta, 3 + self._n_den, 1)
-            sums["c1"], sums["c2"] = _delta.reshift(sums["c1"], sums["c2"], n, M, c)
+            sums["c1"], sums["c2"] = _delta.reshift(sums["c1"], sums["c2"], n, M, c, rows_per_block)
         if self._second:
             M, c = self._shift_map(delta, 2 + self._n_den, 1)
-            sums["p1"], sums["p2"] = _delta.reshift(sums["p1"], sums["p2"], n, M, c)
+            sums["p1"], sums["p2"] = _delta.reshift(sums["p1"], sums["p2"], n, M, c, rows_per_block)
         return sums
 
     def _variance(self, mu_den: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +152,7 @@ class SobolAccumulator(DesignAccumulator):
 
     def compute(self, confidence: float = 0.95, *, centre: Literal["ab", "all"] = "ab") -> SensitivityResult:
         """Indices with delta-method intervals; ``centre`` picks the centring of the Saltelli numerators."""
-        z = _delta.z_value(confidence)
+        z = _delta.z_value(confidence, self.n_blocks_seen)
         n = self.n
         if n < 2:
             raise AugsenseError(f"need at least 2 base rows to compute indices, have {n}; add more blocks")
@@ -160,7 +161,7 @@ class SobolAccumulator(DesignAccumulator):
         role = self.sums["role"] / n
         e = role[:, :2].mean(1) if centre == "ab" else role.mean(1)     # centre - K, (m,)
         mu = self.sums["c1"] / n
-        cov = _delta.covariance(self.sums["c1"], self.sums["c2"], n)
+        cov = _delta.covariance(self.sums["c1"], self.sums["c2"], n, self.n_blocks_seen)
         V, dV = self._variance(mu[:, 0, 3:])                            # (m,), (m, n_den)
         mean = self.shift + role[:, :2].mean(1)
         dead = self._dead(V, mean)
@@ -191,7 +192,7 @@ class SobolAccumulator(DesignAccumulator):
     def _second_order(self, res: SensitivityResult, e: torch.Tensor, Vs: torch.Tensor, dV: torch.Tensor, z: float) -> None:
         n, d = self.n, self.design.n_players
         mu = self.sums["p1"] / n
-        cov = _delta.covariance(self.sums["p1"], self.sums["p2"], n)
+        cov = _delta.covariance(self.sums["p1"], self.sums["p2"], n, self.n_blocks_seen)
         S2 = (mu[..., 0] - e[:, None] * mu[..., 1]) / Vs                # (m, P)
         grad = torch.cat([torch.stack([1 / Vs.expand_as(S2), (-e[:, None] / Vs).expand_as(S2)], -1),
                           -(S2 / Vs)[..., None] * dV[:, None]], -1)
@@ -216,7 +217,7 @@ class SobolAccumulator(DesignAccumulator):
         """
         n = self.n
         mu = self.sums["g1"] / n                                          # (ng, d, 3)
-        cov = _delta.covariance(self.sums["g1"], self.sums["g2"], n)
+        cov = _delta.covariance(self.sums["g1"], self.sums["g2"], n, self.n_blocks_seen)
         N1, NT, W = mu.unbind(-1)                                         # (ng, d) each; W equal along d
         dead = self._group_dead(dead) | ~(W[:, 0] > 0)
         Ws = torch.where(dead[:, None], torch.nan, W)

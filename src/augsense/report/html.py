@@ -84,6 +84,11 @@ def _header(page: Page, data: ReportData) -> None:
     for notice in data.notices:
         page.notice(section, notice)
     model = info.get("model") or {}
+    for warning in info.get("warnings") or []:
+        page.notice(section, f"Warning: {warning}.")
+    outside = _outside_unit_interval(data)
+    if outside:
+        page.notice(section, outside)
     images = info.get("images") or {}
     timings = info.get("timings") or {}
     design = info.get("design") or {}
@@ -94,7 +99,8 @@ def _header(page: Page, data: ReportData) -> None:
         ("status", data.status),
         ("model", f"{model.get('name', config.get('model', '?'))}"
                   + (f", input {model['input_size']} px" if model.get("input_size") else "")
-                  + (f", weights {config['weights']}" if config.get("weights") else "")),
+                  + (f", weights {model.get('weights') or config.get('weights')}"
+                     if model.get("weights") or config.get("weights") else "")),
         ("layers", layers or ", ".join(config.get("layers", [])) or "?"),
         ("reduction / output", f"{config.get('reduction', '?')} / {config.get('output', '?')}"),
         ("images", f"{images.get('count', '?')} from {config.get('images', '?')}"
@@ -134,6 +140,26 @@ def _header(page: Page, data: ReportData) -> None:
         page.raw(section, f'<div class="table"><table><caption>{html.escape(caption)}</caption><thead><tr>'
                           "<th>factor</th><th>parameters (bounds)</th><th>switch</th></tr></thead><tbody>"
                  + "".join(body) + "</tbody></table></div>")
+
+
+def _outside_unit_interval(data: ReportData) -> str:
+    """A sentence on unit indices estimated below 0 or above 1 (unclipped sampling noise), or ''."""
+    table = data.indices
+    if table is None or not {"quantity", "estimate", "ci_low", "ci_high"} <= set(table.columns):
+        return ""
+    shares = table[table["quantity"].isin(["first_order", "total_order", "shapley"])]
+    if "dead" in shares:
+        shares = shares[~shares["dead"].astype(bool)]
+    estimate = shares["estimate"].to_numpy(float)
+    low, high = shares["ci_low"].to_numpy(float), shares["ci_high"].to_numpy(float)
+    outside = (estimate < -1e-6) | (estimate > 1 + 1e-6)  # beyond float32 rounding
+    if not outside.any():
+        return ""
+    excluded = int(((high < 0) | (low > 1)).sum())
+    return (f"{int(outside.sum())} of {len(estimate)} unit indices are estimated below 0 or above 1. Estimates are "
+            "not clipped, so an index near 0 or 1 can land outside [0, 1] by sampling noise; its interval shows "
+            "by how much" + (f" ({excluded} intervals lie wholly outside [0, 1]: with 95 % intervals "
+                                              "about 2.5 % of indices at exactly 0 or 1 do)." if excluded else "."))
 
 
 def _layer_section(page: Page, data: ReportData) -> None:
