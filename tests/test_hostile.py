@@ -144,7 +144,8 @@ def test_a_layer_that_outputs_nan_or_inf_is_named(bad):
 
 
 def test_out_of_memory_halves_the_forward_chunk_and_gives_the_same_indices(monkeypatch):
-    reference = run_sensitivity(planted_config(), model=planted_bundle(), images=planted_images(), progress=False)
+    # n = 128: blocks of 4 rows × 5 = 20 images, the batch size, also where designs keep >= 32 blocks
+    reference = run_sensitivity(planted_config(n=128), model=planted_bundle(), images=planted_images(), progress=False)
     original = ActivationProbe.__call__
     seen: list[int] = []
 
@@ -155,7 +156,7 @@ def test_out_of_memory_halves_the_forward_chunk_and_gives_the_same_indices(monke
         return original(self, inputs)
 
     monkeypatch.setattr(ActivationProbe, "__call__", cramped)
-    run = run_sensitivity(planted_config(), model=planted_bundle(), images=planted_images(), progress=False)
+    run = run_sensitivity(planted_config(n=128), model=planted_bundle(), images=planted_images(), progress=False)
     assert seen[:3] == [20, 10, 5] and max(seen[3:]) <= 5  # halved once, then kept small
     for quantity in ("first_order", "total_order"):
         np.testing.assert_allclose(getattr(run.result, quantity), getattr(reference.result, quantity), rtol=1e-10,
@@ -184,6 +185,32 @@ def test_other_runtime_errors_are_not_mistaken_for_out_of_memory(monkeypatch):
         run_sensitivity(planted_config(), model=planted_bundle(), images=planted_images(), progress=False)
 
 
-def test_a_huge_n_is_refused_before_any_work():
-    with pytest.raises(AugsenseError, match="2\\*\\*30"):
-        planted_config(n=2 ** 40)
+@pytest.mark.parametrize("n", [2 ** 27, 2 ** 30, 2 ** 40])
+def test_a_huge_n_is_refused_before_any_work_with_the_reason(n):
+    with pytest.raises(AugsenseError, match=r"^n = \d+ is beyond the largest base sample, 2\*\*26 = 67108864, which "
+                                            r"already takes .*forward passes.*; n = 2\*\*14 gives"):
+        planted_config(n=n)
+    assert planted_config(n=2 ** 26).n == 2 ** 26  # the bound itself is accepted
+
+
+@pytest.mark.parametrize("value", [-5, -1e-9, float("nan"), float("inf"), float("-inf")])
+def test_checkpoint_every_that_would_silently_turn_checkpoints_off_is_refused(value):
+    with pytest.raises(AugsenseError, match=r"^checkpoint_every = \S+ must be a finite number of seconds ≥ 0, e\.g\. "
+                                            r"120; 0 turns checkpoints off$"):
+        planted_config(checkpoint_every=value)
+
+
+def test_checkpoint_every_zero_is_the_one_way_to_turn_checkpoints_off(tmp_path, capsys):
+    assert planted_config(checkpoint_every=0).checkpoint_every == 0
+    assert planted_config(checkpoint_every=1e-9).checkpoint_every == 1e-9
+    (tmp_path / "run.toml").write_text("checkpoint_every = -5\n")
+    with pytest.raises(AugsenseError, match="checkpoint_every = -5"):  # the same check from a TOML file
+        SensitivityConfig.from_toml(tmp_path / "run.toml")
+    from augsense.cli import main
+
+    for value in ("-5", "nan", "inf"):  # and from the command line: one line, nothing run or written
+        assert main(["run", f"--checkpoint-every={value}", "--out", str(tmp_path / "out")]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("augsense: error: checkpoint_every = ")
+    out = tmp_path / "out"
+    assert not out.exists() or not any(out.iterdir())  # nothing written (the --out check may create the folder)

@@ -124,18 +124,19 @@ def test_collective_checkpoints_during_a_distributed_run_resume_exactly(referenc
     from augsense.io.checkpoints import load_checkpoint
 
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert state["done"] == list(range(10)) and state["world_size"] == 2
+    assert state["done"].tolist() == [[0, 10]] and state["world_size"] == 2  # finished blocks as ranges
     assert_same(launch(2, tmp_path, "resumed", out_dir=tmp_path / "run", resume=True), reference)
 
 
 # ---- the schedule on its own (single process) ------------------------------------------------------------------
 
 def test_schedule_visits_each_unfinished_block_of_its_rank_once():
-    assert Shard(rank=1, world_size=3).blocks(10) == [1, 4, 7]
-    assert BlockSchedule(10, Shard(rank=1, world_size=3), done={4, 5}).todo == [1, 7]
+    assert list(Shard(rank=1, world_size=3).blocks(10)) == [1, 4, 7]
+    todo = BlockSchedule(10, Shard(rank=1, world_size=3), done={4, 5}).todo
+    assert list(todo) == [1, 7] and len(todo) == 2
     schedule = BlockSchedule(5, Shard(), done={3})
     assert list(schedule) == [0, 1, 2, 4] and schedule.complete
-    assert schedule.done == {0, 1, 2, 3, 4}
+    assert set(schedule.done) == {0, 1, 2, 3, 4} and schedule.done.ranges.tolist() == [[0, 5]]
 
 
 def test_schedule_checkpoints_and_stops_early():

@@ -7,6 +7,7 @@ wrong types are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +20,11 @@ ESTIMATORS = ("sobol", "sobol2", "shapley-exact", "shapley-permutation")
 IMAGE_MODES = ("within", "joint")
 PREPROCESSING = ("standard", "paper")
 
-#: The largest base sample: scipy's Sobol' generator has 30 bits (2**30 points per sequence).
-MAX_N = 2 ** 30
+#: The largest base sample N. Not a memory limit (a run's bookkeeping does not grow with N; see
+#: bench/bench_memory.py) but one of time and use: N = 2**26 already means N × (factors + 2) ≥ 2·10^8
+#: forward passes (many hours on a GPU, months on a CPU) and intervals below 1e-4 wide, finer than
+#: any difference worth reading. (scipy's Sobol' sequence and the design would allow 2**30.)
+MAX_N = 2 ** 26
 
 #: The demo: the embedded default model on the bundled photos, stem to classifier.
 DEMO_LAYERS = ["_bn0", "_blocks.2", "_blocks.7", "_blocks.15", "_fc"]
@@ -52,7 +56,8 @@ class SensitivityConfig:
         preprocessing: ``"standard"`` or ``"paper"`` (per-image per-channel min-max stretch first).
         confidence: level of the confidence intervals.
         limit_images: use at most this many images.
-        checkpoint_every: seconds between checkpoints (0 disables).
+        checkpoint_every: seconds between checkpoints, a finite number ≥ 0; 0 turns checkpoints off
+            (the one way to say "never": negative, NaN and inf are refused).
         report: write report.html at the end.
         segment: run on a block cut out of the network instead (``"features.0-2"``, ``"layer1"`` …),
             fed one HSV channel of the augmented input at a time (see ``augsense segments``).
@@ -100,8 +105,12 @@ class SensitivityConfig:
         if self.n < 2 or self.n & (self.n - 1):
             raise AugsenseError(f"n = {self.n} must be a power of two ≥ 2 (Sobol' balance), e.g. 256 or 1024")
         if self.n > MAX_N:
-            raise AugsenseError(f"n = {self.n} is beyond 2**30 = {MAX_N}, the longest scrambled Sobol' sequence; a "
-                                "run that long would not finish — n = 2**14 already gives CIs of a few 1e-3")
+            raise AugsenseError(f"n = {self.n} is beyond the largest base sample, 2**26 = {MAX_N}, which already takes "
+                                "N × (factors + 2) ≥ 2·10^8 forward passes (many hours on a GPU, months on a CPU) for "
+                                "intervals below 1e-4 wide; n = 2**14 gives intervals of a few 1e-3")
+        if not (math.isfinite(self.checkpoint_every) and self.checkpoint_every >= 0):
+            raise AugsenseError(f"checkpoint_every = {self.checkpoint_every} must be a finite number of seconds ≥ 0, "
+                                "e.g. 120; 0 turns checkpoints off")
         if self.batch_size < 1:
             raise AugsenseError("batch_size must be ≥ 1")
         if not 0 < self.confidence < 1:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.distributed as dist
 
+from augsense.blockset import BlockSet, PendingBlocks
 from augsense.errors import AugsenseError
 
 
@@ -41,9 +42,9 @@ class Shard:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def blocks(self, n_blocks: int) -> list[int]:
-        """The design blocks of this rank: ``rank, rank + W, …`` below ``n_blocks``."""
-        return list(range(self.rank, n_blocks, self.world_size))
+    def blocks(self, n_blocks: int) -> range:
+        """The design blocks of this rank: ``rank, rank + W, …`` below ``n_blocks`` (a range: nothing is listed)."""
+        return range(self.rank, n_blocks, self.world_size)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -198,14 +199,17 @@ def merged_state(accumulator: Any, shard: Shard) -> dict[str, Any] | None:
     return None if merged is None else merged.state_dict()
 
 
-def union_blocks(done: Iterable[int], shard: Shard) -> list[int]:
-    """Collective: the sorted union of every rank's finished blocks (on every rank)."""
-    mine = sorted(set(done))
+def union_blocks(done: BlockSet | Iterable[int], shard: Shard) -> BlockSet:
+    """Collective: the union of every rank's finished blocks (on every rank); only their ranges travel."""
+    mine = BlockSet.from_blocks(done)
     if not shard.distributed:
         return mine
     everyone: list[Any] = [None] * shard.world_size
-    dist.all_gather_object(everyone, mine)
-    return sorted(set().union(*everyone))
+    dist.all_gather_object(everyone, mine.ranges)
+    union = BlockSet()
+    for ranges in everyone:
+        union = union | BlockSet(ranges)
+    return union
 
 
 def _agree(flags: list[bool], shard: Shard) -> list[bool]:
@@ -232,32 +236,45 @@ class BlockSchedule:
     SIGTERM) and whether any rank has blocks left. A checkpoint
     calls ``on_checkpoint(done)`` on every rank at the same round, so it may itself be collective.
 
+    Memory does not grow with the number of blocks: this rank's blocks are a ``range``, the blocks
+    left are a lazy view (:class:`augsense.blockset.PendingBlocks`), and ``done`` is a
+    :class:`augsense.blockset.BlockSet` of ranges. Every rank knows every rank's order of blocks
+    (they all start from the same ``done``), so after each round ``done`` holds the blocks finished
+    by *all* ranks, identically on each, and it stays one range ``[0, c)`` when it starts as one.
+
     Attributes:
         n_blocks: blocks in the design.
         shard: this process's rank and world size.
-        done: blocks finished so far by any rank (from a resumed checkpoint) or by this rank.
+        done: blocks finished by every rank so far (starting with those of a resumed checkpoint);
+            any iterable of block indices is accepted and turned into a BlockSet.
         complete: False when the loop stopped early at ``stop_after``.
     """
 
     n_blocks: int
     shard: Shard
-    done: set[int] = field(default_factory=set)
+    done: BlockSet = field(default_factory=BlockSet)
     checkpoint_every: float = 0.0
-    on_checkpoint: Callable[[set[int]], None] | None = None
+    on_checkpoint: Callable[[BlockSet], None] | None = None
     stop_after: int | None = None
     complete: bool = True
     stop_requested: Callable[[], bool] | None = None
 
+    def __post_init__(self) -> None:
+        self.done = BlockSet.from_blocks(self.done)
+
     @property
-    def todo(self) -> list[int]:
-        """This rank's blocks not finished yet."""
-        return [k for k in self.shard.blocks(self.n_blocks) if k not in self.done]
+    def todo(self) -> PendingBlocks:
+        """This rank's blocks not finished yet: a lazy view with ``len`` (nothing is listed)."""
+        return self.done.pending(self.shard.blocks(self.n_blocks))
 
     def __iter__(self) -> Iterator[int]:
-        todo = self.todo
-        position, rounds, last = 0, 0, time.monotonic()
+        world, rank = self.shard.world_size, self.shard.rank
+        # every rank's blocks left, in its order: round t finishes the t-th block of each rank that has one
+        queues = [iter(self.done.pending(Shard(r, world).blocks(self.n_blocks))) for r in range(world)]
+        heads = [next(queue, None) for queue in queues]
+        rounds, last = 0, time.monotonic()
         while True:
-            mine = position < len(todo)
+            mine = heads[rank] is not None
             due = self.on_checkpoint is not None and self.checkpoint_every > 0 and rounds > 0 and \
                 time.monotonic() - last >= self.checkpoint_every
             stop = (self.stop_after is not None and rounds >= self.stop_after) or \
@@ -274,7 +291,8 @@ class BlockSchedule:
                 self.on_checkpoint(self.done)
                 last = time.monotonic()
             if mine:
-                yield todo[position]
-                self.done.add(todo[position])
-                position += 1
+                yield heads[rank]  # type: ignore[misc]
+            finished = [k for k in heads if k is not None]
+            self.done = self.done | BlockSet.from_blocks(finished)
+            heads = [next(queue, None) if k is not None else None for queue, k in zip(queues, heads)]
             rounds += 1

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from augsense.blockset import BlockSet
 from augsense.errors import AugsenseError
 from augsense.parallel import Shard, merged_state, union_blocks
 
@@ -322,11 +323,16 @@ def save_run_checkpoint(path: str | Path, *, plan: Any, accumulator: Any, done: 
     if shard.rank == 0:
         assert state is not None
         try:
-            save_checkpoint(path, {"fingerprint": plan.fingerprint, "plan": plan.to_dict(), "done": blocks,
+            save_checkpoint(path, {"fingerprint": plan.fingerprint, "plan": plan.to_dict(), "done": blocks.ranges,
                                    "accumulator": state, "world_size": shard.world_size})
         except AugsenseError as error:
             message = str(error)
     _raise_everywhere(message, shard)
+
+
+def finished_blocks(state: dict[str, Any]) -> BlockSet:
+    """The finished blocks of a run checkpoint's state: its ``"done"`` entry, a (k, 2) array of ranges [start, stop)."""
+    return BlockSet(state["done"])
 
 
 def _read_run_checkpoint(path: Path, plan: Any) -> dict[str, Any]:
@@ -334,8 +340,8 @@ def _read_run_checkpoint(path: Path, plan: Any) -> dict[str, Any]:
     if state.get("fingerprint") != plan.fingerprint:
         raise AugsenseError(plan.refusal(state.get("plan")))
     try:
-        done = sorted(int(k) for k in state["done"])
-        seen = np.flatnonzero(np.asarray(state["accumulator"]["blocks_seen"], dtype=bool)).tolist()
+        done = finished_blocks(state)
+        seen = BlockSet.from_mask(state["accumulator"]["blocks_seen"])
     except (KeyError, TypeError, ValueError) as error:
         raise AugsenseError(f"checkpoint {str(path)!r} lacks its finished blocks or accumulator ({error}); "
                             "start afresh without --resume") from error
@@ -345,7 +351,7 @@ def _read_run_checkpoint(path: Path, plan: Any) -> dict[str, Any]:
     return state
 
 
-def resume_run_checkpoint(path: str | Path, *, plan: Any, accumulator: Any, shard: Shard = Shard()) -> set[int]:
+def resume_run_checkpoint(path: str | Path, *, plan: Any, accumulator: Any, shard: Shard = Shard()) -> BlockSet:
     """Collective: load the checkpoint into rank 0's accumulator; every rank gets the finished blocks.
 
     The checkpoint's plan must equal ``plan`` (else one line naming the differing keys). Only rank
@@ -361,11 +367,11 @@ def resume_run_checkpoint(path: str | Path, *, plan: Any, accumulator: Any, shar
             except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
                 raise AugsenseError(f"checkpoint {str(path)!r} holds sums that do not fit this run ({error!r}); "
                                     "start afresh without --resume") from None
-            outcome = [sorted(int(k) for k in state["done"])]
+            outcome = [finished_blocks(state).ranges]
         except AugsenseError as error:
             outcome = [str(error)]
     if shard.distributed:
         dist.broadcast_object_list(outcome, src=0)
     if isinstance(outcome[0], str):
         raise AugsenseError(outcome[0])
-    return set(outcome[0])
+    return BlockSet(outcome[0])
