@@ -3,9 +3,6 @@ right pixels or is skipped with a one-line reason (the rules are in augsense.io.
 
 from __future__ import annotations
 
-import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +12,7 @@ from PIL import Image
 
 import augsense.io.images as images_module
 from augsense.io.images import MAX_ASPECT, load_dataset, load_folder
+from test_hostile import png_claiming  # a few hundred bytes of PNG claiming width × height pixels
 
 SIZE = 32
 
@@ -30,19 +28,7 @@ def loaded(folder: Path, size: int = SIZE, resize: int | None = None) -> dict[st
 
 
 def reasons(folder: Path) -> dict[str, str]:
-    try:
-        skipped = load_folder(folder, SIZE).skipped
-    except Exception as error:  # a folder with nothing readable names one skipped file in its error
-        raise AssertionError(f"load_folder failed: {error}") from error
-    return {Path(path).name: reason for path, reason in skipped}
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A few hundred bytes of PNG whose header claims width × height RGB pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    return {Path(path).name: reason for path, reason in load_folder(folder, SIZE).skipped}
 
 
 # ---- size: decoding and the resized copy are both bounded -------------------------------------------------------
@@ -76,14 +62,15 @@ def test_a_moderate_panorama_is_resized_whole_as_before(tmp_path, monkeypatch):
     save(Image.fromarray(rng.integers(0, 256, (40, 160, 3), dtype=np.uint8)), tmp_path / "pano.png")
     shapes: list[tuple[int, ...]] = []
     original = images_module.TF.resize
-    monkeypatch.setattr(images_module.TF, "resize", lambda t, *a, **k: shapes.append(tuple(t.shape)) or original(t, *a, **k))
+    monkeypatch.setattr(images_module.TF, "resize",
+                        lambda t, *a, **k: shapes.append(tuple(t.shape)) or original(t, *a, **k))
     loaded(tmp_path)
     assert shapes == [(3, 40, 160)]
 
 
 @pytest.mark.parametrize("width, height", [(9000, 9000), (300_000, 300)])
 def test_a_header_claiming_more_than_67_megapixels_is_skipped_before_decoding(tmp_path, width, height):
-    (tmp_path / "bomb.png").write_bytes(png_header_only(width, height))
+    (tmp_path / "bomb.png").write_bytes(png_claiming(width, height))
     save(Image.new("RGB", (16, 16), (10, 20, 30)), tmp_path / "ok.png")
     reason = reasons(tmp_path)["bomb.png"]
     megapixels = round(width * height / 1e6)
@@ -92,17 +79,22 @@ def test_a_header_claiming_more_than_67_megapixels_is_skipped_before_decoding(tm
 
 
 def test_a_header_beyond_pillows_own_limit_gets_the_same_kind_of_reason(tmp_path):
-    (tmp_path / "bomb.png").write_bytes(png_header_only(30_000, 30_000))
+    (tmp_path / "bomb.png").write_bytes(png_claiming(30_000, 30_000))
     save(Image.new("RGB", (16, 16)), tmp_path / "ok.png")
     reason = reasons(tmp_path)["bomb.png"]
     assert reason.startswith("unreadable: too large to decode (") and "limit is 67 megapixels" in reason
 
 
-def test_an_extreme_aspect_tensor_from_a_dataset_is_cropped_before_resizing():
+def test_an_extreme_aspect_tensor_from_a_dataset_is_cropped_before_resizing(monkeypatch):
     strip = torch.zeros(3, 8, 100_000, dtype=torch.uint8)
     strip[1, :, 40_000:60_000] = 200
+    shapes: list[tuple[int, ...]] = []
+    original = images_module.TF.resize
+    monkeypatch.setattr(images_module.TF, "resize",
+                        lambda t, *a, **k: shapes.append(tuple(t.shape)) or original(t, *a, **k))
     result = load_dataset([strip], SIZE)
     assert result.pixels.shape == (1, 3, SIZE, SIZE) and (result.pixels[0, 1] == 200).all()
+    assert shapes == [(3, 8, MAX_ASPECT * 8)]  # not the 8 × 100 000 strip
 
 
 # ---- orientation ----------------------------------------------------------------------------------------------
