@@ -294,6 +294,15 @@ def test_an_unusable_out_fails_at_once_before_any_forward_pass(tmp_path, config_
     assert planted_cli.forwards[0] == 0 and elapsed < 5, elapsed
 
 
+def test_a_resume_into_a_missing_folder_is_refused_without_creating_it(tmp_path, config_file, planted_cli, capsys):
+    assert planted_cli(["run", str(config_file), "--out", str(tmp_path / "typo"), "--quiet", "--resume"]) == 2
+    assert "no run folder" in capsys.readouterr().err and not (tmp_path / "typo").exists()
+    with pytest.raises(AugsenseError, match="no run folder"):
+        run_sensitivity(planted_config(), model=planted_bundle(), images=planted_images(), out_dir=tmp_path / "typo",
+                        resume=True, progress=False)
+    assert not (tmp_path / "typo").exists() and planted_cli.forwards[0] == 0
+
+
 def test_too_little_free_space_is_refused_before_the_forward_passes(tmp_path, config_file, planted_cli, capsys,
                                                                      monkeypatch):
     import shutil as shutil_module

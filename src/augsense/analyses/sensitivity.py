@@ -219,7 +219,7 @@ def _open_run_folder(out: Path, *, resume: bool, overwrite: bool) -> tuple[Any, 
     """Rank 0, before any computing: check ``--out``, take its lock, refuse to overwrite another run's data."""
     from augsense.io import lock as run_lock
 
-    run_lock.prepare_out_dir(out)
+    run_lock.prepare_out_dir(out, create=not resume)
     held = run_lock.acquire(out)
     try:
         if held.notice:

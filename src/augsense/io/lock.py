@@ -194,8 +194,10 @@ def acquire(folder: str | Path, *, command: str | None = None) -> RunLock:
     raise AugsenseError(f"could not take the lock {str(path)!r}: it keeps being replaced by other processes")
 
 
-def prepare_out_dir(out: str | Path) -> Path:
+def prepare_out_dir(out: str | Path, *, create: bool = True) -> Path:
     """Check ``--out`` before any computing: a folder (created if absent) in which files can be written.
+
+    With ``create=False`` (a resume) a missing folder is an error instead.
 
     A probe file is created, written, fsynced and removed, so read-only mounts, permissions and
     quotas show up now, not after the run. Raises :class:`AugsenseError` with one line.
@@ -203,6 +205,9 @@ def prepare_out_dir(out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AugsenseError(f"--out {str(out)!r} is a file, not a folder; choose a folder for the run")
+    if not create and not out.exists():
+        raise AugsenseError(f"--resume: there is no run folder {str(out)!r} to continue; check --out, or run without "
+                            "--resume to start afresh")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -278,7 +283,7 @@ def preflight(folder: str | Path, *, resume: bool = False, overwrite: bool = Fal
 
     Takes the lock and drops it again at once: the run takes it for good when it starts.
     """
-    folder = prepare_out_dir(folder)
+    folder = prepare_out_dir(folder, create=not resume)
     held = acquire(folder)
     held.release()
     if held.notice:
