@@ -54,7 +54,7 @@ def test_dead_and_image_only_units_are_flagged_in_within_image_mode(sobol_run):
 
 
 def test_joint_mode_gives_the_image_its_share():
-    run = run_sensitivity(config(n=256, image_mode="joint"), model=planted_bundle(), images=planted_images(),
+    run = run_sensitivity(config(n=1024, image_mode="joint"), model=planted_bundle(), images=planted_images(),
                           progress=False)
     assert run.players == FACTORS + ["image"]
     first, ci = run.result.first_order, run.result.first_order_ci
