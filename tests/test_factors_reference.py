@@ -309,3 +309,13 @@ def test_reference_variants_on_cuda_match_cpu(name: str) -> None:
         assert float((gpu != cpu).double().mean()) < 1e-3
     else:
         assert torch.equal(gpu, cpu)
+
+
+def test_reference_presets_swap_in_the_reference_variants():
+    from augsense.analyses.sensitivity import build_factor_space
+    from augsense.config import SensitivityConfig
+
+    space = build_factor_space(SensitivityConfig(factors=["paper-set1-reference", "paper-set2-reference"]))
+    assert space.players == ["erasing_reference", "sharpness", "rolling_reference", "grayscale", "gaussian_blur",
+                             "brightness", "contrast", "saturation", "hue", "hflip", "rotation_reference",
+                             "elliptic_local_blur"]

@@ -210,7 +210,9 @@ def cmd_factors(args: argparse.Namespace) -> int:
         params = ", ".join(f"{p.name} ∈ [{p.low:g}, {p.high:g}]{(' ' + p.unit) if p.unit else ''}"
                            for p in factor.parameters) or f"on/off (p = {factor.p:g})"
         print(f"{name:<22} {params}")
-    for name in ("paper-set1", "paper-set2"):
+    from augsense.factors.registry import PRESETS
+
+    for name in PRESETS:
         print(f"preset {name}: {', '.join(f.name for f in preset(name))}")
     return 0
 

@@ -42,7 +42,8 @@ class SensitivityConfig:
         layers: module names (see ``augsense layers MODEL``); ``"output"`` is the model output.
         reduction: ``"mean"`` (per channel), ``"max"`` or ``"none"`` (every unit, the paper's maps).
         output: the model output as ``"logits"`` or ``"softmax"``.
-        factors: factor names or one preset (``"paper-set1"``, ``"paper-set2"``).
+        factors: factor names or presets (``"paper-set1"``, ``"paper-set2"``, and ``"paper-set1-reference"``,
+            ``"paper-set2-reference"`` with the reference code's erasing, rolling and rotation).
         bounds: narrowed parameter bounds, ``{factor: {parameter: [low, high]}}``.
         switches: parametric factors that also get an on/off coordinate.
         random_order: sample the composition order as a factor (Lehmer code).

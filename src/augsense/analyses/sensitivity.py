@@ -28,6 +28,7 @@ from augsense.design import Design, layouts, make_design
 from augsense.errors import AugsenseError
 from augsense.estimators import make_accumulator
 from augsense.factors import FactorSpace, get_factor, preset
+from augsense.factors.registry import PRESETS
 from augsense.io.checkpoints import checkpoint_path, remove_checkpoint, resume_run_checkpoint, save_run_checkpoint
 from augsense.interrupts import RunInterrupted, StopRequest
 from augsense.io.images import ImageSet, load_images
@@ -36,8 +37,6 @@ from augsense.parallel import (BlockSchedule, Shard, broadcast_module, current_s
                                union_blocks)
 from augsense.probe.hooks import ActivationProbe
 from augsense.progress import Progress
-
-PRESETS = ("paper-set1", "paper-set2")
 
 
 def build_factor_space(config: SensitivityConfig) -> FactorSpace:

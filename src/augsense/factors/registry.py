@@ -161,6 +161,9 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "paper-set1": ("erasing", "sharpness", "rolling", "grayscale", "gaussian_blur"),
     "paper-set2": ("brightness", "contrast", "saturation", "hue", "hflip", "rotation", "elliptic_local_blur"),
 }
+# the same sets with the reference code's variants, to reproduce the paper's numbers
+PRESETS |= {f"{name}-reference": tuple(REFERENCE_VARIANTS.get(f, f) for f in factors)
+            for name, factors in list(PRESETS.items())}
 
 
 def factor_names() -> list[str]:
@@ -177,7 +180,7 @@ def get_factor(name: str, **bounds: tuple[float, float]) -> Factor:
 
 
 def preset(name: str) -> list[Factor]:
-    """The factors of a preset: ``"paper-set1"`` or ``"paper-set2"``."""
+    """The factors of a preset: ``"paper-set1"``, ``"paper-set2"`` or their ``-reference`` versions."""
     names = PRESETS.get(name)
     if names is None:
         raise AugsenseError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
