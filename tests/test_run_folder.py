@@ -513,3 +513,46 @@ def test_sigterm_to_rank_0_stops_every_rank_at_one_round_with_one_checkpoint(tmp
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     assert planted_cli(["run", str(config_file), "--out", str(out), "--quiet", "--resume"]) == 0  # one process
     assert_equal_indices(load_run(out), uninterrupted)
+
+
+def test_a_repeated_signal_within_the_repeat_window_is_the_same_request(monkeypatch):
+    import augsense.interrupts as interrupts
+
+    clock = [100.0]
+    monkeypatch.setattr(interrupts.time, "monotonic", lambda: clock[0])
+    request = interrupts.StopRequest(rank=1)
+    request._handle(signal.SIGTERM, None)
+    clock[0] += interrupts.REPEAT_S / 2
+    request._handle(signal.SIGTERM, None)  # torchrun delivers its SIGTERM twice: not an abort
+    assert request and request.signum == signal.SIGTERM
+    clock[0] += interrupts.REPEAT_S
+    with pytest.raises(interrupts.RunInterrupted) as aborted:
+        request._handle(signal.SIGINT, None)
+    assert aborted.value.immediate and aborted.value.exit_code == 130
+
+
+@pytest.mark.slow
+def test_sigterm_to_real_torchrun_checkpoints_every_rank_and_resumes_exactly(tmp_path, config_file, planted_cli,
+                                                                            uninterrupted):
+    out, gate = tmp_path / "run", tmp_path / "gate"
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(tests=str(TESTS)))
+    gate.write_text("hold")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    process = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node=2", str(driver), "run",
+                                str(config_file), "--out", str(out), "--quiet", "--device", "cpu"],
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "GATE": str(gate), "PAUSE_AT": "4"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(tmp_path / "gate.reached", process)
+        process.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks (rank 0 gets it twice)
+        stderr = read_until(process, "SIGTERM received")
+        gate.unlink()
+        stderr += process.communicate(timeout=300)[1]
+    finally:
+        process.kill()
+        process.wait()
+    assert "checkpoint written; resume with: augsense run" in stderr and "received twice" not in stderr, stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert planted_cli(["run", str(config_file), "--out", str(out), "--quiet", "--resume"]) == 0
+    assert_equal_indices(load_run(out), uninterrupted)

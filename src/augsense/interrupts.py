@@ -2,9 +2,12 @@
 
 The first signal only asks the run to stop: the current block finishes, all ranks agree at the
 same round (:class:`augsense.parallel.BlockSchedule`), a checkpoint is written, and
-:class:`RunInterrupted` is raised. A second signal aborts at once (also raising
-:class:`RunInterrupted`, with ``immediate`` set; the last periodic checkpoint stays). Exit codes
-follow the shell convention 128 + signal number: 130 for SIGINT, 143 for SIGTERM.
+:class:`RunInterrupted` is raised. A second signal more than :data:`REPEAT_S` seconds later aborts
+at once (also raising :class:`RunInterrupted`, with ``immediate`` set; the last periodic
+checkpoint stays). Signals within :data:`REPEAT_S` of the first count as the same request: torchrun
+delivers its SIGTERM to a worker twice within milliseconds, and a terminal's Ctrl-C reaches the
+workers both directly and through torchrun. Exit codes follow the shell convention 128 + signal
+number: 130 for SIGINT, 143 for SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Seconds after the first signal during which further signals repeat it instead of aborting.
+REPEAT_S = 2.0
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -60,6 +66,7 @@ class StopRequest:
 
     rank: int = 0
     signum: int | None = None
+    received: float = 0.0  # time.monotonic() of the first signal
     _previous: dict[int, Any] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
@@ -71,8 +78,10 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
+            if time.monotonic() - self.received < REPEAT_S:
+                return  # the same request delivered twice (torchrun, a terminal's Ctrl-C)
             raise RunInterrupted(signum, immediate=True, rank=self.rank)
-        self.signum = signum
+        self.signum, self.received = signum, time.monotonic()
         if self.rank == 0:
             print(f"\naugsense: {signal.Signals(signum).name} received: finishing the current block and writing a "
                   "checkpoint (send it again to abort at once)", file=sys.stderr, flush=True)
