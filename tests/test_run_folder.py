@@ -418,6 +418,9 @@ def test_a_second_signal_aborts_at_once_and_a_killed_run_reports_with_a_notice(t
     wait_for(gate.with_name("gate.reached"), process)
     process.send_signal(signal.SIGTERM)
     stderr = read_until(process, "received")
+    from augsense.interrupts import REPEAT_S
+
+    time.sleep(REPEAT_S + 0.5)  # sooner, it would count as the same request
     process.send_signal(signal.SIGTERM)  # the gate stays: only the second signal can end the run
     stderr += process.communicate(timeout=120)[1]
     assert process.returncode == 143 and "SIGTERM received twice: aborted at once" in stderr, stderr
