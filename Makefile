@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/augsense demo --out runs/demo
+	$(BIN)/augsense demo --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
