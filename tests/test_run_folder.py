@@ -559,3 +559,14 @@ def test_sigterm_to_real_torchrun_checkpoints_every_rank_and_resumes_exactly(tmp
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     assert planted_cli(["run", str(config_file), "--out", str(out), "--quiet", "--resume"]) == 0
     assert_equal_indices(load_run(out), uninterrupted)
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "soon"])
+def test_a_bad_collective_timeout_is_refused_with_one_line(monkeypatch, value):
+    from augsense.parallel import TIMEOUT_ENV, collective_timeout
+
+    monkeypatch.setenv(TIMEOUT_ENV, value)
+    with pytest.raises(AugsenseError, match=f"{TIMEOUT_ENV}=.* must be a positive number of seconds"):
+        collective_timeout()
+    monkeypatch.setenv(TIMEOUT_ENV, "300")
+    assert collective_timeout() == 300.0

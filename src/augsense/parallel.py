@@ -87,8 +87,8 @@ def collective_failure(error: BaseException, what: str, rank: int | None = None)
     else:
         who = "another rank"
     return AugsenseError(f"{what}: {who} did not answer within {collective_timeout():g} s ({TIMEOUT_ENV}) or its "
-                         f"process is gone (stopped, hung or dead): {text[:200]}; the last checkpoint is kept, so "
-                         "the run can continue with --resume once all ranks are back")
+                         f"process is gone (stopped, hung or dead): {text[:200]}; the last checkpoint (if any) is "
+                         "kept, so the run can continue with --resume once all ranks are back")
 
 
 def check_alive(shard: "Shard", what: str = "waiting for the other ranks") -> None:
