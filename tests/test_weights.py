@@ -121,4 +121,4 @@ def test_result_counts_shares_outside_the_unit_interval():
     first = np.array([[0.2, -0.05], [1.2, 0.0], [np.nan, np.nan]])
     result = SensitivityResult(n=8, dead=np.array([False, False, True]), first_order=first,
                                total_order=np.array([[0.3, 1e-9], [1.0 + 1e-9, 0.1], [np.nan, np.nan]]))
-    assert result.outside_unit_interval() == 2
+    assert result.outside_unit_interval() == (2, 8)

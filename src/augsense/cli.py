@@ -108,9 +108,9 @@ def _print_summary(run: Any, out: Path | None) -> None:
     print(f"weights: {run.bundle.weights}")
     if run.clean_accuracy is not None:
         print(f"top-1 accuracy on the unaugmented labelled images: {run.clean_accuracy:.1%}")
-    outside = run.result.outside_unit_interval() if run.result is not None else 0
+    outside, total = run.result.outside_unit_interval() if run.result is not None else (0, 0)
     if outside:
-        print(f"{outside} unit indices are estimated below 0 or above 1: estimates are not clipped, so "
+        print(f"{outside} of {total} unit indices are estimated below 0 or above 1: estimates are not clipped, so "
               "indices near 0 or 1 can land outside [0, 1] by sampling noise (see their intervals)")
     quantity = "shapley" if run.config.estimator.startswith("shapley") else "total_order"
     print(f"dominant factors per layer (aggregated {quantity.replace('_', ' ')} share of variance):")

@@ -53,16 +53,17 @@ class SensitivityResult:
     def n_outputs(self) -> int:
         return int(self.dead.shape[0]) if self.dead is not None else 0
 
-    def outside_unit_interval(self) -> int:
+    def outside_unit_interval(self) -> tuple[int, int]:
         """How many living (output, factor) shares (first, total order, Shapley) are estimated outside [0, 1]
-        (beyond 1e-6, float32 rounding)."""
-        count = 0
+        (beyond 1e-6, float32 rounding), and how many there are."""
+        count = total = 0
         for name in _PER_FACTOR:
             values = getattr(self, name)
             if values is not None:
                 live = values[~self.dead] if self.dead is not None else values
                 count += int(((live < -1e-6) | (live > 1 + 1e-6)).sum())
-        return count
+                total += int(np.isfinite(live).sum())
+        return count, total
 
     def to_dataframe(self, output_names: Sequence[str] | None = None, factor_names: Sequence[str] | None = None,
                      group_names: Sequence[str] | None = None) -> pd.DataFrame:
