@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from augsense.allocator import heap_allocations
+from augsense.blockset import BlockSet
 from augsense.analyses.plan import RunPlan, check_ranks_agree
 from augsense.config import SensitivityConfig
 from augsense.design import Design, layouts, make_design
@@ -324,7 +325,7 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
             print(f"augsense: warning: {line}", file=sys.stderr)
 
     checkpoint = checkpoint_path(out) if out is not None else None
-    done: set[int] = set()
+    done = BlockSet()
     if resume:  # before anything is written: a refused resume leaves the killed run's folder as it was
         if checkpoint is None:
             raise AugsenseError("--resume needs the run folder (--out DIR) of the killed run")
@@ -349,7 +350,7 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
 
         _on_every_rank(start, shard)
 
-    def save(finished: set[int]) -> None:
+    def save(finished: BlockSet) -> None:
         assert checkpoint is not None
         save_run_checkpoint(checkpoint, plan=plan, accumulator=accumulator, done=finished,
                             shard=shard)
