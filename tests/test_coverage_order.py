@@ -20,6 +20,7 @@ from augsense.analyses.sensitivity import build_factor_space, run_sensitivity
 from augsense.config import SensitivityConfig
 from augsense.design.core import image_assignment
 from augsense.factors import make_factor, register_factor
+from augsense.factors.registry import unregister_factor
 from augsense.io.images import ImageSet
 from augsense.io.models import ModelBundle
 from exact import exact_indices, exact_within, gauss_legendre
@@ -38,8 +39,13 @@ def _stamp(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     return out
 
 
-register_factor(make_factor("order_test_stamp", [], _stamp, switch=True,
-                            description="paint the top-left quarter (tests)"), overwrite=True)
+@pytest.fixture(autouse=True)
+def stamp_factor():
+    """The stamp factor, registered for these tests only (the registry is global)."""
+    register_factor(make_factor("order_test_stamp", [], _stamp, switch=True,
+                                description="paint the top-left quarter (tests)"), overwrite=True)
+    yield
+    unregister_factor("order_test_stamp")
 
 
 class Readout(nn.Module):
