@@ -159,7 +159,7 @@ def bench_shapley_rmse(reps: int) -> None:
 
 def memory_child(n: int, m: int, threads: int) -> None:
     torch.set_num_threads(threads)
-    design = make_design("sobol", [1] * 4, n, seed=0, block_size=256)
+    design = make_design("sobol", [1] * 4, n, seed=0, block_size=32)  # equal blocks at both N (>= 32 blocks)
     acc = make_accumulator(design, m)
     w = torch.randn(4, m, dtype=torch.float64)
     for b in design.blocks():

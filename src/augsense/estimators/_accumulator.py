@@ -104,7 +104,8 @@ class DesignAccumulator:
         raise NotImplementedError
 
     def _update_chunk(self, block: DesignBlock, values: torch.Tensor, sl: slice, carry: Any) -> Any:
-        """Add values (r, G, mc) float64, already shifted by K, of the outputs sl; returns the group carry."""
+        """Add values (r, G, mc) float64, already shifted by K, of the outputs sl, to the first-moment
+        sums ("x1"; the base class adds the block's "x2"); returns the group carry."""
         raise NotImplementedError
 
     def _finish_block(self, carry: Any) -> None:
@@ -159,14 +160,13 @@ class DesignAccumulator:
 
     @contextlib.contextmanager
     def _block_moments(self, pairs: list[tuple[str, str]], sl: slice) -> Iterator[None]:
-        """Around one block's update of outputs ``sl``: whatever the update adds to a second-moment
-        sum is replaced by the outer product of the block's first-moment increment (one term per
-        block, as :func:`augsense.estimators._delta.covariance` expects)."""
+        """Around one block's update of outputs ``sl``, which adds to the first-moment sums only: add
+        the outer product of the block's first-moment increment to the second-moment sums (one term
+        per block, as :func:`augsense.estimators._delta.covariance` expects)."""
         before = {a: self.sums[a][sl].clone() for a, _ in pairs}
-        kept = {b: self.sums[b][sl].clone() for _, b in pairs}
         yield
         for a, b in pairs:
-            self.sums[b][sl] = kept[b] + _delta.block_outer(self.sums[a][sl] - before[a])
+            self.sums[b][sl] += _delta.block_outer(self.sums[a][sl] - before[a])
 
     @property
     def n_blocks_seen(self) -> int:

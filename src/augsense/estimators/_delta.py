@@ -43,6 +43,15 @@ def row_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return z.sum(0), outer[:, list(i), list(j)].reshape(z.shape[1:-1] + (len(i),))
 
 
+def row_sums_of(terms: list[torch.Tensor]) -> torch.Tensor:
+    """Sum over rows of z = terms, each (r, ...) broadcastable to (r, *cells): (*cells, p).
+
+    The first moments only: second moments are kept per block (:func:`block_outer`), not per row.
+    """
+    shape = torch.broadcast_shapes(*(t.shape for t in terms))[1:]
+    return torch.stack([t.sum(0).expand(shape) for t in terms], -1)
+
+
 def row_moments_of(terms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`row_moments` for z = terms, each (r, ...) broadcastable to one shape (r, *cells).
 
@@ -63,7 +72,8 @@ Term = tuple[float, tuple[int, ...], int]
 MAX_POWER = 4
 
 
-def power_basis(components: Sequence[Sequence[Term]]) -> tuple[list[tuple[int, ...]], np.ndarray]:
+def power_basis(components: Sequence[Sequence[Term]], *, second: bool = True
+                ) -> tuple[list[tuple[int, ...]], np.ndarray]:
     """Express the sums of z and of the upper triangle of z z^T through weighted power sums.
 
     Each statistic z_c of a (row, output, factor) is a polynomial sum coef * w(row, output) *
@@ -71,11 +81,11 @@ def power_basis(components: Sequence[Sequence[Term]]) -> tuple[list[tuple[int, .
     e.g. f_B) and powers of one per-factor difference D. Every first and second moment is then a
     linear combination of Sum_rows w_k D**l, which one batched matmul (rows contracted) gives for
     all factors at once. Returns the weight monomials (exponent tuples) and C (p + T, k * 5), the
-    coefficients on the basis index k * 5 + l.
+    coefficients on the basis index k * 5 + l; with ``second=False`` the first moments only, C (p, k * 5).
     """
     products: list[list[Term]] = [list(c) for c in components]
     p = len(components)
-    i, j = _triu(p)
+    i, j = _triu(p) if second else ((), ())
     for a, b in zip(i, j):
         products.append([(ca * cb, tuple(x + y for x, y in zip(ea, eb)), la + lb)
                          for ca, ea, la in components[a] for cb, eb, lb in components[b]])
@@ -90,17 +100,18 @@ def power_basis(components: Sequence[Sequence[Term]]) -> tuple[list[tuple[int, .
 
 
 def power_moments(D: torch.Tensor, atoms: Sequence[torch.Tensor], weights: Sequence[tuple[int, ...]],
-                  coef: torch.Tensor) -> torch.Tensor:
-    """First and upper-triangle second moment sums (mc, d, p + T) from :func:`power_basis`.
+                  coef: torch.Tensor, max_power: int = MAX_POWER) -> torch.Tensor:
+    """The moment sums (mc, d, rows of coef) of :func:`power_basis` (first, and second unless
+    ``second=False`` there), using powers of D up to ``max_power`` (2 suffices for first moments).
 
     D: (mc, r, d) per-factor differences; atoms: per-output row values, each (mc, r). Cost: the
-    powers D**1..4 plus one (k x r) @ (r x (4d + 1)) product per output.
+    powers D**1..max_power plus one (k x r) @ (r x (max_power d + 1)) product per output.
     """
     mc, r, d = D.shape
-    P = D.new_empty(mc, r, 1 + MAX_POWER * d)
+    P = D.new_empty(mc, r, 1 + max_power * d)
     P[..., 0] = 1.0
     P[..., 1:1 + d] = D
-    for l in range(2, MAX_POWER + 1):
+    for l in range(2, max_power + 1):
         torch.mul(P[..., 1 + (l - 2) * d:1 + (l - 1) * d], D, out=P[..., 1 + (l - 1) * d:1 + l * d])
     W = D.new_empty(mc, len(weights), r)
     for k, exps in enumerate(weights):
@@ -112,10 +123,14 @@ def power_moments(D: torch.Tensor, atoms: Sequence[torch.Tensor], weights: Seque
             W[:, k] = 1.0
         else:
             W[:, k] = w
-    B = torch.bmm(W, P)                                                  # (mc, k, 1 + 4d)
+    B = torch.bmm(W, P)                                                  # (mc, k, 1 + max_power d)
     full = torch.cat([B[..., :1, None].expand(mc, len(weights), 1, d),
-                      B[..., 1:].reshape(mc, len(weights), MAX_POWER, d)], 2)   # (mc, k, 5, d)
-    return full.reshape(mc, -1, d).transpose(1, 2) @ coef.T             # (mc, d, p + T)
+                      B[..., 1:].reshape(mc, len(weights), max_power, d)], 2)   # (mc, k, max_power + 1, d)
+    used = coef.reshape(coef.shape[0], len(weights), MAX_POWER + 1)
+    if max_power < MAX_POWER and bool(used[..., max_power + 1:].any()):
+        raise ValueError(f"these moments need powers of D above {max_power}")
+    used = used[..., :max_power + 1].reshape(coef.shape[0], -1)
+    return full.reshape(mc, -1, d).transpose(1, 2) @ used.T             # (mc, d, rows of coef)
 
 
 def _full(s2: torch.Tensor, p: int, like: torch.Tensor) -> torch.Tensor:
@@ -126,10 +141,16 @@ def _full(s2: torch.Tensor, p: int, like: torch.Tensor) -> torch.Tensor:
     return full
 
 
+@lru_cache(maxsize=None)
+def _triu_index(p: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    i, j = _triu(p)
+    return torch.tensor(i, device=device), torch.tensor(j, device=device)
+
+
 def block_outer(s1: torch.Tensor) -> torch.Tensor:
     """Upper triangle (..., p(p+1)/2) of the outer product of one block's sums s1 (..., p)."""
-    i, j = _triu(s1.shape[-1])
-    return s1[..., list(i)] * s1[..., list(j)]
+    i, j = _triu_index(s1.shape[-1], s1.device)
+    return s1.index_select(-1, i) * s1.index_select(-1, j)   # index_select: 3x faster than list indexing
 
 
 def covariance(s1: torch.Tensor, s2: torch.Tensor, n: int, blocks: int | None = None) -> torch.Tensor:

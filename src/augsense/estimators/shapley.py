@@ -121,9 +121,7 @@ class _ShapleyAccumulator(DesignAccumulator):
     def _update_chunk(self, block: DesignBlock, values: torch.Tensor, sl: slice, carry: Any) -> Any:
         self.sums["level"][sl] += values.mean(1).sum(0)
         phi, v = self._row_terms(block, values, sl)                    # (r, d, mc), (r, mc)
-        s1, s2 = _delta.row_moments_of([phi, v[:, None]])              # (d, mc, 2), (d, mc, 3)
-        self.sums["c1"][sl] += s1.transpose(0, 1)
-        self.sums["c2"][sl] += s2.transpose(0, 1)
+        self.sums["c1"][sl] += _delta.row_sums_of([phi, v[:, None]]).transpose(0, 1)   # (mc, d, 2)
         if self.groups is None:
             return carry
         return [self._group_sum(x, sl, None if carry is None else carry[k], dim=2)
@@ -131,9 +129,7 @@ class _ShapleyAccumulator(DesignAccumulator):
 
     def _finish_block(self, carry: Any) -> None:
         if carry is not None:                                          # [(r, d, ng), (r, 1, ng)]
-            s1, s2 = _delta.row_moments_of(carry)
-            self.sums["g1"] += s1.transpose(0, 1)
-            self.sums["g2"] += s2.transpose(0, 1)
+            self.sums["g1"] += _delta.row_sums_of(carry).transpose(0, 1)
 
     def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor,
                       rows_per_block: float) -> dict[str, torch.Tensor]:
@@ -218,9 +214,7 @@ class ShapleyExactAccumulator(_ShapleyAccumulator):
         self.sums["t"][sl] += T.sum(0).T
         if self._inter_map.shape[0]:
             inter = torch.einsum("kg,rgm->rkm", self._inter_map, T)
-            s1, s2 = _delta.row_moments_of([inter, v[:, None]])         # (P, mc, 2), (P, mc, 3)
-            self.sums["i1"][sl] += s1.transpose(0, 1)
-            self.sums["i2"][sl] += s2.transpose(0, 1)
+            self.sums["i1"][sl] += _delta.row_sums_of([inter, v[:, None]]).transpose(0, 1)   # (mc, P, 2)
         return torch.einsum("kg,rgm->rkm", self._shap_map, T), v
 
     def _extra(self, res: SensitivityResult, z: float, dead: torch.Tensor) -> None:

@@ -86,10 +86,7 @@ class SobolAccumulator(DesignAccumulator):
         D = torch.sub(v[..., 2:2 + d], a[..., None])                      # (mc, r, d)
         atoms = [b, 0.5 * (a * a + b * b), a + b] if self.denominator == "pooled" else [b - a]
         weights, coef = _power_table(self.denominator)
-        both = _delta.power_moments(D, atoms, weights, coef.to(values.device))
-        p = 3 + self._n_den
-        self.sums["c1"][sl] += both[..., :p]
-        self.sums["c2"][sl] += both[..., p:]
+        self.sums["c1"][sl] += _delta.power_moments(D, atoms, weights, coef.to(values.device), max_power=2)
         if not (self._second or self.groups is not None):
             return carry
         a, b = values[:, 0], values[:, 1]                                # (r, mc)
@@ -102,9 +99,8 @@ class SobolAccumulator(DesignAccumulator):
             u, w = ba[:, pi], ab[:, pj]                                  # (r, P, mc)
             y = u * w - (a * b)[:, None] - bD[:, pi] - bD[:, pj]
             t = u + w - (a + b)[:, None] - D[:, pi] - D[:, pj]
-            s1, s2 = _delta.row_moments_of([y, t, *(x[:, None] for x in self._den_terms(a, b))])
+            s1 = _delta.row_sums_of([y, t, *(x[:, None] for x in self._den_terms(a, b))])
             self.sums["p1"][sl] += s1.transpose(0, 1)                    # (mc, P, pp)
-            self.sums["p2"][sl] += s2.transpose(0, 1)
         if self.groups is not None:
             # shift-invariant companions for the group intervals (same expectations)
             terms = [(b[:, None] - 0.5 * (a[:, None] + ab)) * D, 0.5 * D * D, (0.5 * (a - b) ** 2)[:, None]]
@@ -114,9 +110,7 @@ class SobolAccumulator(DesignAccumulator):
 
     def _finish_block(self, carry: Any) -> None:
         if carry is not None:                                            # [(r, d, ng), (r, d, ng), (r, 1, ng)]
-            s1, s2 = _delta.row_moments_of(carry)                        # (d, ng, 3), (d, ng, 6)
-            self.sums["g1"] += s1.transpose(0, 1)
-            self.sums["g2"] += s2.transpose(0, 1)
+            self.sums["g1"] += _delta.row_sums_of(carry).transpose(0, 1)  # (ng, d, 3)
 
     def _shift_map(self, delta: torch.Tensor, p: int, coupled: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Affine map of a cell vector [stat, partner, ..., den] when every value moves by delta (m,)."""
@@ -234,7 +228,8 @@ class SobolAccumulator(DesignAccumulator):
 
 @lru_cache(maxsize=None)
 def _power_table(denominator: str) -> tuple[list[tuple[int, ...]], torch.Tensor]:
-    """Per-row statistic vectors z of one (output, factor) cell as polynomials in D = f_AB_i - f_A.
+    """Per-row statistic vectors z of one (output, factor) cell as polynomials in D = f_AB_i - f_A
+    (their row sums; powers of D up to 2).
 
     pooled, atoms (f_B, q, s): z = [f_B D, D, D^2/2, q = (f_A^2 + f_B^2)/2, s = f_A + f_B];
     paired, atom e = f_B - f_A: z = [e D - D^2/2 (= (f_B - (f_A + f_AB_i)/2) D), D, D^2/2, e^2/2].
@@ -244,7 +239,7 @@ def _power_table(denominator: str) -> tuple[list[tuple[int, ...]], torch.Tensor]
         z = [[(1.0, (1, 0, 0), 1)], [(1.0, zero, 1)], [(0.5, zero, 2)], [(1.0, (0, 1, 0), 0)], [(1.0, (0, 0, 1), 0)]]
     else:
         z = [[(1.0, (1,), 1), (-0.5, (0,), 2)], [(1.0, (0,), 1)], [(0.5, (0,), 2)], [(0.5, (2,), 0)]]
-    weights, coef = _delta.power_basis(z)
+    weights, coef = _delta.power_basis(z, second=False)   # second moments are kept per block
     return weights, torch.as_tensor(coef)
 
 
