@@ -34,15 +34,6 @@ def n_triangle(p: int) -> int:
     return p * (p + 1) // 2
 
 
-def row_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum over rows of z (r, ..., p) and of its outer products: ((..., p), (..., p(p+1)/2))."""
-    p = z.shape[-1]
-    i, j = _triu(p)
-    cells = z.reshape(z.shape[0], -1, p).permute(1, 2, 0)            # (cells, p, r)
-    outer = torch.bmm(cells, cells.transpose(1, 2))                   # (cells, p, p), one small GEMM each
-    return z.sum(0), outer[:, list(i), list(j)].reshape(z.shape[1:-1] + (len(i),))
-
-
 def row_sums_of(terms: list[torch.Tensor]) -> torch.Tensor:
     """Sum over rows of z = terms, each (r, ...) broadcastable to (r, *cells): (*cells, p).
 
@@ -52,46 +43,25 @@ def row_sums_of(terms: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.sum(0).expand(shape) for t in terms], -1)
 
 
-def row_moments_of(terms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like :func:`row_moments` for z = terms, each (r, ...) broadcastable to one shape (r, *cells).
-
-    A term shared by many cells (e.g. a per-output variance term broadcast over factors) enters
-    with singleton cell dims; its products with other shared terms are then computed once, not
-    once per cell. Returns ((*cells, p), (*cells, p(p+1)/2)) in the upper-triangle order.
-    """
-    shape = torch.broadcast_shapes(*(t.shape for t in terms))[1:]
-    p = len(terms)
-    i, j = _triu(p)
-    s1 = [t.sum(0).expand(shape) for t in terms]
-    s2 = [(terms[a] * terms[b]).sum(0).expand(shape) for a, b in zip(i, j)]
-    return torch.stack(s1, -1), torch.stack(s2, -1)
-
-
 #: one term coef * prod(atom_k ** exps[k]) * D ** power of a per-row statistic
 Term = tuple[float, tuple[int, ...], int]
-MAX_POWER = 4
+#: the highest power of D in a first-moment statistic (D^2 / 2 in Jansen's total-order numerator)
+MAX_POWER = 2
 
 
-def power_basis(components: Sequence[Sequence[Term]], *, second: bool = True
-                ) -> tuple[list[tuple[int, ...]], np.ndarray]:
-    """Express the sums of z and of the upper triangle of z z^T through weighted power sums.
+def power_basis(components: Sequence[Sequence[Term]]) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    """Express the row sums of z through weighted power sums.
 
     Each statistic z_c of a (row, output, factor) is a polynomial sum coef * w(row, output) *
     D(row, output, factor)**power in per-output weights w (monomials in a few per-output atoms,
-    e.g. f_B) and powers of one per-factor difference D. Every first and second moment is then a
-    linear combination of Sum_rows w_k D**l, which one batched matmul (rows contracted) gives for
-    all factors at once. Returns the weight monomials (exponent tuples) and C (p + T, k * 5), the
-    coefficients on the basis index k * 5 + l; with ``second=False`` the first moments only, C (p, k * 5).
+    e.g. f_B) and powers of one per-factor difference D. Every sum of z is then a linear
+    combination of Sum_rows w_k D**l, which one batched matmul (rows contracted) gives for all
+    factors at once. Returns the weight monomials (exponent tuples) and C (p, k (MAX_POWER + 1)),
+    the coefficients on the basis index k (MAX_POWER + 1) + l.
     """
-    products: list[list[Term]] = [list(c) for c in components]
-    p = len(components)
-    i, j = _triu(p) if second else ((), ())
-    for a, b in zip(i, j):
-        products.append([(ca * cb, tuple(x + y for x, y in zip(ea, eb)), la + lb)
-                         for ca, ea, la in components[a] for cb, eb, lb in components[b]])
-    weights = sorted({e for poly in products for _, e, _ in poly})
-    coef = np.zeros((len(products), len(weights) * (MAX_POWER + 1)))
-    for row, poly in enumerate(products):
+    weights = sorted({e for poly in components for _, e, _ in poly})
+    coef = np.zeros((len(components), len(weights) * (MAX_POWER + 1)))
+    for row, poly in enumerate(components):
         for c, e, l in poly:
             if l > MAX_POWER:
                 raise ValueError(f"power {l} > {MAX_POWER}")
@@ -100,18 +70,17 @@ def power_basis(components: Sequence[Sequence[Term]], *, second: bool = True
 
 
 def power_moments(D: torch.Tensor, atoms: Sequence[torch.Tensor], weights: Sequence[tuple[int, ...]],
-                  coef: torch.Tensor, max_power: int = MAX_POWER) -> torch.Tensor:
-    """The moment sums (mc, d, rows of coef) of :func:`power_basis` (first, and second unless
-    ``second=False`` there), using powers of D up to ``max_power`` (2 suffices for first moments).
+                  coef: torch.Tensor) -> torch.Tensor:
+    """The row sums of z (mc, d, p) from :func:`power_basis`.
 
     D: (mc, r, d) per-factor differences; atoms: per-output row values, each (mc, r). Cost: the
-    powers D**1..max_power plus one (k x r) @ (r x (max_power d + 1)) product per output.
+    powers D**1..MAX_POWER plus one (k x r) @ (r x (MAX_POWER d + 1)) product per output.
     """
     mc, r, d = D.shape
-    P = D.new_empty(mc, r, 1 + max_power * d)
+    P = D.new_empty(mc, r, 1 + MAX_POWER * d)
     P[..., 0] = 1.0
     P[..., 1:1 + d] = D
-    for l in range(2, max_power + 1):
+    for l in range(2, MAX_POWER + 1):
         torch.mul(P[..., 1 + (l - 2) * d:1 + (l - 1) * d], D, out=P[..., 1 + (l - 1) * d:1 + l * d])
     W = D.new_empty(mc, len(weights), r)
     for k, exps in enumerate(weights):
@@ -123,14 +92,10 @@ def power_moments(D: torch.Tensor, atoms: Sequence[torch.Tensor], weights: Seque
             W[:, k] = 1.0
         else:
             W[:, k] = w
-    B = torch.bmm(W, P)                                                  # (mc, k, 1 + max_power d)
+    B = torch.bmm(W, P)                                                  # (mc, k, 1 + MAX_POWER d)
     full = torch.cat([B[..., :1, None].expand(mc, len(weights), 1, d),
-                      B[..., 1:].reshape(mc, len(weights), max_power, d)], 2)   # (mc, k, max_power + 1, d)
-    used = coef.reshape(coef.shape[0], len(weights), MAX_POWER + 1)
-    if max_power < MAX_POWER and bool(used[..., max_power + 1:].any()):
-        raise ValueError(f"these moments need powers of D above {max_power}")
-    used = used[..., :max_power + 1].reshape(coef.shape[0], -1)
-    return full.reshape(mc, -1, d).transpose(1, 2) @ used.T             # (mc, d, rows of coef)
+                      B[..., 1:].reshape(mc, len(weights), MAX_POWER, d)], 2)   # (mc, k, MAX_POWER + 1, d)
+    return full.reshape(mc, -1, d).transpose(1, 2) @ coef.T             # (mc, d, p)
 
 
 def _full(s2: torch.Tensor, p: int, like: torch.Tensor) -> torch.Tensor:

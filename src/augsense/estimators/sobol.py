@@ -86,7 +86,7 @@ class SobolAccumulator(DesignAccumulator):
         D = torch.sub(v[..., 2:2 + d], a[..., None])                      # (mc, r, d)
         atoms = [b, 0.5 * (a * a + b * b), a + b] if self.denominator == "pooled" else [b - a]
         weights, coef = _power_table(self.denominator)
-        self.sums["c1"][sl] += _delta.power_moments(D, atoms, weights, coef.to(values.device), max_power=2)
+        self.sums["c1"][sl] += _delta.power_moments(D, atoms, weights, coef.to(values.device))
         if not (self._second or self.groups is not None):
             return carry
         a, b = values[:, 0], values[:, 1]                                # (r, mc)
@@ -239,7 +239,7 @@ def _power_table(denominator: str) -> tuple[list[tuple[int, ...]], torch.Tensor]
         z = [[(1.0, (1, 0, 0), 1)], [(1.0, zero, 1)], [(0.5, zero, 2)], [(1.0, (0, 1, 0), 0)], [(1.0, (0, 0, 1), 0)]]
     else:
         z = [[(1.0, (1,), 1), (-0.5, (0,), 2)], [(1.0, (0,), 1)], [(0.5, (0,), 2)], [(0.5, (2,), 0)]]
-    weights, coef = _delta.power_basis(z, second=False)   # second moments are kept per block
+    weights, coef = _delta.power_basis(z)   # first moments: second moments are kept per block
     return weights, torch.as_tensor(coef)
 
 
