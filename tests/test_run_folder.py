@@ -249,6 +249,21 @@ def test_a_finishing_run_removes_only_its_own_temporary_files(tmp_path, config_f
     assert not (out / f".{CHECKPOINT_NAME}.tmp{os.getpid()}").exists() and not (out / CHECKPOINT_NAME).exists()
 
 
+def test_a_commit_removes_staging_folders_of_dead_writers_only(tmp_path):
+    from augsense.io.results import remove_stale_staging
+
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                                       # a PID that no longer runs
+    stale, live = out / f".staging-{dead.pid}", out / f".staging-{os.getppid()}"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "run.json").write_text("{}")
+    assert remove_stale_staging(out) == [stale]
+    assert not stale.exists() and (live / "run.json").exists()
+
+
 # --- output problems surface at once ------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from augsense.errors import AugsenseError
-from augsense.io.lock import prepare_out_dir, read_status  # noqa: F401 - part of the run-folder API
+from augsense.io.lock import pid_alive, prepare_out_dir, read_status  # noqa: F401 - part of the run-folder API
 
 MAP_QUANTITIES = ("first_order", "total_order", "shapley", "second_order", "interactions", "mean", "variance", "cv",
                   "dead")
@@ -228,6 +228,18 @@ def write_run_start(run: Any, out: str | Path) -> None:
         raise AugsenseError(f"cannot write into the run folder {str(out)!r}: {error.strerror or error}") from None
 
 
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove ``.staging-<pid>`` folders whose writer no longer runs on this host (killed during a
+    commit); a live writer's folder is left alone. Returns the removed folders."""
+    removed = []
+    for folder in out.glob(".staging-*"):
+        pid = folder.name.removeprefix(".staging-")
+        if folder.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def write_run(run: Any, out: str | Path, *, status: str | None = None) -> None:
     """Commit a SensitivityRun's results and provenance into ``out`` as one set.
 
@@ -248,6 +260,7 @@ def write_run(run: Any, out: str | Path, *, status: str | None = None) -> None:
     except (OSError, ValueError):
         begun = {}
     info.update(started=begun.get("started"), host=socket.gethostname(), pid=os.getpid(), finished=_now())
+    remove_stale_staging(out)
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
