@@ -1,7 +1,7 @@
 """Resume after a kill: a real ``augsense run`` process is SIGKILLed midway and resumed.
 
-The subprocess runs the real command line (``augsense.cli.main``) on the planted network; a
-driver swaps the model and image loaders for the planted ones and slows each forward pass down a
+The subprocess runs the real command line (``augsense.cli.main``) on the planted network;
+tests/planted_cli.py swaps the model and image loaders for the planted ones and slows each forward pass down a
 little, so that the kill lands between checkpoints. The resumed indices must equal those of an
 uninterrupted run; a checkpoint damaged on disk must be refused with a clear message.
 """
@@ -30,22 +30,7 @@ from planted import PLANTED_CONFIG, planted_bundle, planted_images
 TESTS = Path(__file__).parent
 N, BATCH = 128, 20  # 32 blocks of 4 rows × 5 members
 
-DRIVER = """
-import sys, time
-sys.path.insert(0, {tests!r})
-import augsense.analyses.sensitivity as sensitivity
-from planted import planted_bundle, planted_images
-
-def load_model(name, weights=None, **kwargs):
-    bundle = planted_bundle()
-    bundle.module.register_forward_pre_hook(lambda module, args: time.sleep({delay}))
-    return bundle
-
-sensitivity.load_model = load_model
-sensitivity.load_images = lambda *args, **kwargs: planted_images()
-from augsense.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+PLANTED_CLI = TESTS / "planted_cli.py"  # augsense on the planted network, forwards slowed down
 
 
 def planted_config(**changes) -> SensitivityConfig:
@@ -60,10 +45,8 @@ def write_config(path: Path, **changes) -> Path:
     return path
 
 
-def command(tmp: Path, *args: str, delay: float = 0.0) -> list[str]:
-    driver = tmp / f"driver{int(delay * 1000)}.py"
-    driver.write_text(DRIVER.format(tests=str(TESTS), delay=delay))
-    return [sys.executable, str(driver), *args]
+def command(*args: str, delay: float = 0.0) -> list[str]:
+    return [sys.executable, str(PLANTED_CLI), f"--forward-delay={delay}", *args]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +56,7 @@ def uninterrupted():
 
 def test_a_sigkilled_run_resumes_to_the_uninterrupted_indices(tmp_path, uninterrupted):
     config, out = write_config(tmp_path / "run.toml"), tmp_path / "run"
-    process = subprocess.Popen(command(tmp_path, "run", str(config), "--out", str(out), "--quiet", delay=0.05),
+    process = subprocess.Popen(command("run", str(config), "--out", str(out), "--quiet", delay=0.05),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     checkpoint, deadline = out / CHECKPOINT_NAME, time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -88,7 +71,7 @@ def test_a_sigkilled_run_resumes_to_the_uninterrupted_indices(tmp_path, uninterr
     assert 3 <= len(done) < 32  # no results: run.json, if written at the start, still says "running"
     assert not (out / "run.json").exists() or json.loads((out / "run.json").read_text())["status"] == "running"
 
-    resumed = subprocess.run(command(tmp_path, "run", str(config), "--out", str(out), "--resume", "--quiet"),
+    resumed = subprocess.run(command("run", str(config), "--out", str(out), "--resume", "--quiet"),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     folder = load_run(out)
@@ -215,7 +198,7 @@ def test_a_pickle_payload_checkpoint_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "payload-ran"
     pickle_checkpoint(out / CHECKPOINT_NAME, marker, b"AUGSENSE-CHECKPOINT 1 sha256=")  # what earlier versions wrote
     config = write_config(tmp_path / "run.toml")
-    resumed = subprocess.run(command(tmp_path, "run", str(config), "--out", str(out), "--resume", "--quiet"),
+    resumed = subprocess.run(command("run", str(config), "--out", str(out), "--resume", "--quiet"),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 2, resumed.stderr
     assert not marker.exists()

@@ -1,8 +1,8 @@
 """Run folders keep their promises: one run at a time, nothing overwritten unasked, early output checks,
 results committed as one set, and SIGINT/SIGTERM/SIGSTOP handled — with real processes.
 
-Real ``augsense run`` processes run a driver that swaps in the planted network and images
-(tests/planted.py). Its forward hook can *pause* at a chosen forward pass while a gate file exists
+Real ``augsense run`` processes run tests/planted_cli.py, which swaps in the planted network and
+images (tests/planted.py). Its forward hook can *pause* at a chosen forward pass while a gate file exists
 (and says so by creating ``<gate>.reached``), so a test knows exactly where the run is when it sends
 a signal or starts a second run, without relying on timing.
 """
@@ -33,37 +33,7 @@ from planted import PLANTED_CONFIG, planted_bundle, planted_images
 TESTS = Path(__file__).parent
 N, BATCH = 64, 20  # sobol, 3 factors: group 5, one forward pass per block
 
-DRIVER = """
-import os, sys, time
-sys.path.insert(0, {tests!r})
-import augsense.analyses.sensitivity as sensitivity
-from planted import planted_bundle, planted_images
-
-GATE, PAUSE_AT = os.environ.get("GATE"), int(os.environ.get("PAUSE_AT", "0"))
-START = os.environ.get("START")  # wait until this file is gone before running (lines ranks up)
-if START:
-    open(START + ".ready", "w").close()
-    while os.path.exists(START):
-        time.sleep(0.01)
-calls = [0]
-
-def hook(module, args):
-    calls[0] += 1
-    if GATE and calls[0] == PAUSE_AT:  # forward 1 is the clean top-1 pass, forward k + 1 is block k's
-        open(GATE + ".reached", "w").close()
-        while os.path.exists(GATE):
-            time.sleep(0.01)
-
-def load_model(name, weights=None, **kwargs):
-    bundle = planted_bundle()
-    bundle.module.register_forward_pre_hook(hook)
-    return bundle
-
-sensitivity.load_model = load_model
-sensitivity.load_images = lambda *args, **kwargs: planted_images()
-from augsense.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+PLANTED_CLI = TESTS / "planted_cli.py"  # augsense on the planted network, with GATE/PAUSE_AT/START
 
 
 def planted_config(**changes) -> SensitivityConfig:
@@ -112,13 +82,11 @@ def planted_cli(monkeypatch):
 
 def start(tmp: Path, *args: str, gate: Path | None = None, pause_at: int = 0, env: dict | None = None
           ) -> subprocess.Popen:
-    driver = tmp / "driver.py"
-    driver.write_text(DRIVER.format(tests=str(TESTS)))
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if gate is not None:
         gate.write_text("hold")
         environment.update(GATE=str(gate), PAUSE_AT=str(pause_at))
-    return subprocess.Popen([sys.executable, str(driver), *args], env=environment, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, str(PLANTED_CLI), *args], env=environment, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -553,11 +521,9 @@ def test_a_repeated_signal_within_the_repeat_window_is_the_same_request(monkeypa
 def test_sigterm_to_real_torchrun_checkpoints_every_rank_and_resumes_exactly(tmp_path, config_file, planted_cli,
                                                                             uninterrupted):
     out, gate = tmp_path / "run", tmp_path / "gate"
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER.format(tests=str(TESTS)))
     gate.write_text("hold")
     torchrun = Path(sys.executable).with_name("torchrun")
-    process = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node=2", str(driver), "run",
+    process = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node=2", str(PLANTED_CLI), "run",
                                 str(config_file), "--out", str(out), "--quiet", "--device", "cpu"],
                                env={**os.environ, "OMP_NUM_THREADS": "1", "GATE": str(gate), "PAUSE_AT": "4"},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
