@@ -8,6 +8,15 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
+#: shares further than this outside [0, 1] count as outside (float32 rounding of exact 0 or 1 stays inside)
+RANGE_TOLERANCE = 1e-6
+
+
+def out_of_unit_range(values: np.ndarray) -> np.ndarray:
+    """Where estimated shares lie outside [0, 1] beyond :data:`RANGE_TOLERANCE` (bool, same shape; NaN: False)."""
+    return (values < -RANGE_TOLERANCE) | (values > 1 + RANGE_TOLERANCE)
+
+
 # quantity name -> (field with the estimate, field with its interval or None, kind of index)
 _PER_FACTOR = ("first_order", "total_order", "shapley")
 _PER_PAIR = ("second_order", "interactions")
@@ -61,7 +70,7 @@ class SensitivityResult:
             values = getattr(self, name)
             if values is not None:
                 live = values[~self.dead] if self.dead is not None else values
-                count += int(((live < -1e-6) | (live > 1 + 1e-6)).sum())
+                count += int(out_of_unit_range(live).sum())
                 total += int(np.isfinite(live).sum())
         return count, total
 

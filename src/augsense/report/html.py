@@ -16,6 +16,7 @@ from typing import Any
 
 import matplotlib
 
+from augsense.estimators.results import out_of_unit_range
 from augsense.report import figures
 from augsense.report.data import QUANTITY_LABELS, ReportData, read_report_data
 from augsense.report.extras import COMPANIONS, EXTRA_SECTIONS, render_extra
@@ -152,7 +153,7 @@ def _outside_unit_interval(data: ReportData) -> str:
         shares = shares[~shares["dead"].astype(bool)]
     estimate = shares["estimate"].to_numpy(float)
     low, high = shares["ci_low"].to_numpy(float), shares["ci_high"].to_numpy(float)
-    outside = (estimate < -1e-6) | (estimate > 1 + 1e-6)  # beyond float32 rounding
+    outside = out_of_unit_range(estimate)
     if not outside.any():
         return ""
     excluded = int(((high < 0) | (low > 1)).sum())
