@@ -93,13 +93,15 @@ def _rotation_reference(images: torch.Tensor, params: torch.Tensor) -> torch.Ten
 
 def _builtins() -> dict[str, Factor]:
     ln = math.log
+    # the erased box's shape: the same in the default and the reference variant (only its centre differs)
+    box_shape = (Parameter("area", 0.02, 0.33, "frac_HW", domain=(0.0, 1.0)),
+                 Parameter("log_aspect", ln(0.3), ln(3.3), "ln(h/w)", domain=(ln(0.01), ln(100.0))))
     factors = [
         # paper set 1
         Factor("erasing", (
             Parameter("center_y", 0.2, 0.8, "frac_H", domain=(0.0, 1.0)),
             Parameter("center_x", 0.2, 0.8, "frac_W", domain=(0.0, 1.0)),
-            Parameter("area", 0.02, 0.33, "frac_HW", domain=(0.0, 1.0)),
-            Parameter("log_aspect", ln(0.3), ln(3.3), "ln(h/w)", domain=(ln(0.01), ln(100.0))),
+            *box_shape,
         ), _erasing, description="fill a rectangle with 0"),
         Factor("sharpness", (), _sharpness, description=f"sharpen with factor {SHARPNESS_FACTOR}"),
         Factor("rolling", (
@@ -133,8 +135,7 @@ def _builtins() -> dict[str, Factor]:
         Factor("erasing_reference", (
             Parameter("center_y", 44.0, 180.0, "px@224", domain=(0.0, 224.0)),
             Parameter("center_x", 44.0, 180.0, "px@224", domain=(0.0, 224.0)),
-            Parameter("area", 0.02, 0.33, "frac_HW", domain=(0.0, 1.0)),
-            Parameter("log_aspect", ln(0.3), ln(3.3), "ln(h/w)", domain=(ln(0.01), ln(100.0))),
+            *box_shape,
         ), _erasing_reference, description="reference code: fill a rectangle with 0, no-op when it does not fit"),
         Factor("rolling_reference", (
             Parameter("dy", -44.0, 44.0, "px@224", domain=(-224.0, 224.0)),
