@@ -20,7 +20,8 @@ import torchvision.transforms.functional as TF1
 from scipy.stats import qmc
 
 from augsense.analyses.sensitivity import build_factor_space
-from augsense.cli import build_parser, load_config, main
+from augsense.cli import build_parser, main
+from augsense.commands._options import load_config
 from augsense.factors import FactorSpace, factor_names, get_factor
 from augsense.factors.occlusion import erase_boxes
 from augsense.factors.reference import erase_boxes_reference, reference_crop_margin

@@ -9,7 +9,7 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add the ``contrast`` sub-command (every run option is a flag, as for ``augsense run``)."""
-    from augsense.cli import add_config_flags
+    from augsense.commands._options import add_config_flags
 
     parser = subparsers.add_parser(
         "contrast", help="treatment–control contrast: each factor alone vs the clean image, per unit (Wilcoxon, BY-FDR)",
@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_contrast(args: argparse.Namespace) -> int:
     from augsense.analyses.contrast import format_summary, run_contrast
-    from augsense.cli import load_config, parse_number
+    from augsense.commands._options import load_config, parse_number
 
     draws = parse_number("draws", args.draws, int)
     alpha = parse_number("alpha", args.alpha, float)

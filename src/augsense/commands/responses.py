@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_responses(args: argparse.Namespace) -> int:
     from augsense.analyses.responses import analyse_responses
-    from augsense.cli import parse_number
+    from augsense.commands._options import parse_number
 
     confidence = parse_number("confidence", args.confidence, float) if args.confidence is not None else None
     units = [u.strip() for u in args.units.split(",") if u.strip()] if args.units else None

@@ -9,7 +9,7 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add the ``segments`` sub-command (every run option is a flag, as for ``augsense run``)."""
-    from augsense.cli import add_config_flags
+    from augsense.commands._options import add_config_flags
 
     parser = subparsers.add_parser(
         "segments", help="HSV single-channel segments: which of H, S, V carries each unit's sensitivity",
@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_segments(args: argparse.Namespace) -> int:
     from augsense.analyses.segments import run_segments
-    from augsense.cli import load_config
+    from augsense.commands._options import load_config
     from augsense.errors import AugsenseError
 
     config = load_config(args.config, args)

@@ -9,7 +9,7 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add the ``stimuli`` sub-command (every run option is a flag, as for ``augsense run``)."""
-    from augsense.cli import add_config_flags
+    from augsense.commands._options import add_config_flags
 
     parser = subparsers.add_parser(
         "stimuli", help="export a design's augmented images (PNG) and its design table for an experiment",
@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_stimuli(args: argparse.Namespace) -> int:
     from augsense.analyses.stimuli import StimulusDesign
-    from augsense.cli import load_config, parse_number
+    from augsense.commands._options import load_config, parse_number
     from augsense.errors import AugsenseError
 
     size = parse_number("size", args.size, int)

@@ -1,0 +1,21 @@
+"""``augsense report RUN_DIR``: write RUN_DIR/report.html from a run folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    report = subparsers.add_parser("report", help="write RUN_DIR/report.html from a run folder")
+    report.add_argument("run_dir")
+    report.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from augsense.report.html import write_report
+
+    path = write_report(Path(args.run_dir))
+    print(f"report: {path}")
+    return 0

@@ -1,0 +1,69 @@
+"""``augsense run [CONFIG]``: a sensitivity analysis from a TOML config and/or flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from augsense.commands._options import add_run_flags, load_config, preflight
+
+
+def register(subparsers: Any) -> None:
+    command = subparsers.add_parser("run", help="run a sensitivity analysis from a TOML config and/or flags")
+    command.add_argument("config", nargs="?", help="TOML config file (every key is also a flag)")
+    add_run_flags(command, "runs/run")
+    command.set_defaults(func=cmd_run)
+
+
+def print_summary(run: Any, out: Path | None) -> None:
+    print(f"\naugsense: {run.bundle.name}, {len(run.images)} images, factors {', '.join(run.players)}, "
+          f"{run.config.estimator} N={run.config.n} ({run.design.n_evaluations} evaluations, "
+          f"{run.timings.get('images_per_s', float('nan')):.1f} images/s)")
+    print(f"weights: {run.bundle.weights}")
+    if run.clean_accuracy is not None:
+        print(f"top-1 accuracy on the unaugmented labelled images: {run.clean_accuracy:.1%}")
+    outside, total = run.result.outside_unit_interval() if run.result is not None else (0, 0)
+    if outside:
+        print(f"{outside} of {total} unit indices are estimated below 0 or above 1: estimates are not clipped, so "
+              "indices near 0 or 1 can land outside [0, 1] by sampling noise (see their intervals)")
+    quantity = "shapley" if run.config.estimator.startswith("shapley") else "total_order"
+    print(f"dominant factors per layer (aggregated {quantity.replace('_', ' ')} share of variance):")
+    for layer, ranking in run.dominant_factors(quantity).items():
+        top = ", ".join(f"{name} {value:.2f}" for name, value in ranking[:3])
+        print(f"  {layer:<16} {top}")
+    if out is not None:
+        print(f"results: {out}/indices.parquet, layers.parquet, maps.npz, run.json"
+              + (f", report.html" if (out / "report.html").exists() else ""))
+
+
+def finish(run: Any, out: Path | None, report: bool) -> None:
+    if out is not None and report and run.shard.rank == 0:
+        from augsense.report.html import write_report
+
+        write_report(out)
+    if run.shard.rank == 0:
+        print_summary(run, out)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    preflight(args)
+    from augsense.analyses.sensitivity import run_sensitivity
+
+    config = load_config(args.config, args)
+    out = Path(args.out)
+    if config.segment is not None:
+        from augsense.commands.segments import print_segments
+
+        from augsense.analyses.segments import run_segments
+        from augsense.config import DEMO_LAYERS
+
+        # the default layers belong to the whole network: a segment defaults to its last module
+        layers = None if config.layers == DEMO_LAYERS else config.layers
+        result = run_segments(config, config.segment, channels=config.segment_channel, out_dir=out, layers=layers,
+                              progress=not args.quiet, overwrite=args.overwrite)
+        print_segments(result, out)
+        return 0
+    run = run_sensitivity(config, out_dir=out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
+    finish(run, out, config.report)
+    return 0
