@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +108,24 @@ def test_layers_and_factors_listings(capsys):
     assert code == 0 and "layer1" in stdout and "64×56×56" in stdout
     code, stdout, _ = run(["factors"], capsys)
     assert code == 0 and "elliptic_local_blur" in stdout and "paper-set1" in stdout
+
+
+def test_cli_only_parses_and_dispatches():
+    """Every sub-command lives in augsense/commands/, and no command module imports cli.py back."""
+    import ast
+    import pkgutil
+
+    import augsense.commands
+    from augsense.cli import FIRST_COMMANDS, build_parser
+
+    folder = Path(augsense.commands.__path__[0])
+    modules = [m.name for m in pkgutil.iter_modules([str(folder)])]
+    assert set(FIRST_COMMANDS) <= set(modules)
+    for name in modules:
+        tree = ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        assert "augsense.cli" not in imported, f"commands/{name}.py imports augsense.cli (an import cycle)"
+    cli = ast.parse(Path(build_parser.__code__.co_filename).read_text(encoding="utf-8"))
+    handlers = [node.name for node in cli.body if isinstance(node, ast.FunctionDef) and node.name.startswith("cmd_")]
+    assert handlers == [], f"sub-command handlers left in cli.py: {handlers}"
