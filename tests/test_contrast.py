@@ -205,3 +205,66 @@ def test_bad_input() -> None:
     with pytest.raises(AugsenseError, match="one name per output"):
         accumulator.update(torch.ones(3, 4), torch.zeros(3, 4))
         accumulator.compute().to_dataframe(["a"])
+
+
+def _paper_point_biserial(clean: np.ndarray, treated: np.ndarray) -> np.ndarray:
+    """The reference code's formula (compute_point_biserial_corrcoef), written out: groups clean / treated."""
+    n0, n1 = len(clean), len(treated)
+    m0, m1 = clean.mean(0), treated.mean(0)
+    p0, p1 = n0 / (n0 + n1), n1 / (n0 + n1)
+    pooled_mean = p0 * m0 + p1 * m1
+    s = np.sqrt((((clean - pooled_mean) ** 2).sum(0) + ((treated - pooled_mean) ** 2).sum(0)) / (n0 + n1))
+    return (m1 - m0) * np.sqrt(p0 * p1) / s
+
+
+@pytest.mark.parametrize("draws", [1, 3])
+def test_point_biserial_matches_scipy_and_the_paper_formula_across_merges(draws: int) -> None:
+    rng = np.random.default_rng(11)
+    n_images, m = 25, 6
+    clean = rng.normal(size=(n_images, m)) * np.linspace(0.5, 2.0, m)
+    control = np.repeat(clean, draws, axis=0)
+    treated = control + rng.normal(np.linspace(-1.0, 1.0, m), 1.0, size=control.shape)
+    accumulator, other = ContrastAccumulator(m, keep_differences=False), ContrastAccumulator(m, keep_differences=False)
+    cut = 7  # not a multiple of draws: the merge must not care
+    accumulator.update(torch.from_numpy(treated[:cut]), torch.from_numpy(control[:cut]))
+    other.update(torch.from_numpy(treated[cut:]), torch.from_numpy(control[cut:]))
+    result = accumulator.merge(other).compute(0.9, control_repeats=draws)
+    groups = np.r_[np.zeros(n_images), np.ones(n_images * draws)]
+    paper = _paper_point_biserial(clean, treated)
+    for j in range(m):
+        reference = scipy.stats.pointbiserialr(groups, np.r_[clean[:, j], treated[:, j]])
+        assert result.point_biserial[j] == pytest.approx(reference.statistic, abs=1e-12)
+        assert result.point_biserial[j] == pytest.approx(paper[j], abs=1e-12)
+        half = scipy.stats.norm.ppf(0.95) / np.sqrt(len(groups) - 3)
+        assert result.point_biserial_ci_low[j] == pytest.approx(np.tanh(np.arctanh(reference.statistic) - half))
+        assert result.point_biserial_ci_high[j] == pytest.approx(np.tanh(np.arctanh(reference.statistic) + half))
+    assert result.to_dataframe()["point_biserial"].notna().all()
+
+
+def test_point_biserial_planted_extremes_and_bad_repeats() -> None:
+    """Separated groups give r = ±1 exactly; equal groups 0; no spread at all NaN."""
+    n = 12
+    control = torch.zeros(n, 4, dtype=torch.float64)
+    treated = torch.zeros(n, 4, dtype=torch.float64)
+    treated[:, 0] = 1.0  # every treated output above every (equal) control output
+    treated[:, 1] = -2.0
+    control[:, 2] = torch.arange(n, dtype=torch.float64)  # same values in both groups
+    treated[:, 2] = torch.arange(n, dtype=torch.float64)
+    accumulator = ContrastAccumulator(4, keep_differences=False)
+    accumulator.update(treated, control)
+    result = accumulator.compute()
+    assert result.point_biserial[0] == pytest.approx(1.0) and result.point_biserial[1] == pytest.approx(-1.0)
+    assert result.point_biserial[2] == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(result.point_biserial[3])
+    with pytest.raises(AugsenseError, match="control_repeats"):
+        accumulator.compute(control_repeats=5)  # 12 pairs are not 5 draws per image
+
+
+def test_point_biserial_survives_a_state_round_trip() -> None:
+    rng = np.random.default_rng(3)
+    treated, control = torch.from_numpy(rng.normal(1, 1, (20, 3))), torch.from_numpy(rng.normal(0, 1, (20, 3)))
+    accumulator = ContrastAccumulator(3)
+    accumulator.update(treated, control)
+    restored = ContrastAccumulator(3)
+    restored.load_state_dict(accumulator.state_dict())
+    np.testing.assert_allclose(restored.compute().point_biserial, accumulator.compute().point_biserial)

@@ -210,3 +210,21 @@ def test_cli_contrast_writes_the_table(tmp_path, capsys):
     assert set(table.layer) == {"layer1", "fc"} and set(table.factor) == {"brightness", "hflip"}
     assert len(table) == 2 * (64 + 1000)
     assert "layer1" in out and "significant" in out
+
+
+def test_run_point_biserial_uses_distinct_clean_images(planted_contrast):
+    """The run's control group is the 16 clean images, not their 6 repeats: compare with scipy directly."""
+    bundle, images = one_way_bundle(), reddish_images()
+    factor = get_factor("brightness", factor=(0.1, 0.9))
+    u = draw_single_factor(factor, len(images), 6, 0).reshape(len(images) * 6, -1)
+    clean = images.batch(torch.arange(len(images)))
+    with torch.inference_mode():
+        treated = bundle.module.readout(factor.apply_unit(clean.repeat_interleave(6, dim=0), u)).numpy()
+        control = bundle.module.readout(clean).numpy()
+    rows = planted_contrast.table.query("factor == 'brightness'").set_index("unit")
+    groups = np.r_[np.zeros(len(control)), np.ones(len(treated))]
+    for unit in range(3):
+        reference = scipy.stats.pointbiserialr(groups, np.r_[control[:, unit], treated[:, unit]]).statistic
+        assert rows.loc[unit, "point_biserial"] == pytest.approx(reference, abs=1e-6)
+        assert rows.loc[unit, "point_biserial_ci_low"] <= reference <= rows.loc[unit, "point_biserial_ci_high"]
+    assert rows.loc[0, "point_biserial"] < -0.5  # darkening lowers the mean V of every image

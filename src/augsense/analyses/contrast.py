@@ -6,7 +6,8 @@ factors are simply "on", so they get one draw per image: further draws would be 
 Each augmented image is paired with its clean image; per unit of the chosen layers the paired
 differences feed a :class:`~augsense.estimators.contrast.ContrastAccumulator` (float64 moments;
 paired differences kept for the Wilcoxon signed-rank test and the rank-biserial correlation only
-for reduced per-channel units). Benjamini–Yekutieli (2001) FDR then runs across all units of all
+for reduced per-channel units; float64 group moments for the point-biserial correlation between
+clean and augmented outputs, with a Fisher-z interval). Benjamini–Yekutieli (2001) FDR then runs across all units of all
 layers *and* factors at once. Per-unit maps (``reduction = "none"``) get the moment statistics only
 (mean difference, SD, Cohen's d_z with CI, paired t-test), and their p-values are the t-test's.
 
@@ -49,7 +50,7 @@ DEFAULT_DIFFERENCE_BYTES = 1024 * 2**20
 CONTRAST_COLUMNS = [
     "layer", "unit", "factor", "n_pairs", "mean_treated", "mean_control", "mean_difference", "sd",
     "effect_size", "effect_size_ci_low", "effect_size_ci_high", "test", "statistic", "p_value", "q_value",
-    "significant", "rank_biserial", "t", "p_t", "wilcoxon_statistic", "wilcoxon_z", "p_wilcoxon", "zero_variance",
+    "significant", "rank_biserial", "point_biserial", "point_biserial_ci_low", "point_biserial_ci_high", "t", "p_t", "wilcoxon_statistic", "wilcoxon_z", "p_wilcoxon", "zero_variance",
 ]
 
 
@@ -195,8 +196,8 @@ def run_contrast(config: SensitivityConfig | None = None, *, model: nn.Module | 
                 bar.update(len(index) * k)
     bar.close()
     timings["loop_s"] = time.perf_counter() - loop_started
-    results = {name: {layer: acc.compute(config.confidence) for layer, acc in per_layer.items()}
-               for name, per_layer in accumulators.items()}
+    results = {name: {layer: acc.compute(config.confidence, control_repeats=factor_draws[name])
+                      for layer, acc in per_layer.items()} for name, per_layer in accumulators.items()}
     table = contrast_table(results, alpha)
     timings["total_s"] = time.perf_counter() - started
     out = Path(out_dir) if out_dir is not None else None

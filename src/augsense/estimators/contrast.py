@@ -17,6 +17,14 @@ matched-pairs rank-biserial correlation r = (R+ − R−)/(R+ + R−) (Kerby 201
 3:11.IT.3.1) on the same zsplit ranks. Per-unit maps (every channel × position) are too large to
 keep differences for; they get the moment-based statistics only.
 
+Point-biserial part (always, float64, mergeable): the within-group M2 of the treated and of the
+control outputs (Chan et al. merge). From them the point-biserial correlation between group
+membership (0 control, 1 treated) and the output — the paper's ``compute_point_biserial_corrcoef``
+and ``scipy.stats.pointbiserialr`` on the pooled two groups — with a Fisher-z interval
+(tanh(atanh r ± z/√(N − 3)), treating the groups as independent, as the paper did). The control
+group is the *distinct* clean outputs: with k draws per image, ``compute(control_repeats=k)``
+divides the repeated control rows back out.
+
 Caveat: pairs sharing a clean image are not independent; p-values treat every pair as one
 observation, as the paper did. Use one draw per image for strictly valid tests.
 """
@@ -146,6 +154,9 @@ class ContrastResult:
     zero_variance: NDArray[np.bool_]
     has_rank_statistics: bool
     confidence: float
+    point_biserial: FloatArray | None = None
+    point_biserial_ci_low: FloatArray | None = None
+    point_biserial_ci_high: FloatArray | None = None
 
     @property
     def n_outputs(self) -> int:
@@ -203,6 +214,8 @@ class ContrastAccumulator:
         self._m2 = torch.zeros(n_outputs, dtype=torch.float64, device=self.device)
         self._sum_treated = torch.zeros(n_outputs, dtype=torch.float64, device=self.device)
         self._sum_control = torch.zeros(n_outputs, dtype=torch.float64, device=self.device)
+        self._m2_treated = torch.zeros(n_outputs, dtype=torch.float64, device=self.device)
+        self._m2_control = torch.zeros(n_outputs, dtype=torch.float64, device=self.device)
         self._differences: list[torch.Tensor] = []
 
     # -- streaming --------------------------------------------------------------------------
@@ -237,9 +250,10 @@ class ContrastAccumulator:
             self._differences.append(difference.to("cpu", torch.float32))
         batch_mean = difference.mean(dim=0)
         batch_m2 = ((difference - batch_mean) ** 2).sum(dim=0)
+        self._combine_groups(n, treated64.sum(dim=0), control64.sum(dim=0),
+                             ((treated64 - treated64.mean(dim=0)) ** 2).sum(dim=0),
+                             ((control64 - control64.mean(dim=0)) ** 2).sum(dim=0))
         self._combine(n, batch_mean, batch_m2)
-        self._sum_treated += treated64.sum(dim=0)
-        self._sum_control += control64.sum(dim=0)
 
     def merge(self, other: ContrastAccumulator) -> ContrastAccumulator:
         """Fold ``other`` (another shard, batch range or process) into this one; returns self."""
@@ -256,10 +270,23 @@ class ContrastAccumulator:
         if self.keep_differences:
             self._check_capacity(self.count + other.count)
             self._differences.extend(d.clone() for d in other._differences)
+        self._combine_groups(other.count, other._sum_treated.to(self.device), other._sum_control.to(self.device),
+                             other._m2_treated.to(self.device), other._m2_control.to(self.device))
         self._combine(other.count, other._mean.to(self.device), other._m2.to(self.device))
-        self._sum_treated += other._sum_treated.to(self.device)
-        self._sum_control += other._sum_control.to(self.device)
         return self
+
+    def _combine_groups(self, n_b: int, sum_treated: torch.Tensor, sum_control: torch.Tensor,
+                        m2_treated: torch.Tensor, m2_control: torch.Tensor) -> None:
+        """Chan et al. update of the treated and control M2 and sums; call before :meth:`_combine`."""
+        n_a, total = self.count, self.count + n_b
+        for sums, m2, batch_sum, batch_m2 in ((self._sum_treated, self._m2_treated, sum_treated, m2_treated),
+                                              (self._sum_control, self._m2_control, sum_control, m2_control)):
+            if n_a:
+                delta = batch_sum / n_b - sums / n_a
+                m2 += batch_m2 + delta**2 * (n_a * n_b / total)
+            else:
+                m2 += batch_m2
+            sums += batch_sum
 
     def _combine(self, n_b: int, mean_b: torch.Tensor, m2_b: torch.Tensor) -> None:
         """Chan, Golub & LeVeque (1979) pairwise update of count, mean and M2."""
@@ -296,6 +323,8 @@ class ContrastAccumulator:
             "m2": self._m2.cpu().clone(),
             "sum_treated": self._sum_treated.cpu().clone(),
             "sum_control": self._sum_control.cpu().clone(),
+            "m2_treated": self._m2_treated.cpu().clone(),
+            "m2_control": self._m2_control.cpu().clone(),
             "differences": differences,
         }
 
@@ -325,6 +354,9 @@ class ContrastAccumulator:
         self._m2 = state["m2"].to(self.device, torch.float64).clone()
         self._sum_treated = state["sum_treated"].to(self.device, torch.float64).clone()
         self._sum_control = state["sum_control"].to(self.device, torch.float64).clone()
+        nan = torch.full((self.n_outputs,), float("nan"), dtype=torch.float64)  # states saved before these moments
+        self._m2_treated = state.get("m2_treated", nan).to(self.device, torch.float64).clone()
+        self._m2_control = state.get("m2_control", nan).to(self.device, torch.float64).clone()
         self._differences = [differences.to("cpu", torch.float32).clone()] if count and self.keep_differences else []
 
     # -- results ----------------------------------------------------------------------------
@@ -338,12 +370,19 @@ class ContrastAccumulator:
             self._differences = [torch.cat(self._differences)]
         return self._differences[0]
 
-    def compute(self, confidence: float = 0.95) -> ContrastResult:
-        """Statistics per output; ``confidence`` sets the effect-size interval's level."""
+    def compute(self, confidence: float = 0.95, control_repeats: int = 1) -> ContrastResult:
+        """Statistics per output; ``confidence`` sets the effect-size and point-biserial intervals' level.
+
+        ``control_repeats``: how often each clean row was repeated (parameter draws per image); the
+        point-biserial control group is the count / control_repeats distinct clean outputs.
+        """
         if self.count == 0:
             raise AugsenseError("no pairs accumulated yet; call update(treated, control) first.")
         if not 0.0 < confidence < 1.0:
             raise AugsenseError(f"confidence must lie in (0, 1), got {confidence}.")
+        if not isinstance(control_repeats, int) or control_repeats < 1 or self.count % control_repeats:
+            raise AugsenseError(f"control_repeats must be a positive integer dividing the {self.count} pairs, "
+                                f"got {control_repeats!r}.")
         n = self.count
         mean = self._mean.cpu().numpy().copy()
         m2 = np.maximum(self._m2.cpu().numpy(), 0.0)
@@ -379,7 +418,25 @@ class ContrastAccumulator:
             zero_variance=zero_variance,
             has_rank_statistics=self.keep_differences,
             confidence=confidence,
+            **dict(zip(("point_biserial", "point_biserial_ci_low", "point_biserial_ci_high"),
+                       self._point_biserial(confidence, control_repeats))),
         )
+
+    def _point_biserial(self, confidence: float, control_repeats: int) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """r_pb = (m1 − m0)·√(p0 p1) / s over the pooled groups (s: population SD), and its Fisher-z interval."""
+        n1, n0 = float(self.count), float(self.count // control_repeats)
+        total = n0 + n1
+        m1 = self._sum_treated.cpu().numpy() / n1
+        m0 = self._sum_control.cpu().numpy() / self.count
+        pooled = (self._m2_treated.cpu().numpy() + self._m2_control.cpu().numpy() / control_repeats
+                  + (m1 - m0) ** 2 * n0 * n1 / total)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(pooled > 0, (m1 - m0) * np.sqrt(n0 * n1) / np.sqrt(total * np.where(pooled > 0, pooled, 1.0)),
+                         np.nan)
+            r = np.clip(r, -1.0, 1.0)
+            half = scipy.stats.norm.ppf(0.5 + confidence / 2.0) / np.sqrt(total - 3.0) if total > 3 else np.inf
+            z = np.arctanh(r)
+        return r, np.tanh(z - half), np.tanh(z + half)
 
 
 def contrast_fdr(
