@@ -56,7 +56,20 @@ class SensitivityConfig:
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` …
         preprocessing: ``"standard"`` or ``"paper"`` (per-image per-channel min-max stretch first).
         confidence: level of the confidence intervals.
-        limit_images: use at most this many images.
+        limit_images: use at most this many images of a folder: a random subset drawn with ``seed`` (the
+            bundled photos and a Dataset: the first ones).
+        per_class: use this many images of every class of a folder (all of a smaller class), drawn with ``seed``;
+            with ``limit_images`` too, a random ``limit_images`` of those.
+        label_files: class lists and ground-truth files (``LOC_synset_mapping.txt``, ``LOC_val_solution.csv``,
+            ``categories_places365.txt``, ``places365_val.txt``, ``filename label`` text); files of those names in
+            or up to three folders above the image folder are found without it.
+        image_cache: ``"auto"`` (decode a folder once into ``<folder>/.augsense-cache``, else the user cache
+            folder, and memory-map it), a cache folder, or ``"off"`` (decode into memory every run).
+        decode_workers: threads decoding images; 0 = the CPU cores (at most 16).
+        images_partition: a second image folder (e.g. the training pool beside the validation one): adds the
+            ``partition`` player choosing the pool (joint mode).
+        class_factor: add the ``class`` player: the design picks a class, then the image player an image
+            within it (joint mode; classes from labels, else class folders).
         checkpoint_every: seconds between checkpoints, a finite number ≥ 0; 0 turns checkpoints off
             (the one way to say "never": negative, NaN and inf are refused).
         report: write report.html at the end.
@@ -84,6 +97,12 @@ class SensitivityConfig:
     preprocessing: str = "standard"
     confidence: float = 0.95
     limit_images: int | None = None
+    per_class: int | None = None
+    label_files: list[str] = field(default_factory=list)
+    image_cache: str = "auto"
+    decode_workers: int = 0
+    images_partition: str | None = None
+    class_factor: bool = False
     checkpoint_every: float = 120.0
     report: bool = True
     segment: str | None = None
@@ -118,6 +137,12 @@ class SensitivityConfig:
             raise AugsenseError(f"confidence = {self.confidence} must lie strictly between 0 and 1")
         if self.limit_images is not None and self.limit_images < 1:
             raise AugsenseError("limit_images must be ≥ 1")
+        if self.per_class is not None and self.per_class < 1:
+            raise AugsenseError("per_class must be ≥ 1 (the paper: 50 images per class)")
+        if self.decode_workers < 0:
+            raise AugsenseError("decode_workers must be ≥ 0 (0: one per CPU core)")
+        if (self.class_factor or self.images_partition is not None) and self.image_mode != "joint":
+            raise AugsenseError("class_factor and images_partition make the image a factor: set image_mode = 'joint'")
         if not self.factors:
             raise AugsenseError("no factors chosen; name some (see `augsense factors`) or a preset")
         if not self.layers:

@@ -68,6 +68,16 @@ def pixels_digest(pixels: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+def _strata_entry(space: Any, images: Any) -> dict[str, Any]:
+    """With the partition or class players, the pool and class of each image decide the rows' images: hash them."""
+    if not getattr(space, "image_factors", ()):
+        return {}
+    strata = images.strata()
+    text = json.dumps([strata.pool_of.tolist(), strata.classes,
+                       None if strata.class_of is None else strata.class_of.tolist()])
+    return {"strata": hashlib.sha256(text.encode()).hexdigest()}
+
+
 def _canonical(entries: dict[str, Any]) -> str:
     return json.dumps(entries, sort_keys=True, separators=(",", ":"), allow_nan=True)
 
@@ -113,8 +123,10 @@ class RunPlan:
             "switches": switches,
             "order": [str(name) for name in space.order],
             "random_order": bool(space.random_order),
-            "image_mode": str(space.image_mode),
-            "images": {"count": len(images), "size": int(images.size), "sha256": pixels_digest(images.pixels)},
+            "image_mode": str(space.image_mode) + "".join(f"+{f}" for f in getattr(space, "image_factors", ())),
+            "images": {"count": len(images), "size": int(images.size),
+                       "sha256": images.pixels_sha256() if hasattr(images, "pixels_sha256") else
+                       pixels_digest(images.pixels), **_strata_entry(space, images)},
             "preprocessing": None if bundle is None else config.preprocessing,
             "estimator": design.kind,
             "n": int(design.n),

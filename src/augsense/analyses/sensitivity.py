@@ -32,7 +32,7 @@ from augsense.factors import FactorSpace, get_factor, preset
 from augsense.factors.registry import PRESETS
 from augsense.io.checkpoints import checkpoint_path, remove_checkpoint, resume_run_checkpoint, save_run_checkpoint
 from augsense.interrupts import RunInterrupted, StopRequest
-from augsense.io.images import ImageSet, load_images
+from augsense.io.images import ImageSet, images_for
 from augsense.io.models import ModelBundle, load_model
 from augsense.parallel import (BlockSchedule, Shard, broadcast_module, current_shard, gather_states,
                                union_blocks)
@@ -60,7 +60,9 @@ def build_factor_space(config: SensitivityConfig) -> FactorSpace:
         if factor.name in config.switches:
             factor = factor.with_switch()
         chosen.append(factor)
-    return FactorSpace(chosen, random_order=config.random_order, image_mode=config.image_mode)  # type: ignore[arg-type]
+    image_factors = ["partition"] * (config.images_partition is not None) + ["class"] * config.class_factor
+    return FactorSpace(chosen, random_order=config.random_order, image_mode=config.image_mode,  # type: ignore[arg-type]
+                       image_factors=image_factors)
 
 
 def design_for(config: SensitivityConfig, space: FactorSpace) -> Design:
@@ -305,8 +307,7 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
     if isinstance(images, ImageSet):
         image_set = images
     else:
-        image_set = load_images(images if images is not None else config.images, bundle.input_size,
-                                bundle.resize_size, class_names=bundle.class_names, limit=config.limit_images)
+        image_set = images_for(config, bundle, images)
     space = build_factor_space(config)
     probe = ActivationProbe(bundle.module, config.layers, reduction=config.reduction, output=config.output,  # type: ignore[arg-type]
                             input_size=bundle.input_size, device=device)
@@ -319,7 +320,7 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
                                    else "pooled", groups=groups, device=device)
     stretch = minmax_stretch if config.preprocessing == "paper" else None
     timings: dict[str, float] = {"setup_s": time.perf_counter() - started}
-    notices = run_warnings(config, bundle, len(image_set))  # once the run is known to be valid
+    notices = image_set.notices + run_warnings(config, bundle, len(image_set))  # once the run is known to be valid
     if shard.rank == 0:
         for line in notices:
             print(f"augsense: warning: {line}", file=sys.stderr)
@@ -361,7 +362,7 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
     my_blocks, todo = shard.blocks(design.n_blocks), schedule.todo
 
     accuracy = clean_top1(bundle, image_set, device, config.batch_size, stretch) if shard.rank == 0 else None
-    n_images = len(image_set)
+    n_images = image_set.strata() if space.image_factors else len(image_set)
     loop_started = time.perf_counter()
     bar = Progress(total=len(my_blocks) * design.block_size * design.group_size, initial=(len(my_blocks) - len(todo))
                    * design.block_size * design.group_size, unit="img", description="sensitivity",

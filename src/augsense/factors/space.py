@@ -2,13 +2,14 @@
 
 A design row u ∈ [0, 1]^D is split into one block per *player*: each factor's ``n_coords`` coordinates
 (in the user's order), then one coordinate for the *order* factor when the composition order is sampled,
-then one for the *image* factor in joint mode (the pipeline reads it through ``image_index``).
+then, in joint mode, one each for the *partition* (image pool) and *class* players when chosen and one
+for the *image* player (the pipeline reads them through ``image_index``; see :mod:`augsense.factors.strata`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
@@ -18,9 +19,16 @@ from augsense.factors.base import Factor, check_images
 from augsense.factors.order import lehmer_codes, permutations_from_codes
 from augsense.factors.registry import get_factor
 
+if TYPE_CHECKING:
+    from augsense.factors.strata import ImageStrata
+
 ImageMode = Literal["within", "joint"]
 ORDER_PLAYER = "order"
 IMAGE_PLAYER = "image"
+PARTITION_PLAYER = "partition"
+CLASS_PLAYER = "class"
+#: Players that choose the image in joint mode, in the order they are placed before the image player.
+IMAGE_FACTORS = (PARTITION_PLAYER, CLASS_PLAYER)
 
 
 class FactorSpace:
@@ -33,10 +41,13 @@ class FactorSpace:
     random_order: add an *order* player whose coordinate picks one of n! orders by Lehmer code
         (code 0 = ``order``).
     image_mode: ``"within"`` (images are not a factor) or ``"joint"`` (an *image* player selects the image).
+    image_factors: in joint mode, ``"partition"`` (the image pool) and/or ``"class"`` players that choose the
+        pool and the class before the image player picks an image within them.
     """
 
     def __init__(self, factors: Sequence[Factor | str], *, order: Sequence[str] | None = None,
-                 random_order: bool = False, image_mode: ImageMode = "within") -> None:
+                 random_order: bool = False, image_mode: ImageMode = "within",
+                 image_factors: Sequence[str] = ()) -> None:
         if isinstance(factors, (str, Factor)):
             factors = [factors]
         resolved = [f if isinstance(f, Factor) else _factor_by_name(f) for f in factors]
@@ -46,11 +57,17 @@ class FactorSpace:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise AugsenseError(f"factor(s) {duplicates} appear more than once; each factor is one player")
-        reserved = {ORDER_PLAYER, IMAGE_PLAYER} & set(names)
+        reserved = {ORDER_PLAYER, IMAGE_PLAYER, *IMAGE_FACTORS} & set(names)
         if reserved:
-            raise AugsenseError(f"factor names {sorted(reserved)} are reserved for the order and image players")
+            raise AugsenseError(f"factor names {sorted(reserved)} are reserved for the order, partition, class and "
+                                "image players")
         if image_mode not in ("within", "joint"):
             raise AugsenseError(f"image_mode must be 'within' or 'joint', got {image_mode!r}")
+        unknown = sorted(set(image_factors) - set(IMAGE_FACTORS))
+        if unknown:
+            raise AugsenseError(f"image factor(s) {unknown} unknown; choose from {', '.join(IMAGE_FACTORS)}")
+        if image_factors and image_mode != "joint":
+            raise AugsenseError("the partition and class players need image_mode='joint' (the image is a factor)")
         if order is None:
             order = names
         order = list(order)
@@ -60,14 +77,15 @@ class FactorSpace:
         self.order: list[str] = order
         self.random_order = bool(random_order)
         self.image_mode: ImageMode = image_mode
+        self.image_factors: tuple[str, ...] = tuple(f for f in IMAGE_FACTORS if f in image_factors)
         players = list(names)
         dims = [f.n_coords for f in resolved]
         if self.random_order:
             players.append(ORDER_PLAYER)
             dims.append(1)
         if image_mode == "joint":
-            players.append(IMAGE_PLAYER)
-            dims.append(1)
+            players.extend([*self.image_factors, IMAGE_PLAYER])
+            dims.extend([1] * (len(self.image_factors) + 1))
         self.players: list[str] = players
         self.dims: tuple[int, ...] = tuple(dims)
         self.n_coords: int = sum(dims)
@@ -77,7 +95,8 @@ class FactorSpace:
 
     def __repr__(self) -> str:
         return (f"FactorSpace(players={self.players}, dims={self.dims}, order={self.order}, "
-                f"random_order={self.random_order}, image_mode={self.image_mode!r})")
+                f"random_order={self.random_order}, image_mode={self.image_mode!r}"
+                + (f", image_factors={list(self.image_factors)})" if self.image_factors else ")"))
 
     def coords(self, player: str) -> slice:
         """The columns of u that belong to ``player``."""
@@ -139,10 +158,28 @@ class FactorSpace:
                     images[index] = factor.apply_unchecked(images[index], params[index].to(images.dtype))
         return images
 
-    def image_index(self, u: torch.Tensor, n_images: int) -> torch.Tensor:
-        """Joint mode: the image each row uses, ``(n,)`` int64 = floor(u_image · n_images)."""
+    def image_index(self, u: torch.Tensor, n_images: "int | ImageStrata") -> torch.Tensor:
+        """Joint mode: the image each row uses, ``(n,)`` int64.
+
+        With an image count: floor(u_image · n_images). With :class:`~augsense.factors.strata.ImageStrata`
+        (``ImageSet.strata()``): the partition and class players pick the pool and class, the image player
+        an image within them (needed when those players are present).
+        """
+        from augsense.factors.strata import ImageStrata
+
         if self.image_mode != "joint":
             raise AugsenseError("image_index needs image_mode='joint'; in 'within' mode the pipeline picks images")
+        if isinstance(n_images, ImageStrata):
+            u = self._check_u(u)
+
+            def column(player: str) -> torch.Tensor | None:
+                return u[:, self.coords(player)].squeeze(1) if player in self.image_factors else None
+
+            return n_images.choose(column(PARTITION_PLAYER), column(CLASS_PLAYER),
+                                   u[:, self.coords(IMAGE_PLAYER)].squeeze(1)).to(u.device)
+        if self.image_factors:
+            raise AugsenseError(f"the {' and '.join(self.image_factors)} player(s) choose among pools and classes: pass "
+                                "the images' strata (ImageSet.strata()), not an image count")
         if n_images < 1:
             raise AugsenseError(f"n_images must be >= 1, got {n_images}")
         u = self._check_u(u)
@@ -168,6 +205,7 @@ class FactorSpace:
             "order": list(self.order),
             "random_order": self.random_order,
             "image_mode": self.image_mode,
+            **({"image_factors": list(self.image_factors)} if self.image_factors else {}),
         }
 
     @classmethod
@@ -189,7 +227,7 @@ class FactorSpace:
                 factor = factor.with_switch(spec.get("p", 0.5))
             factors.append(factor)
         return cls(factors, order=d.get("order"), random_order=bool(d.get("random_order", False)),
-                   image_mode=d.get("image_mode", "within"))
+                   image_mode=d.get("image_mode", "within"), image_factors=d.get("image_factors", ()))
 
 
 def _factor_by_name(name: str) -> Factor:

@@ -24,13 +24,14 @@ How a file becomes pixels (see :func:`prepare`; the same rules are listed in doc
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from augsense.errors import AugsenseError
+from augsense.io.labels import WNID, ClassList, file_key, find_label_files, folder_labels, wnid_classes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -54,6 +56,9 @@ MAX_ASPECT = 4
 #: skipped with its range in the reason.
 FLOAT_TOLERANCE = 1.0 / 255.0
 
+#: Version of the decoding rules above (a decoded cache made by another version is rebuilt).
+DECODER_VERSION = "augsense-decode/1"
+
 #: CC0 photos shipped inside scikit-image (no ImageNet label is claimed for them).
 SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 
@@ -63,11 +68,15 @@ class ImageSet:
     """Decoded images at one size.
 
     Attributes:
-        pixels: (n, 3, S, S) uint8.
+        pixels: (n, 3, S, S) uint8 (in memory, or a read-only memory map of a decoded cache).
         labels: (n,) int64 class indices, -1 where unknown; None when no image has a label.
         sources: n paths or names.
         skipped: (path, reason) for every file that could not be used.
-        label_names: names of the label indices when they came from folder names.
+        label_names: class index → name, when a class list (mapping file or the model's names) labelled them.
+        folders: n class-folder keys ("" for a file lying directly in the folder), for folders only.
+        pools: (n,) int64 image pool of each image (0: ``images``, 1: ``images_partition``), None with one pool.
+        notices: what the user should know about the labels or the subset (printed as warnings by a run).
+        digest: SHA-256 of the pixels as :func:`pixels_sha256` computes it, when already known (a cache).
     """
 
     pixels: torch.Tensor
@@ -75,6 +84,10 @@ class ImageSet:
     sources: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     label_names: list[str] | None = None
+    folders: list[str] | None = None
+    pools: torch.Tensor | None = None
+    notices: list[str] = field(default_factory=list)
+    digest: str | None = None
 
     def __len__(self) -> int:
         return self.pixels.shape[0]
@@ -87,13 +100,35 @@ class ImageSet:
         """Float images in [0, 1] for the given indices: (len(index), 3, S, S) float32."""
         return self.pixels[index.cpu()].to(device, non_blocking=True).float().div_(255.0)
 
+    def pixels_sha256(self) -> str:
+        """SHA-256 of the (n, 3, S, S) uint8 pixels in order (the run plan's ``images.sha256``), computed once."""
+        if self.digest is None:
+            self.digest = pixels_sha256(self.pixels)
+        return self.digest
+
     def labelled(self) -> "ImageSet":
-        """The subset with known labels."""
+        """The subset with known labels (this set itself when every image has one: no copy of the pixels)."""
         if self.labels is None:
             raise AugsenseError("these images have no labels; use a folder with one sub-folder per class")
         keep = torch.nonzero(self.labels >= 0).flatten()
+        if len(keep) == len(self):
+            return self
         return ImageSet(self.pixels[keep], self.labels[keep], [self.sources[i] for i in keep.tolist()],
                         list(self.skipped), self.label_names)
+
+    def strata(self) -> "ImageStrata":
+        """The images grouped by pool and class, for the ``partition`` and ``class`` players (see ImageStrata)."""
+        from augsense.factors.strata import ImageStrata
+
+        return ImageStrata.from_images(self)
+
+
+def pixels_sha256(pixels: torch.Tensor, chunk: int = 256) -> str:
+    """SHA-256 of decoded images (n, 3, S, S) uint8 in order, shape included, read ``chunk`` images at a time."""
+    digest = hashlib.sha256(f"{tuple(pixels.shape)}|{pixels.dtype}|".encode())
+    for start in range(0, pixels.shape[0], chunk):
+        digest.update(np.ascontiguousarray(pixels[start:start + chunk].detach().cpu().numpy()).data)
+    return digest.hexdigest()
 
 
 def prepare(image: Image.Image, size: int, resize: int | None = None) -> torch.Tensor:
@@ -221,7 +256,8 @@ def _walk(root: Path) -> list[tuple[Path, str | None]]:
 
     Directory symlinks inside the folder are followed, each real directory visited once (loops
     end). Symlinks, to files or folders, whose target lies outside the folder are not followed:
-    they come back with a reason.
+    they come back with a reason. Hidden files and folders (a leading dot: the decoded cache
+    ``.augsense-cache``, ``.ipynb_checkpoints``) are passed over.
     """
     found: list[tuple[Path, str | None]] = []
     top = os.path.realpath(root)
@@ -235,10 +271,12 @@ def _walk(root: Path) -> list[tuple[Path, str | None]]:
         dirnames.sort()
         kept = []
         for name in dirnames:
+            if name.startswith("."):
+                continue
             target = os.path.realpath(os.path.join(dirpath, name))
             if _inside(target, top):
                 kept.append(name)
-            elif not name.startswith("."):
+            else:
                 found.append((Path(dirpath) / name, f"symlink to a folder outside the image folder ({target}): "
                                                     "not followed"))
         dirnames[:] = kept
@@ -254,51 +292,299 @@ def _walk(root: Path) -> list[tuple[Path, str | None]]:
     return found
 
 
-def load_folder(root: str | Path, size: int, resize: int | None = None, *, class_names: Sequence[str] | None = None,
-                limit: int | None = None) -> ImageSet:
-    """Images from a folder: class sub-folders give labels, a flat folder gives none.
+@dataclass
+class FolderListing:
+    """The image files of a folder with their labels, before anything is decoded.
 
-    A sub-folder name is read as a class index when it is an integer, or matched against
-    ``class_names`` (the model's). Unreadable and non-image files, images too large to decode or
-    outside [0, 1] (float), and symlinks leading out of the folder are skipped and listed with the reason.
+    files: image paths in sorted order; labels: class index per file (-1 unknown); folders: class-folder
+    key per file ("" directly in the folder); skipped: (path, reason); label_names: index → class name
+    when a class list labelled them; notices: unmatched class folders, files missing from a ground truth.
+    """
+
+    root: Path
+    files: list[Path]
+    labels: list[int]
+    folders: list[str]
+    skipped: list[tuple[str, str]]
+    label_names: list[str] | None
+    notices: list[str]
+
+    def class_keys(self) -> list[str | None]:
+        """The class of each file for per-class subsets and the class factor: its label, else its folder, else None."""
+        return [f"label:{label}" if label >= 0 else (f"folder:{folder}" if folder else None)
+                for label, folder in zip(self.labels, self.folders)]
+
+
+def _folder_class(parts: tuple[str, ...], classes: ClassList | None) -> tuple[int, str]:
+    """(label, folder key) of a file whose parent folders below the root are ``parts`` (longest match wins)."""
+    for k in range(len(parts), 0, -1):
+        key = "/".join(parts[:k])
+        if k == 1 and key.isdigit():
+            return int(key), key
+        if classes is not None:
+            index = classes.lookup(key)
+            if index is not None:
+                return index, key
+    return -1, "/".join(parts)
+
+
+def list_folder(root: str | Path, *, class_names: Sequence[str] | None = None,
+                label_files: Sequence[str] = ()) -> FolderListing:
+    """The image files under ``root`` and their labels (see :mod:`augsense.io.labels` for the layouts read).
+
+    Class folders that name no class are kept without a label and reported in ``notices``; so are
+    files of a flat folder that its ground-truth file does not list.
     """
     root = Path(root)
     if not root.exists():
         raise AugsenseError(f"image folder {str(root)!r} does not exist")
     if not root.is_dir():
         raise AugsenseError(f"{str(root)!r} is not a folder of images")
-    files = _walk(root)
-    lookup = {name.lower(): i for i, name in enumerate(class_names or [])}
-    pixels, labels, sources, skipped = [], [], [], []
-    folders: list[str] = []
-    for path, refusal in files:
-        if limit is not None and len(pixels) >= limit:
-            break
+    labelling = folder_labels(root, label_files, class_names)
+    label_paths = {p.name for p in find_label_files(root, label_files)} | {"meta.mat"}
+    files, skipped, parts_of = [], [], []
+    for path, refusal in _walk(root):
         if refusal is not None:
             skipped.append((str(path), refusal))
-            continue
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append((str(path), "not an image file"))
-            continue
-        try:
-            pixels.append(_read(path, size, resize))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            skipped.append((str(path), f"unreadable: {error}"))
-            continue
-        sources.append(str(path))
-        parent = path.parent.relative_to(root).parts
-        folder = parent[0] if parent else ""
-        folders.append(folder)
-        if folder.isdigit():
-            labels.append(int(folder))
+        elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            if not (path.parent == root and path.name in label_paths):
+                skipped.append((str(path), "not an image file"))
         else:
-            labels.append(lookup.get(folder.lower().replace("_", " "), lookup.get(folder.lower(), -1)))
-    if not pixels:
+            files.append(path)
+            parts_of.append(path.parent.relative_to(root).parts)
+    classes = labelling.classes
+    tops = {parts[0] for parts in parts_of if parts}
+    if tops and all(WNID.match(t) for t in tops) and (classes is None or classes.wnids is None):
+        classes = wnid_classes(sorted(tops), root)
+    labels, folders, unmatched, missing = [], [], {}, 0
+    for path, parts in zip(files, parts_of):
+        if not parts:
+            label = labelling.truth.get(file_key(path), -1) if labelling.truth is not None else -1
+            missing += labelling.truth is not None and label < 0
+            labels.append(label)
+            folders.append("")
+            continue
+        label, key = _folder_class(parts, classes)
+        if label < 0:
+            unmatched[key] = unmatched.get(key, 0) + 1
+        labels.append(label)
+        folders.append(key)
+    notices = []
+    if unmatched:
+        names = sorted(unmatched)
+        source = classes.source if classes is not None else "no class list"
+        notices.append(f"{len(names)} class folder(s) name no class of {source}: {', '.join(names[:5])}"
+                       f"{' …' if len(names) > 5 else ''}; their {sum(unmatched.values())} images are used without a "
+                       "label (not in top-1); rename them or give a mapping file (--label-files)")
+    if missing:
+        notices.append(f"{missing} image(s) lying directly in {str(root)!r} are not in {labelling.truth_source}: used "
+                       "without a label (not in top-1)")
+    return FolderListing(root, files, labels, folders, skipped, classes.names if classes is not None else None, notices)
+
+
+# ---- seeded subsets --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Selection:
+    """Which files to decode: slots, each filled by the first readable file of its queue.
+
+    queues: per class group (or one group), listing indices in the seeded random order; wanted: images wanted per group.
+    """
+
+    queues: list[list[int]]
+    wanted: list[int]
+
+
+def select(listing: FolderListing, *, per_class: int | None = None, limit: int | None = None, seed: int = 0,
+           stream: int = 0) -> Selection:
+    """A seeded subset: ``per_class`` images of every class (all of a smaller class), then ``limit`` of those.
+
+    Deterministic given the listing and ``seed`` (``stream`` separates image pools). Without either
+    option every file is kept in sorted order. With ``limit`` alone, a uniformly random subset of
+    ``limit`` files; with both, ``per_class`` per class first, then a random ``limit`` of the result.
+    A file that cannot be decoded is replaced by the next of its class's (or the folder's) random order.
+    """
+    n = len(listing.files)
+    rng = np.random.default_rng([int(seed), 0x5E1EC7, int(stream)])
+    if per_class is None:
+        if limit is None or limit >= n:
+            return Selection([list(range(n))], [n])
+        return Selection([_head_sorted(rng.permutation(n).tolist(), int(limit))], [int(limit)])
+    keys = listing.class_keys()
+    if any(key is None for key in keys):
+        count = sum(key is None for key in keys)
+        raise AugsenseError(f"per_class needs a class for every image, but {count} image(s) of {str(listing.root)!r} lie "
+                            "directly in the folder with no ground-truth label: use class folders or a ground-truth "
+                            "file (LOC_val_solution.csv, places365_val.txt, 'filename label' via --label-files)")
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)  # type: ignore[arg-type]
+    queues = [[members[j] for j in rng.permutation(len(members))] for _, members in sorted(groups.items())]
+    wanted = [min(int(per_class), len(queue)) for queue in queues]
+    if limit is not None and limit < sum(wanted):
+        slots = np.repeat(np.arange(len(queues)), wanted)
+        chosen = slots[rng.permutation(len(slots))[:int(limit)]]
+        wanted = np.bincount(chosen, minlength=len(queues)).tolist()
+    return Selection([_head_sorted(queue, w) for queue, w in zip(queues, wanted)], wanted)
+
+
+def _head_sorted(queue: list[int], head: int) -> list[int]:
+    """The queue with its first ``head`` entries (the chosen files) in listing order, the reserve after them."""
+    return sorted(queue[:head]) + queue[head:]
+
+
+# ---- decoding ----------------------------------------------------------------------------------------------------------
+
+def decode_workers(requested: int | None = None) -> int:
+    """Decoding threads: ``requested``, or (0/None) the CPU cores this process may use, at most 16."""
+    if requested:
+        return max(1, int(requested))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(16, cores))
+
+
+def _decode_one(path: Path, size: int, resize: int | None) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return _read(path, size, resize).numpy(), None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return None, f"unreadable: {error}"
+
+
+def decode_selection(paths: Sequence[Path], selection: Selection, sink: np.ndarray, size: int, resize: int | None,
+                     workers: int = 1) -> tuple[list[int], list[tuple[int, str]]]:
+    """Decode the selected files into ``sink`` (rows, 3, S, S) uint8, in parallel threads.
+
+    Slots are filled group by group in queue order; a file that fails is replaced by the next in its
+    queue. Returns the listing index of each filled row (rows 0 … len-1, holes compacted away) and
+    the (listing index, reason) of every file that failed. Pillow's decoders and torch's resize
+    release the GIL, so threads share the cores without copying images between processes.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    row_of: list[int | None] = [None] * int(sum(selection.wanted))
+    failed: list[tuple[int, str]] = []
+    # pending work: (slot, group, position in queue)
+    heads = []
+    slot = 0
+    for g, count in enumerate(selection.wanted):
+        for position in range(count):
+            heads.append((slot, g, position))
+            slot += 1
+    next_position = list(selection.wanted)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        while heads:
+            def work(item: tuple[int, int, int]) -> tuple[int, int, str | None]:
+                s, g, position = item
+                index = selection.queues[g][position]
+                array, error = _decode_one(paths[index], size, resize)
+                if array is not None:
+                    sink[s] = array
+                return s, index, error
+            retry = []
+            for (s, index, error), (_, g, _) in zip(pool.map(work, heads), heads):
+                if error is None:
+                    row_of[s] = index
+                    continue
+                failed.append((index, error))
+                if next_position[g] < len(selection.queues[g]):  # the next file of the same class takes the slot
+                    retry.append((s, g, next_position[g]))
+                    next_position[g] += 1
+            heads = retry
+    filled = [s for s, index in enumerate(row_of) if index is not None]
+    for new, old in enumerate(filled):  # compact the holes left by files with no replacement (in place, forwards)
+        if new != old:
+            sink[new] = sink[old]
+    return [row_of[s] for s in filled], failed  # type: ignore[misc]
+
+
+@dataclass
+class Pool:
+    """One image folder of a load: its listing and selection."""
+
+    listing: FolderListing
+    selection: Selection
+
+
+def load_folder(root: str | Path, size: int, resize: int | None = None, *, class_names: Sequence[str] | None = None,
+                limit: int | None = None, per_class: int | None = None, seed: int = 0,
+                label_files: Sequence[str] = (), cache: str | None = "off", workers: int | None = None,
+                partition: str | Path | None = None) -> ImageSet:
+    """Images from a folder (and a second pool ``partition``): class sub-folders or a ground-truth file give labels.
+
+    A sub-folder name is read as a class index when it is an integer, or matched against the class
+    list of a mapping file or ``class_names`` (the model's); see :mod:`augsense.io.labels`. Unreadable
+    and non-image files, images too large to decode or outside [0, 1] (float), and symlinks leading
+    out of the folder are skipped and listed with the reason. ``per_class`` and ``limit`` pick a
+    seeded subset (:func:`select`). Decoding runs in ``workers`` threads (default: the cores); with
+    ``cache`` (``"auto"``, a folder, or ``"off"``) the pixels go to a memory-mapped file that later
+    runs and other ranks reuse (:mod:`augsense.io.image_cache`).
+    """
+    roots = [Path(root)] + ([Path(partition)] if partition is not None else [])
+    pools = []
+    for stream, folder in enumerate(roots):
+        listing = list_folder(folder, class_names=class_names, label_files=label_files)
+        if not listing.files:
+            detail = (f" ({len(listing.skipped)} files skipped, e.g. {listing.skipped[0][0]}: {listing.skipped[0][1]})"
+                      if listing.skipped else "")
+            raise AugsenseError(f"no readable images in {str(folder)!r}{detail}")
+        pools.append(Pool(listing, select(listing, per_class=per_class, limit=limit, seed=seed, stream=stream)))
+    paths = [path for pool in pools for path in pool.listing.files]
+    offsets = np.cumsum([0] + [len(pool.listing.files) for pool in pools])
+    selection = Selection([[int(offsets[p]) + i for i in queue] for p, pool in enumerate(pools)
+                           for queue in pool.selection.queues],
+                          [w for pool in pools for w in pool.selection.wanted])
+    key_files = [str(path) for path in paths]
+    workers = decode_workers(workers)
+    from augsense.io import image_cache
+
+    directory = image_cache.cache_folder(roots[0], cache)
+    if directory is not None:
+        decoded = image_cache.load_or_build(
+            directory, image_cache.cache_key(key_files, _preprocessing_key(size, resize),
+                                             [[q, w] for q, w in zip(selection.queues, selection.wanted)]),
+            paths, lambda sink: decode_selection(paths, selection, sink, size, resize, workers),
+            rows=int(sum(selection.wanted)), size=size)
+        pixels, rows, failed, digest = decoded.pixels, decoded.rows, decoded.failed, decoded.digest
+    else:
+        sink = np.empty((int(sum(selection.wanted)), 3, size, size), dtype=np.uint8)
+        rows, failed = decode_selection(paths, selection, sink, size, resize, workers)
+        pixels, digest = torch.from_numpy(sink[:len(rows)]), None
+    if not rows:
+        skipped = [item for pool in pools for item in pool.listing.skipped] + [(str(paths[i]), r) for i, r in failed]
         detail = f" ({len(skipped)} files skipped, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
-        raise AugsenseError(f"no readable images in {str(root)!r}{detail}")
+        raise AugsenseError(f"no readable images in {str(roots[0])!r}{detail}")
+    pool_of = np.repeat(np.arange(len(pools)), [len(pool.listing.files) for pool in pools])
+    labels_all = [label for pool in pools for label in pool.listing.labels]
+    folders_all = [folder for pool in pools for folder in pool.listing.folders]
+    labels = [labels_all[i] for i in rows]
+    skipped = [item for pool in pools for item in pool.listing.skipped] + [(str(paths[i]), reason) for i, reason in failed]
+    notices = [note for pool in pools for note in pool.listing.notices]
+    for p, pool in enumerate(pools):
+        short = [g for g, queue in enumerate(pool.selection.queues) if per_class is not None
+                 and len(queue) < per_class]
+        if short:
+            notices.append(f"{len(short)} class(es) of {str(pool.listing.root)!r} have fewer than per_class = "
+                           f"{per_class} images: all of theirs are used")
     has_labels = any(label >= 0 for label in labels)
-    return ImageSet(torch.stack(pixels), torch.tensor(labels) if has_labels else None, sources, skipped,
-                    sorted(set(folders)) if any(folders) else None)
+    names = pools[0].listing.label_names
+    return ImageSet(pixels, torch.tensor(labels) if has_labels else None, [str(paths[i]) for i in rows], skipped,
+                    names, [folders_all[i] for i in rows],
+                    torch.from_numpy(pool_of[rows].astype(np.int64)) if len(pools) > 1 else None, notices, digest)
+
+
+def _preprocessing_key(size: int, resize: int | None) -> dict[str, object]:
+    """What decides a file's decoded pixels besides its bytes (the cache is rebuilt when it changes)."""
+    return {"decoder": DECODER_VERSION, "size": int(size), "resize": int(resize or size), "max_aspect": MAX_ASPECT,
+            "max_source_pixels": MAX_SOURCE_PIXELS, "pillow": Image.__version__, "torchvision": _torchvision_version()}
+
+
+def _torchvision_version() -> str:
+    import torchvision
+
+    return str(torchvision.__version__)
 
 
 def _package_folder(package: str, sub: str) -> Path | None:
@@ -365,8 +651,19 @@ def load_dataset(dataset: torch.utils.data.Dataset, size: int, resize: int | Non
 
 
 def load_images(source: str | Path | torch.utils.data.Dataset | None, size: int, resize: int | None = None, *,
-                class_names: Sequence[str] | None = None, limit: int | None = None) -> ImageSet:
-    """Images from ``"bundled"`` (or None), a folder path, or a torch Dataset."""
+                class_names: Sequence[str] | None = None, limit: int | None = None, per_class: int | None = None,
+                seed: int = 0, label_files: Sequence[str] = (), cache: str | None = "off", workers: int | None = None,
+                partition: str | Path | None = None) -> ImageSet:
+    """Images from ``"bundled"`` (or None), a folder path, or a torch Dataset.
+
+    Folders take every option of :func:`load_folder`. The bundled photos and a Dataset take ``limit``
+    only (their first images); ``per_class`` and ``partition`` need folders.
+    """
+    if not isinstance(source, (str, Path)) or source == "bundled":
+        if partition is not None:
+            raise AugsenseError("images_partition (a second image pool) needs images to be a folder too")
+        if per_class is not None:
+            raise AugsenseError("per_class picks images from class folders: set images to a folder")
     if source is None or (isinstance(source, str) and source == "bundled"):
         images = load_bundled(size, resize)
         if limit is not None:
@@ -374,5 +671,17 @@ def load_images(source: str | Path | torch.utils.data.Dataset | None, size: int,
                               images.sources[:limit])
         return images
     if isinstance(source, (str, Path)):
-        return load_folder(source, size, resize, class_names=class_names, limit=limit)
+        return load_folder(source, size, resize, class_names=class_names, limit=limit, per_class=per_class, seed=seed,
+                           label_files=label_files, cache=cache, workers=workers, partition=partition)
     return load_dataset(source, size, resize, limit)
+
+
+def images_for(config: Any, bundle: Any, source: Any = None) -> ImageSet:
+    """The images of a run: ``source`` (default ``config.images``) with the config's subset, labels and cache options.
+
+    config: a SensitivityConfig; bundle: the ModelBundle (input size, resize, class names).
+    """
+    return load_images(source if source is not None else config.images, bundle.input_size, bundle.resize_size,
+                       class_names=bundle.class_names, limit=config.limit_images, per_class=config.per_class,
+                       seed=config.seed, label_files=config.label_files, cache=config.image_cache,
+                       workers=config.decode_workers, partition=config.images_partition)
