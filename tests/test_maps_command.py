@@ -140,3 +140,27 @@ def test_identical_replicate_is_refused(tmp_path):
     maps = np.random.default_rng(2).uniform(size=(30, 3))
     with pytest.raises(AugsenseError, match="not an independent estimate"):
         map_statistics_of_run(fake_run(tmp_path / "a", maps), replicate_dir=fake_run(tmp_path / "b", maps.copy()))
+
+
+def test_paper_tables_are_written_beside_ours(tmp_path, capsys):
+    """Per-unit maps whose factors have their blob at distinct pixels: the paper LDA separates them (1.0) and
+    the per-pixel table is pixel_correlations' own; `--no-paper` writes neither."""
+    from augsense.analyses.map_statistics import pixel_correlations
+
+    rng = np.random.default_rng(4)
+    maps = 0.05 * rng.uniform(size=(10, 3, 3, 3))
+    for j in range(3):
+        maps[:, j, j, j] += 1.0
+    run = fake_run(tmp_path / "a", maps)
+    assert main(["maps", str(run), "--paper-repeats", "2"]) == 0
+    assert "paper LDA" in capsys.readouterr().out
+    lda = pd.read_parquet(run / "map_lda_paper.parquet")
+    assert lda.loc[0, "accuracy"] == 1.0 and lda.loc[0, "n_repeats"] == 2 and lda.loc[0, "n_features"] == 9
+    pixel = pd.read_parquet(run / "map_pixel_correlations.parquet").set_index(["factor_a", "factor_b"])
+    expected = pixel_correlations(maps, FACTORS)
+    assert pixel.loc[("brightness", "hflip"), "rho_mean"] == pytest.approx(expected.rho_mean[0, 2])
+    assert pixel.loc[("brightness", "hflip"), "rho_sd"] == pytest.approx(expected.rho_sd[0, 2])
+    assert len(pd.read_parquet(run / "map_lda_paper_confusion.parquet")) == 9
+    other = fake_run(tmp_path / "b", maps)
+    assert main(["maps", str(other), "--no-paper"]) == 0
+    assert not (other / "map_lda_paper.parquet").exists() and not (other / "map_pixel_correlations.parquet").exists()

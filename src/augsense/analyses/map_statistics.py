@@ -18,6 +18,15 @@ per-unit maps ``(C, H, W, d)``. NaN marks dead units; they are left out and coun
   label, accuracy above chance means a unit's factor preference is reproducible and linearly
   readable from its map. Wide per-unit features are first reduced by PCA fitted inside every
   training fold (PCA + LDA, Belhumeur, Hespanha & Kriegman 1997).
+
+The paper's own definitions, kept beside these (they answer other questions):
+
+* :func:`pixel_correlations` — at every pixel, Spearman between factors across the layer's
+  channels; mean and SD over pixels (``compute_unitwise_correlation`` of the reference code).
+* :func:`paper_discrimination` — LDA whose samples are (factor, channel) maps (features: the
+  channel's H·W pixels) labelled by the factor, 5 × 100 repeated stratified folds: are the factors'
+  maps of a layer linearly distinguishable? The label is the map's own factor, not a unit's
+  preference, so no replicate is needed.
 """
 
 from __future__ import annotations
@@ -35,14 +44,20 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from augsense.errors import AugsenseError
 
 __all__ = [
     "FactorDiscrimination",
     "MapCorrelations",
+    "PaperDiscrimination",
+    "PixelCorrelations",
     "factor_discrimination",
     "map_correlations",
+    "paper_discrimination",
+    "paper_samples",
+    "pixel_correlations",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -349,3 +364,166 @@ def factor_discrimination(
         n_repeats=n_repeats,
         dropped_factors=dropped,
     )
+
+
+# -- the paper's definitions (Kharyuk, Matveev & Oseledets 2025; reference code
+#    correlation/compute.py::compute_unitwise_correlation, discriminant_analysis/compute.py) ------
+
+
+@dataclass(frozen=True)
+class PixelCorrelations:
+    """The paper's map correlation: per pixel, Spearman between factors across channels.
+
+    ``rho_mean`` / ``rho_sd`` are (d, d): mean and SD (ddof = 1, as the paper) over the pixels where
+    the pair's correlation is defined; ``n_pixels`` (d, d) counts those pixels (a pixel where a
+    factor's map is constant across channels has no rank correlation; the paper counted it as 0).
+    """
+
+    factor_names: list[str]
+    rho_mean: FloatArray
+    rho_sd: FloatArray
+    n_pixels: NDArray[np.int64]
+    n_channels: int
+    n_dropped_channels: int
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """Long table: ``factor_a``, ``factor_b``, ``rho_mean``, ``rho_sd``, ``n_pixels``, ``n_channels``."""
+        d = len(self.factor_names)
+        rows = [(self.factor_names[a], self.factor_names[b], self.rho_mean[a, b], self.rho_sd[a, b],
+                 int(self.n_pixels[a, b]), self.n_channels) for a in range(d) for b in range(a + 1, d)]
+        return pd.DataFrame(rows, columns=["factor_a", "factor_b", "rho_mean", "rho_sd", "n_pixels", "n_channels"])
+
+
+def pixel_correlations(maps: ArrayLike, factor_names: Sequence[str]) -> PixelCorrelations:
+    """Spearman ρ between factors' maps across channels, at every pixel; mean and SD over pixels.
+
+    Args:
+        maps: (C, H, W, d) per-unit maps, or (C, d) per-channel maps (one "pixel": SD is NaN).
+        factor_names: the d factor names.
+
+    Returns:
+        :class:`PixelCorrelations`. Channels with a NaN anywhere (dead units) are left out.
+    """
+    names = list(factor_names)
+    array = _validated_maps(maps, names)
+    if len(names) < 2:
+        raise AugsenseError("pixel-wise correlations need at least two factors.")
+    channels = array.reshape(array.shape[0], -1, array.shape[-1])  # (C, P, d)
+    finite = np.isfinite(channels).all(axis=(1, 2))
+    channels = channels[finite]
+    if channels.shape[0] < 3:
+        raise AugsenseError(f"only {channels.shape[0]} channels have finite maps; pixel-wise correlations "
+                            "across channels need at least 3.")
+    ranks = scipy.stats.rankdata(channels, axis=0)
+    centred = ranks - ranks.mean(axis=0, keepdims=True)
+    norms = np.sqrt((centred**2).sum(axis=0))  # (P, d)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unit = centred / np.where(norms > 0, norms, np.nan)[None]
+        per_pixel = np.clip(np.einsum("cpa,cpb->pab", unit, unit), -1.0, 1.0)  # (P, d, d)
+    defined = np.isfinite(per_pixel)
+    count = defined.sum(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(per_pixel, axis=0)
+        sd = np.nanstd(per_pixel, axis=0, ddof=1)
+    sd = np.where(count > 1, sd, np.nan)
+    return PixelCorrelations(names, mean, sd, count.astype(np.int64), int(channels.shape[0]), int((~finite).sum()))
+
+
+@dataclass(frozen=True)
+class PaperDiscrimination:
+    """The paper's LDA: which factor's map is this (factor, channel) map?
+
+    ``fold_accuracies`` / ``train_accuracies``: n_repeats·n_splits held-out and training accuracies;
+    ``confusion`` (d, d): held-out predictions summed over folds, rows normalised (true factor →
+    predicted); ``chance``: the share of the most frequent factor among the samples.
+    """
+
+    classes: list[str]
+    fold_accuracies: FloatArray
+    train_accuracies: FloatArray
+    confusion: FloatArray
+    chance: float
+    n_samples: int
+    n_features: int
+    n_splits: int
+    n_repeats: int
+    n_dropped_samples: int
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.fold_accuracies.mean())
+
+    @property
+    def accuracy_sd(self) -> float:
+        return float(self.fold_accuracies.std(ddof=1)) if self.fold_accuracies.size > 1 else float("nan")
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row: accuracy (held-out mean), accuracy_sd, train_accuracy, chance, sizes and folds."""
+        return pd.DataFrame([{"accuracy": self.accuracy, "accuracy_sd": self.accuracy_sd,
+                              "train_accuracy": float(self.train_accuracies.mean()), "chance": self.chance,
+                              "n_samples": self.n_samples, "n_features": self.n_features,
+                              "n_classes": len(self.classes), "n_splits": self.n_splits,
+                              "n_repeats": self.n_repeats, "n_dropped_samples": self.n_dropped_samples}])
+
+    def confusion_dataframe(self) -> pd.DataFrame:
+        return pd.DataFrame(self.confusion, index=pd.Index(self.classes, name="true"),
+                            columns=pd.Index(self.classes, name="predicted"))
+
+
+def paper_samples(maps: ArrayLike, factor_names: Sequence[str]) -> tuple[FloatArray, NDArray[np.int64], int]:
+    """(C, H, W, d) or (C, d) maps → samples X (d·C', H·W), labels y (d·C',) = factor index, dropped count.
+
+    One sample per (factor, channel): that channel's spatial map of that factor's index, as the
+    paper's ``X[var, unit, pixels]``; samples with a NaN (dead channels) are left out.
+    """
+    array = _validated_maps(maps, list(factor_names))
+    d = array.shape[-1]
+    per_factor = np.moveaxis(array.reshape(array.shape[0], -1, d), -1, 0)  # (d, C, P)
+    features = per_factor.reshape(d * array.shape[0], -1)
+    labels = np.repeat(np.arange(d), array.shape[0])
+    keep = np.isfinite(features).all(axis=1)
+    return features[keep], labels[keep], int((~keep).sum())
+
+
+def paper_discrimination(maps: ArrayLike, factor_names: Sequence[str], *, n_splits: int = 5, n_repeats: int = 100,
+                         seed: int = 0) -> PaperDiscrimination:
+    """LDA (SVD solver, no scaling, as the paper) predicting the factor of each (factor, channel) map.
+
+    Args:
+        maps: (C, H, W, d) per-unit maps (features: the H·W pixels) or (C, d) per-channel maps
+            (one feature).
+        factor_names: the d factor names (the classes).
+        n_splits, n_repeats: repeated stratified k-fold; the paper's 5 × 100 by default.
+        seed: fold shuffling seed.
+
+    Returns:
+        :class:`PaperDiscrimination`; held-out accuracy well above ``chance`` means the factors'
+        maps of one layer differ in a linearly readable way.
+    """
+    names = list(factor_names)
+    if len(names) < 2:
+        raise AugsenseError("LDA needs at least two factors (classes).")
+    if n_splits < 2 or n_repeats < 1:
+        raise AugsenseError(f"need n_splits ≥ 2 and n_repeats ≥ 1, got {n_splits}, {n_repeats}.")
+    features, labels, dropped = paper_samples(maps, names)
+    counts = np.bincount(labels, minlength=len(names))
+    if (counts < n_splits).any():
+        raise AugsenseError(f"every factor needs ≥ {n_splits} channels with finite maps for {n_splits}-fold LDA; "
+                            f"got {dict(zip(names, counts.tolist()))}")
+    folds = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
+    confusion = np.zeros((len(names), len(names)))
+    held_out, train_accuracy = [], []
+    # one BLAS thread: the folds' SVDs are small, and threads contending for busy cores made them 6× slower
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore")  # collinear pixels: the SVD solver copes, sklearn warns
+        for train, test in folds.split(features, labels):
+            model = LinearDiscriminantAnalysis(solver="svd").fit(features[train], labels[train])
+            predicted = model.predict(features[test])
+            held_out.append(float(np.mean(predicted == labels[test])))
+            train_accuracy.append(float(np.mean(model.predict(features[train]) == labels[train])))
+            np.add.at(confusion, (labels[test], predicted), 1.0)
+    confusion /= np.maximum(confusion.sum(axis=1, keepdims=True), 1.0)
+    return PaperDiscrimination(names, np.asarray(held_out), np.asarray(train_accuracy), confusion,
+                               float(counts.max() / counts.sum()), int(len(labels)), int(features.shape[1]),
+                               n_splits, n_repeats, dropped)

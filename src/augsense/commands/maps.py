@@ -18,10 +18,19 @@ both come from the same model evaluations and share their estimation error. Accu
 therefore means that a unit's factor preference is reproducible and linearly readable from its
 map. Without a replicate only the correlations are computed.
 
+The paper's definitions are computed beside these (``--no-paper`` to skip): per-pixel Spearman
+correlation between factors across channels, mean and SD over pixels
+(:func:`~augsense.analyses.map_statistics.pixel_correlations`), and LDA whose samples are
+(factor, channel) maps labelled by their factor, 5 × 100 repeated stratified folds
+(:func:`~augsense.analyses.map_statistics.paper_discrimination`; no replicate needed).
+
 Writes into the run folder: ``map_statistics.parquet`` (layer, quantity, scope, factor_a,
 factor_b, rho, p_value, n), and with a replicate ``map_lda.parquet`` (one row per layer and
 quantity: accuracy, accuracy_sd, chance, …), ``map_lda_confusion.parquet`` (layer, quantity, true,
-predicted, fraction) and ``map_lda_projection.parquet`` (layer, quantity, ld1, ld2, factor).
+predicted, fraction) and ``map_lda_projection.parquet`` (layer, quantity, ld1, ld2, factor); the paper's
+``map_pixel_correlations.parquet`` (layer, quantity, factor_a, factor_b, rho_mean, rho_sd, n_pixels,
+n_channels), ``map_lda_paper.parquet`` (layer, quantity, accuracy, accuracy_sd, train_accuracy, chance,
+n_samples, n_features, …) and ``map_lda_paper_confusion.parquet`` (layer, quantity, true, predicted, fraction).
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from augsense.analyses.map_statistics import factor_discrimination, map_correlations
+from augsense.analyses.map_statistics import (factor_discrimination, map_correlations, paper_discrimination,
+                                              pixel_correlations)
 from augsense.errors import AugsenseError
 from augsense.io.results import RunFolder, load_run
 
@@ -53,12 +63,17 @@ class MapStatisticsTables:
     confusion: pd.DataFrame
     projection: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    pixel: pd.DataFrame = field(default_factory=pd.DataFrame)
+    paper_lda: pd.DataFrame = field(default_factory=pd.DataFrame)
+    paper_confusion: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def write(self, out: Path) -> list[str]:
         """Write the non-empty tables as Parquet into ``out``; returns the file names written."""
         written = []
         for name, table in (("map_statistics", self.correlations), ("map_lda", self.lda),
-                            ("map_lda_confusion", self.confusion), ("map_lda_projection", self.projection)):
+                            ("map_lda_confusion", self.confusion), ("map_lda_projection", self.projection),
+                            ("map_pixel_correlations", self.pixel), ("map_lda_paper", self.paper_lda),
+                            ("map_lda_paper_confusion", self.paper_confusion)):
             if len(table):
                 table.to_parquet(out / f"{name}.parquet", index=False)
                 written.append(f"{name}.parquet")
@@ -78,7 +93,8 @@ def _check_replicate(run: RunFolder, replicate: RunFolder) -> None:
 
 def map_statistics_of_run(run_dir: str | Path, *, replicate_dir: str | Path | None = None,
                           quantities: Sequence[str] | None = None, layers: Sequence[str] | None = None,
-                          n_splits: int = 5, n_repeats: int = 10, seed: int = 0) -> MapStatisticsTables:
+                          n_splits: int = 5, n_repeats: int = 10, seed: int = 0, paper: bool = True,
+                          paper_repeats: int = 100) -> MapStatisticsTables:
     """Correlations (and, with a replicate run, LDA) of a run folder's maps, layer by layer.
 
     Args:
@@ -88,6 +104,8 @@ def map_statistics_of_run(run_dir: str | Path, *, replicate_dir: str | Path | No
         quantities: index maps to analyse (default: those of :data:`MAP_INDEX_QUANTITIES` present).
         layers: layers to analyse (default: all of the run).
         n_splits, n_repeats, seed: repeated stratified k-fold of the LDA.
+        paper: also the paper's per-pixel correlations and (factor, channel)-map LDA.
+        paper_repeats: repeats of the paper LDA's n_splits-fold (the paper: 100).
 
     Returns:
         :class:`MapStatisticsTables`; ``notes`` says what was skipped and why.
@@ -112,7 +130,10 @@ def map_statistics_of_run(run_dir: str | Path, *, replicate_dir: str | Path | No
     if bad or not chosen:
         raise AugsenseError(f"run has no {bad[0] if bad else 'index'!r} maps; it has: {', '.join(available) or 'none'}"
                             + ("" if run.maps else " (maps.npz missing or damaged)"))
+    if paper and paper_repeats < 1:
+        raise AugsenseError(f"the paper LDA needs paper_repeats ≥ 1, got {paper_repeats}")
     correlations, lda, confusion, projection, notes = [], [], [], [], []
+    pixel, paper_lda, paper_confusion = [], [], []
     for layer in chosen_layers:
         cv = run.maps.get(f"{layer}/cv")
         for quantity in chosen:
@@ -123,6 +144,9 @@ def map_statistics_of_run(run_dir: str | Path, *, replicate_dir: str | Path | No
                 correlations.append(table.assign(**labels))
             except AugsenseError as error:
                 notes.append(f"{layer} {quantity}: no correlations ({error})")
+            if paper:
+                _paper_statistics(maps, players, labels, n_splits, paper_repeats, seed, pixel, paper_lda,
+                                  paper_confusion, notes)
             if replicate is None:
                 continue
             replicate_maps = replicate.map(layer, quantity)
@@ -148,7 +172,26 @@ def map_statistics_of_run(run_dir: str | Path, *, replicate_dir: str | Path | No
         table = pd.concat(parts, ignore_index=True)
         return table[["layer", "quantity", *[c for c in table.columns if c not in ("layer", "quantity")]]]
 
-    return MapStatisticsTables(frame(correlations), frame(lda), frame(confusion), frame(projection), notes)
+    return MapStatisticsTables(frame(correlations), frame(lda), frame(confusion), frame(projection), notes,
+                               frame(pixel), frame(paper_lda), frame(paper_confusion))
+
+
+def _paper_statistics(maps: np.ndarray, players: list[str], labels: dict[str, str], n_splits: int, repeats: int,
+                      seed: int, pixel: list[pd.DataFrame], lda: list[pd.DataFrame], confusion: list[pd.DataFrame],
+                      notes: list[str]) -> None:
+    """Append one layer × index's paper tables (per-pixel correlations, (factor, channel)-map LDA)."""
+    where = f"{labels['layer']} {labels['quantity']}"
+    try:
+        pixel.append(pixel_correlations(maps, players).to_dataframe().assign(**labels))
+    except AugsenseError as error:
+        notes.append(f"{where}: no per-pixel correlations ({error})")
+    try:
+        result = paper_discrimination(maps, players, n_splits=n_splits, n_repeats=repeats, seed=seed)
+    except AugsenseError as error:
+        notes.append(f"{where}: no paper LDA ({error})")
+        return
+    lda.append(result.to_dataframe().assign(**labels))
+    confusion.append(result.confusion_dataframe().stack().rename("fraction").reset_index().assign(**labels))
 
 
 def register(subparsers: Any) -> None:
@@ -166,6 +209,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--layers", default=None, metavar="A,B", help="layers to analyse (default: all)")
     parser.add_argument("--folds", type=int, default=5, help="k of the repeated stratified k-fold (default 5)")
     parser.add_argument("--repeats", type=int, default=10, help="repeats of the k-fold (default 10)")
+    parser.add_argument("--paper", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the paper's per-pixel correlations and (factor, channel)-map LDA (default on)")
+    parser.add_argument("--paper-repeats", type=int, default=100,
+                        help="repeats of the paper LDA's k-fold (default 100, as the paper)")
     parser.set_defaults(func=cmd_maps)
 
 
@@ -175,7 +222,8 @@ def _names(text: str | None) -> list[str] | None:
 
 def cmd_maps(args: argparse.Namespace) -> int:
     tables = map_statistics_of_run(args.run_dir, replicate_dir=args.replicate, quantities=_names(args.quantities),
-                                   layers=_names(args.layers), n_splits=args.folds, n_repeats=args.repeats)
+                                   layers=_names(args.layers), n_splits=args.folds, n_repeats=args.repeats,
+                                   paper=args.paper, paper_repeats=args.paper_repeats)
     written = tables.write(Path(args.run_dir))
     units = tables.correlations[tables.correlations["scope"] == "units"] if len(tables.correlations) else None
     if units is not None and len(units):
@@ -188,6 +236,11 @@ def cmd_maps(args: argparse.Namespace) -> int:
         for row in tables.lda.itertuples():
             print(f"  {row.layer:<20} {row.quantity:<12} {row.accuracy:.2f} ± {row.accuracy_sd:.2f} vs {row.chance:.2f}"
                   f"  ({row.n_samples} units)")
+    if len(tables.paper_lda):
+        print(f"paper LDA: factor of a (factor, channel) map, {args.folds} × {args.paper_repeats} folds, accuracy vs chance:")
+        for row in tables.paper_lda.itertuples():
+            print(f"  {row.layer:<20} {row.quantity:<12} {row.accuracy:.2f} ± {row.accuracy_sd:.2f} vs {row.chance:.2f}"
+                  f"  ({row.n_samples} maps × {row.n_features} pixels)")
     for note in tables.notes:
         print(f"note: {note}")
     print(f"results: {args.run_dir}/" + ", ".join(written) if written else "nothing written")

@@ -1,0 +1,90 @@
+"""The paper's map statistics: per-pixel correlation across channels (mean ± SD) and LDA on (factor, channel) maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.model_selection import RepeatedStratifiedKFold, cross_val_score
+
+from augsense.analyses.map_statistics import paper_discrimination, paper_samples, pixel_correlations
+from augsense.errors import AugsenseError
+
+NAMES = ["brightness", "hue", "rotation"]
+
+
+def test_pixel_correlations_planted_and_against_scipy_per_pixel() -> None:
+    """Factor 1 is a monotone function of factor 0 at every pixel (ρ = 1, SD 0); factor 2 agrees with factor 0
+    on the left half of the pixels and is reversed on the right half (mean 0, SD = √(P/(P−1)))."""
+    rng = np.random.default_rng(0)
+    c, h, w = 30, 4, 6
+    base = rng.uniform(size=(c, h, w))
+    maps = np.empty((c, h, w, 3))
+    maps[..., 0] = base
+    maps[..., 1] = np.exp(3 * base)
+    maps[..., 2] = np.where(np.arange(w) < w // 2, base, -base)
+    maps[5] = np.nan  # a dead channel
+    result = pixel_correlations(maps, NAMES)
+    assert result.n_channels == 29 and result.n_dropped_channels == 1
+    assert result.rho_mean[0, 1] == pytest.approx(1.0) and result.rho_sd[0, 1] == pytest.approx(0.0, abs=1e-12)
+    p = h * w
+    assert result.rho_mean[0, 2] == pytest.approx(0.0, abs=1e-12)
+    assert result.rho_sd[0, 2] == pytest.approx(np.sqrt(p / (p - 1)))
+    noisy = rng.normal(size=(c, h, w, 3))
+    result = pixel_correlations(noisy, NAMES)
+    per_pixel = np.array([[scipy.stats.spearmanr(noisy[:, i, j, 0], noisy[:, i, j, 2]).statistic
+                           for j in range(w)] for i in range(h)]).ravel()
+    assert result.rho_mean[0, 2] == pytest.approx(per_pixel.mean(), abs=1e-12)
+    assert result.rho_sd[0, 2] == pytest.approx(per_pixel.std(ddof=1), abs=1e-12)
+    table = result.to_dataframe()
+    assert len(table) == 3 and set(table.columns) >= {"factor_a", "factor_b", "rho_mean", "rho_sd", "n_pixels"}
+
+
+def test_pixel_correlations_of_channel_maps_is_one_pixel_without_sd() -> None:
+    maps = np.random.default_rng(1).uniform(size=(40, 3))
+    result = pixel_correlations(maps, NAMES)
+    assert result.rho_mean[0, 1] == pytest.approx(scipy.stats.spearmanr(maps[:, 0], maps[:, 1]).statistic)
+    assert np.isnan(result.rho_sd[0, 1]) and result.n_pixels[0, 1] == 1
+
+
+def test_paper_lda_separable_maps_are_perfectly_classified() -> None:
+    """Each factor's maps carry a blob at its own position: linearly separable → held-out accuracy 1."""
+    rng = np.random.default_rng(2)
+    c, h, w = 25, 5, 5
+    maps = 0.05 * rng.uniform(size=(c, h, w, 3))
+    for j in range(3):
+        maps[:, j, j, j] += 1.0 + 0.1 * rng.uniform(size=c)
+    result = paper_discrimination(maps, NAMES, n_splits=5, n_repeats=3)
+    assert result.accuracy == 1.0 and result.n_samples == 75 and result.n_features == 25
+    np.testing.assert_allclose(result.confusion, np.eye(3))
+    assert result.chance == pytest.approx(1 / 3)
+
+
+def test_paper_lda_shuffled_labels_are_at_chance_and_match_sklearn() -> None:
+    """Same maps with the factor axis shuffled per channel: nothing to learn, accuracy ≈ 1/3 (binomial band);
+    and the accuracy equals scikit-learn's own cross_val_score on the same samples and folds."""
+    rng = np.random.default_rng(3)
+    c, h, w = 60, 3, 3
+    maps = 0.05 * rng.uniform(size=(c, h, w, 3))
+    for j in range(3):
+        maps[:, j, j, j] += 1.0
+    shuffled = np.stack([maps[i][..., rng.permutation(3)] for i in range(c)])
+    result = paper_discrimination(shuffled, NAMES, n_splits=5, n_repeats=4, seed=7)
+    n = result.n_samples
+    assert abs(result.accuracy - 1 / 3) < 3 * np.sqrt((1 / 3) * (2 / 3) / n)
+    features, labels, _ = paper_samples(shuffled, NAMES)
+    folds = RepeatedStratifiedKFold(n_splits=5, n_repeats=4, random_state=7)
+    reference = cross_val_score(LinearDiscriminantAnalysis(solver="svd"), features, labels, cv=folds)
+    np.testing.assert_allclose(result.fold_accuracies, reference, rtol=0, atol=1e-12)
+
+
+def test_paper_lda_sample_layout_and_refusals() -> None:
+    maps = np.arange(2 * 2 * 2 * 3, dtype=float).reshape(2, 2, 2, 3)
+    features, labels, dropped = paper_samples(maps, NAMES)
+    assert features.shape == (6, 4) and list(labels) == [0, 0, 1, 1, 2, 2] and dropped == 0
+    np.testing.assert_array_equal(features[3], maps[1, :, :, 1].ravel())  # sample = (factor 1, channel 1)
+    with pytest.raises(AugsenseError, match="channels"):
+        paper_discrimination(maps, NAMES)  # 2 channels per factor < 5 folds
+    with pytest.raises(AugsenseError, match="two factors"):
+        paper_discrimination(maps[..., :1], NAMES[:1])
