@@ -10,7 +10,8 @@ L'Ecuyer & Lemieux 2002): their means are i.i.d., which is what makes the interv
 single long scrambled sequence would be more precise, but its points are dependent and an
 interval from the per-row spread overstates its error up to tenfold (measured on planted
 networks); blocks trade a little precision for intervals that mean what they say. Permutation
-designs draw each row's player order from ``numpy.random.default_rng([seed, k, 1])``.
+designs draw the rows' player orders from a scrambled Sobol' net of their own seeded by (seed, k, 1)
+(:func:`augsense.design.layouts.permutation_orders`).
 """
 
 from __future__ import annotations
@@ -183,8 +184,7 @@ class Design:
         a, b = base[:, :D], base[:, D:]
         permutations = None
         if self.kind == "shapley-permutation":
-            rng = np.random.default_rng([self.seed, k, 1])
-            permutations = np.argsort(rng.random((r, self.n_players)), axis=1).astype(np.int64)
+            permutations = layouts.permutation_orders(r, self.n_players, seed=[self.seed, k, 1])
             from_b = layouts.permutation_walk_mask(permutations)[:, :, self._owner]  # (r, G, D)
         else:
             from_b = layouts.fixed_mask(self.kind, self.n_players)[None][:, :, self._owner]
@@ -204,7 +204,8 @@ class Design:
     def to_dict(self) -> dict[str, Any]:
         """Everything that defines the rows and their images (JSON-serialisable)."""
         return {"kind": self.kind, "dims": list(self.dims), "n": self.n, "seed": self.seed,
-                "block_size": self.block_size, "generator": _GENERATOR, "image_assignment": _IMAGE_ASSIGNMENT}
+                "block_size": self.block_size, "generator": _GENERATOR, "image_assignment": _IMAGE_ASSIGNMENT,
+                **({"permutation_orders": layouts.PERMUTATION_ORDERS} if self.kind == "shapley-permutation" else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Design":
@@ -214,6 +215,10 @@ class Design:
         if assignment != _IMAGE_ASSIGNMENT:
             raise AugsenseError(f"design assigns images by {assignment!r} (biased for within-image mode), this "
                                 f"version by {_IMAGE_ASSIGNMENT!r}: export the stimuli again")
+        orders = d.get("permutation_orders", "iid-argsort/v1")  # before v2: i.i.d. orders per row
+        if d["kind"] == "shapley-permutation" and orders != layouts.PERMUTATION_ORDERS:
+            raise AugsenseError(f"permutation design draws player orders by {orders!r}, this version by "
+                                f"{layouts.PERMUTATION_ORDERS!r} (other rows): start the run again")
         return cls(d["kind"], d["dims"], d["n"], seed=d["seed"], block_size=d["block_size"])
 
     def fingerprint(self) -> str:

@@ -10,14 +10,21 @@ member g takes player i's coordinates from the B matrix (otherwise from A).
   bitmask of the players taken from A (bit i set -> player i from A), so member 0 is B and
   member 2**d - 1 is A.
 - ``shapley-permutation`` (Goda 2021): a walk z_0 = A, z_k = z_{k-1} with player pi_k switched to
-  B, z_d = B. Its mask depends on the row's permutation, see :func:`permutation_walk_mask`.
+  B, z_d = B. Its mask depends on the row's permutation, see :func:`permutation_walk_mask`; the
+  permutations are quasi-random (:func:`permutation_orders`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from scipy.stats import qmc
 
 KINDS = ("sobol", "sobol2", "shapley-exact", "shapley-permutation")
+#: How the player orders of permutation walks are drawn (part of the design's version): before v2,
+#: i.i.d. uniform orders per row (``argsort`` of uniforms).
+PERMUTATION_ORDERS = "lehmer-scrambled-sobol/v2"
 
 
 def group_size(kind: str, d: int) -> int:
@@ -58,3 +65,39 @@ def permutation_walk_mask(permutations: np.ndarray) -> np.ndarray:
     np.put_along_axis(rank, permutations, np.arange(d)[None, :].repeat(r, 0), axis=1)
     k = np.arange(d + 1)[None, :, None]
     return rank[:, None, :] < k
+
+
+def lehmer_orders(u: np.ndarray) -> np.ndarray:
+    """Player orders (r, d) int64 from points u (r, d-1) in [0, 1)^(d-1), digit by digit.
+
+    Factorial number system (Lehmer code): position j takes the floor(u_j (d - j))-th player not yet
+    placed, the last position the one left. A uniform u gives a uniform order; a stratified u
+    stratifies which players come first.
+    """
+    r, d = u.shape[0], u.shape[1] + 1
+    left = np.tile(np.arange(d, dtype=np.int64), (r, 1))            # players not yet placed, ascending
+    out = np.empty((r, d), dtype=np.int64)
+    rows = np.arange(r)
+    for j in range(d - 1):
+        pick = np.minimum((u[:, j] * (d - j)).astype(np.int64), d - j - 1)
+        out[:, j] = left[rows, pick]
+        keep = np.ones(left.shape, dtype=bool)
+        keep[rows, pick] = False
+        left = left[keep].reshape(r, d - j - 1)
+    out[:, d - 1] = left[:, 0]
+    return out
+
+
+def permutation_orders(r: int, d: int, seed: Sequence[int]) -> np.ndarray:
+    """Quasi-random player orders (r, d) int64 for the r rows of one block.
+
+    The first r points of a scrambled Sobol' sequence of dimension d - 1 of its own (seeded by
+    ``seed``, independent of the block's A/B points) mapped by :func:`lehmer_orders`: each row's
+    order is uniform, and with r a power of two every player comes first floor(r/d) or ceil(r/d)
+    times (the first coordinate is a (0, m, 1)-net). Blocks with independent seeds stay independent
+    replicates. Quasi-random orders in the spirit of Mitchell et al. 2022 (JMLR 23).
+    """
+    if d == 1:
+        return np.zeros((r, 1), dtype=np.int64)
+    u = qmc.Sobol(d - 1, scramble=True, seed=np.random.default_rng(list(seed))).random(r)
+    return lehmer_orders(u)

