@@ -251,3 +251,78 @@ def test_a_run_of_only_the_output_layer_asks_for_it_by_name(tmp_path):
                                                   soft=False, least=False), model=planted_bundle(), images=images,
                          write=False)
     assert result.layers == ["fc"] and (result.table[result.table.kind == "guided"].n_units == 1).all()
+
+
+def _profile_table(profiles: dict[tuple[str, str], list[float]]) -> "pd.DataFrame":
+    """A masking table whose guided rows give each (augmentation, factor) pair the given top-1 profile."""
+    import pandas as pd
+
+    grid = [(q, alpha) for alpha in (0.0, 0.5, 1.5) for q in (0.5, 0.7, 0.9)]
+    rows = []
+    for (augmentation, factor), values in profiles.items():
+        for (q, alpha), value in zip(grid, values):
+            rows.append({"config": 0, "factor": factor, "quantity": "total_order", "kind": "guided", "draw": 0,
+                         "q": q, "alpha": alpha, "mask": "quantile", "augmentation": augmentation, "n_units": 1,
+                         "n_images": 10, "top1": value, "top5": value, "changed": 0.0})
+            rows.append({**rows[-1], "kind": "random", "top1": 0.5})  # baselines do not enter the profiles
+    return pd.DataFrame(rows)
+
+
+def test_pair_clustering_recovers_planted_groups_and_matches_scipy():
+    """Pairs A (profiles increasing in the configuration, or exactly reversed: |ρ| = 1) and pairs B (a profile
+    with ρ = 0 against A's order) form two clusters at distance 0 inside, joined last at distance 1."""
+    import scipy.cluster.hierarchy
+    import scipy.stats
+
+    from augsense.analyses.masking import cluster_pairs, pair_profiles
+
+    x = np.arange(9, dtype=float)
+    b = np.array([4, 0, 8, 2, 6, 1, 7, 3, 5], dtype=float)
+    b_rho = scipy.stats.spearmanr(x, b).statistic
+    profiles = {("clean", "hue"): x / 10, ("hue", "hue"): np.exp(x) / 1e4, ("clean", "rotation"): 1 - x / 10,
+                ("rotation", "rotation"): b / 10, ("clean", "blur"): (b / 10) ** 2}
+    table = _profile_table(profiles)
+    pairs, rho, linkage = cluster_pairs(table)
+    assert len(pairs) == 5 and (pairs["n_configs"] == 9).all()
+    _, matrix = pair_profiles(table)
+    leaf = {(r.augmentation, r.factor): r.leaf for r in pairs.itertuples()}
+    for (p1, v1) in profiles.items():
+        for (p2, v2) in profiles.items():
+            got = rho[(rho.leaf == leaf[p1]) & (rho.leaf2 == leaf[p2])].iloc[0]
+            assert got.rho == pytest.approx(scipy.stats.spearmanr(v1, v2).statistic, abs=1e-12)
+            assert got.distance == pytest.approx(np.sqrt(1 - abs(got.rho)), abs=1e-12)
+    z = linkage[["left", "right", "distance", "size"]].to_numpy(float)
+    clusters = scipy.cluster.hierarchy.fcluster(z, 2, "maxclust")
+    group_a = {clusters[leaf[p]] for p in [("clean", "hue"), ("hue", "hue"), ("clean", "rotation")]}
+    group_b = {clusters[leaf[p]] for p in [("rotation", "rotation"), ("clean", "blur")]}
+    assert len(group_a) == 1 and len(group_b) == 1 and group_a != group_b
+    assert linkage["distance"].iloc[-1] == pytest.approx(np.sqrt(1 - abs(b_rho)))
+    assert (linkage["distance"].iloc[:-1] < 1e-12).all()
+    assert sorted(pairs["leaf_order"]) == list(range(5))
+
+
+def test_pair_clustering_treats_a_constant_profile_as_unrelated():
+    from augsense.analyses.masking import cluster_pairs
+
+    x = np.arange(9, dtype=float)
+    pairs, rho, linkage = cluster_pairs(_profile_table({("clean", "hue"): x, ("hue", "hue"): x ** 2,
+                                                         ("clean", "blur"): np.zeros(9)}))
+    flat = pairs.set_index(["augmentation", "factor"]).loc[("clean", "blur"), "leaf"]
+    assert rho[(rho.leaf == flat) & (rho.leaf2 != flat)].rho.isna().all()
+    assert rho[(rho.leaf == flat) & (rho.leaf2 != flat)].distance.eq(1.0).all()
+    assert linkage["distance"].iloc[-1] == pytest.approx(1.0)
+
+
+def test_masking_run_writes_the_pair_clustering(planted_run):
+    import pandas as pd
+
+    options = MaskingOptions(factors=["brightness", "hflip"], quantiles=(0.5, 0.9), alphas=(0.0, 1.5), n_random=1,
+                             least=False, device="cpu", augmentations="all")
+    bundle, base = planted_bundle(), planted_images()
+    with torch.inference_mode():
+        predicted = bundle.module(base.batch(torch.arange(len(base)))).argmax(1)
+    result = run_masking(planted_run, options, model=bundle, images=ImageSet(base.pixels, predicted, base.sources))
+    pairs = pd.read_parquet(planted_run / "masking_pairs.parquet")
+    assert len(pairs) == len(result.pairs) == 4 * 2  # (clean + the run's 3 factors) × 2 mask factors
+    linkage = pd.read_parquet(planted_run / "masking_linkage.parquet")
+    assert len(linkage) == len(pairs) - 1 and linkage["size"].iloc[-1] == len(pairs)

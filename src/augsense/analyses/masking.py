@@ -102,6 +102,9 @@ class MaskingResult:
     timings: dict[str, float] = field(default_factory=dict)
     layers: list[str] = field(default_factory=list)
     """The masked layers."""
+    pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    pair_rho: pd.DataFrame = field(default_factory=pd.DataFrame)
+    linkage: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def check_options(options: MaskingOptions) -> None:
@@ -268,6 +271,10 @@ class Tally:
     reference_top5: np.ndarray
     reference_class_top1: np.ndarray
     reference_class_n: np.ndarray
+    class_predicted: np.ndarray | None = None
+    """(A, K, n_labels) top-1 predictions per class, over all images (labelled or not)."""
+    reference_class_predicted: np.ndarray | None = None
+    """(A, n_labels) the unmasked model's top-1 predictions per class."""
 
 
 def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.Tensor], images: ImageSet,
@@ -275,7 +282,8 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
                    n_draws: int = 1, seed: int = 0, batch_size: int = 32, max_batch: int = 256,
                    device: torch.device | str = "cpu", top_k: int = 5, candidates: np.ndarray | None = None,
                    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   n_labels: int | None = None, progress: bool = False, channels_last: bool | None = None) -> Tally:
+                   n_labels: int | None = None, progress: bool = False, channels_last: bool | None = None,
+                   count_predictions: bool = False) -> Tally:
     """Run every planned (augmentation, configuration) pair over the images.
 
     Args:
@@ -290,6 +298,7 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
         progress: show a progress bar (image × configuration forwards) with ETA on stderr.
         channels_last: run a channels-last copy of a convolutional model (default: on the CPU, where it is
             about 1.5× faster); results agree up to float32 rounding.
+        count_predictions: also count top-1 predictions per model output (``Tally.class_predicted``).
     Returns:
         A :class:`Tally` of sample counts, correct top-1 / top-5, changes and Jaccard sums.
     """
@@ -329,6 +338,11 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
                     k = min(top_k, reference.shape[-1])
                     ref_top = reference.topk(k, dim=-1).indices
                     _count_reference(tally, a, ref_top, y, known)
+                    if count_predictions and tally.reference_class_predicted is None:
+                        tally.class_predicted = np.zeros(shape + (reference.shape[-1],))
+                        tally.reference_class_predicted = np.zeros((n_aug, reference.shape[-1]))
+                    if tally.reference_class_predicted is not None:
+                        np.add.at(tally.reference_class_predicted[a], ref_top[:, 0].cpu().numpy(), 1)
                     chunk = max(1, max_batch // len(index))
                     for first in range(0, len(configs), chunk):
                         part = configs[first:first + chunk]
@@ -336,6 +350,10 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
                         top = masked(x, part_t).float().topk(k, dim=-1).indices  # (K', n, k)
                         _count_masked(tally, a, part, top, ref_top[:, 0], y, known,
                                       cand[part_t] if cand is not None else None)
+                        if tally.class_predicted is not None:
+                            predicted = top[..., 0].cpu().numpy()  # (K', n)
+                            np.add.at(tally.class_predicted[a], (np.repeat(part, predicted.shape[1]),
+                                                                 predicted.ravel()), 1)
                         bar.update(len(part) * len(index))
     bar.close()
     return tally
@@ -502,6 +520,78 @@ def specificity(table: pd.DataFrame, confidence: float = 0.95, metric: str = "to
     return spearman, gap
 
 
+PAIR_COLUMNS = ["leaf", "augmentation", "factor", "quantity", "leaf_order", "n_configs"]
+LINKAGE_COLUMNS = ["step", "left", "right", "distance", "size"]
+
+
+def pair_profiles(table: pd.DataFrame, metric: str = "top1") -> tuple[pd.DataFrame, np.ndarray]:
+    """The paper's masking profiles: one per (input augmentation, mask factor) pair.
+
+    A profile is the metric over the pair's guided configurations (the q × α grid and the soft
+    masks, in a fixed order), as the reference code's ``featured_measurements[aug, mask, feature]``.
+
+    Returns:
+        pairs: one row per pair (``augmentation``, ``factor``, ``quantity``, ``n_configs``);
+        profiles: (n_pairs, n_configs) float array; NaN where a pair lacks a configuration.
+    """
+    guided = table[(table["kind"] == "guided")]
+    if guided.empty:
+        raise AugsenseError("the masking table has no guided configurations to profile")
+    keys = ["q", "alpha", "mask"]
+    configs = guided[keys].drop_duplicates().sort_values(["mask", "alpha", "q"], na_position="last", kind="stable")
+    configs = configs.reset_index(drop=True).reset_index().rename(columns={"index": "feature"})
+    merged = guided.merge(configs, on=keys, how="left")
+    pairs = merged[["augmentation", "factor", "quantity"]].drop_duplicates().reset_index(drop=True)
+    profiles = np.full((len(pairs), len(configs)), np.nan)
+    index = {tuple(row): i for i, row in enumerate(pairs.itertuples(index=False))}
+    for row in merged.itertuples(index=False):
+        profiles[index[(row.augmentation, row.factor, row.quantity)], row.feature] = getattr(row, metric)
+    pairs["n_configs"] = np.isfinite(profiles).sum(axis=1)
+    return pairs, profiles
+
+
+def cluster_pairs(table: pd.DataFrame, metric: str = "top1") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Spearman ρ between the profiles of all (augmentation, mask factor) pairs, clustered together.
+
+    Distance √(1 − |ρ|) and average linkage (``scipy.cluster.hierarchy.linkage``), as the paper's
+    dendrogram; an undefined ρ (a constant profile, fewer than 3 shared configurations) counts as
+    0, i.e. distance 1 (the reference code's ``custom_spearmanr`` does the same).
+
+    Returns:
+        pairs: ``leaf`` (row of the linkage's leaves), ``augmentation``, ``factor``, ``quantity``,
+            ``leaf_order`` (position in the dendrogram), ``n_configs``;
+        rho: long table ``leaf``, ``leaf2``, ``rho``, ``distance`` over all pairs of leaves;
+        linkage: scipy's linkage matrix as rows ``step``, ``left``, ``right``, ``distance``, ``size``
+            (indices < n_leaves are leaves, larger ones earlier merges); empty for fewer than 2 pairs.
+    """
+    pairs, profiles = pair_profiles(table, metric)
+    m = len(pairs)
+    rho = np.full((m, m), np.nan)
+    for i in range(m):
+        for j in range(i, m):
+            x, y = profiles[i], profiles[j]
+            ok = np.isfinite(x) & np.isfinite(y)
+            if ok.sum() >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+                rho[i, j] = rho[j, i] = scipy.stats.spearmanr(x[ok], y[ok]).statistic
+    distance = np.sqrt(np.clip(1.0 - np.abs(np.nan_to_num(rho, nan=0.0)), 0.0, None))
+    np.fill_diagonal(distance, 0.0)
+    linkage = np.zeros((0, 4))
+    order = list(range(m))
+    if m >= 2:
+        linkage = scipy.cluster.hierarchy.linkage(scipy.spatial.distance.squareform(distance, checks=False), "average")
+        order = list(scipy.cluster.hierarchy.leaves_list(linkage))
+    pairs.insert(0, "leaf", np.arange(m))
+    pairs["leaf_order"] = np.argsort(order)
+    pairs = pairs[PAIR_COLUMNS]
+    leaf, leaf2 = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
+    long = pd.DataFrame({"leaf": leaf.ravel(), "leaf2": leaf2.ravel(), "rho": rho.ravel(),
+                         "distance": distance.ravel()})
+    link = pd.DataFrame({"step": np.arange(len(linkage)), "left": linkage[:, 0].astype(int),
+                         "right": linkage[:, 1].astype(int), "distance": linkage[:, 2],
+                         "size": linkage[:, 3].astype(int)}, columns=LINKAGE_COLUMNS)
+    return pairs, long, link
+
+
 def load_inputs(folder: RunFolder, model: Any = None, images: Any = None, device: str = "auto",
                 limit_images: int | None = None) -> tuple[Any, ImageSet, FactorSpace, torch.device, Callable | None]:
     """The run's model (or ``model``), images (or ``images``), factor space, device and preprocessing."""
@@ -587,17 +677,22 @@ def run_masking(run_dir: str | Path | RunFolder, options: MaskingOptions | None 
     spearman, gap = specificity(table, options.confidence)
     timings = {"setup_s": setup, "total_s": time.perf_counter() - started,
                "forwards": float((plan[0].sum() + plan[1:].sum() * options.n_draws) * len(image_set))}
-    result = MaskingResult(table, classes, spearman, gap, timings, layers)
+    pairs, pair_rho, linkage = cluster_pairs(table)
+    result = MaskingResult(table, classes, spearman, gap, timings, layers, pairs, pair_rho, linkage)
     if write:
         write_masking(result, folder.path)
     return result
 
 
 def write_masking(result: MaskingResult, out: str | Path) -> None:
-    """Write the four masking tables into a run folder."""
+    """Write the masking tables (and the pair clustering, when computed) into a run folder."""
     out = Path(out)
-    for name, frame in (("masking", result.table), ("masking_classes", result.classes),
-                        ("masking_spearman", result.spearman), ("masking_gap", result.gap)):
+    frames = [("masking", result.table), ("masking_classes", result.classes), ("masking_spearman", result.spearman),
+              ("masking_gap", result.gap)]
+    if len(result.pairs):
+        frames += [("masking_pairs", result.pairs), ("masking_pair_rho", result.pair_rho),
+                   ("masking_linkage", result.linkage)]
+    for name, frame in frames:
         tmp = out / f".{name}.parquet.tmp"
         frame.to_parquet(tmp, index=False)
         tmp.replace(out / f"{name}.parquet")
