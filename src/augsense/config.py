@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -35,13 +36,21 @@ class SensitivityConfig:
     """What a sensitivity run measures and how.
 
     Attributes:
-        model: ``"efficientnet-lite0"`` (embedded default) or a torchvision architecture name.
-        weights: local state-dict file, a torchvision weights name (``"IMAGENET1K_V1"``), or
-            ``"random"`` (random initialisation from ``seed``; a torchvision name without weights is refused).
+        model: ``"efficientnet-lite0"`` (embedded default), a torchvision architecture name, or
+            ``"timm:NAME"`` (a timm architecture with its pretrained preprocessing).
+        weights: local weights file (its classifier sets the class count, e.g. 365), a torchvision weights
+            name (``"IMAGENET1K_V1"``), or ``"random"`` (random initialisation from ``seed``; a name without
+            weights is refused).
+        categories: a file of class names for the model's outputs (``categories_places365.txt`` …).
         images: ``"bundled"`` or a folder (class sub-folders give labels).
         layers: module names (see ``augsense layers MODEL``); ``"output"`` is the model output.
-        reduction: ``"mean"`` (per channel), ``"max"`` or ``"none"`` (every unit, the paper's maps).
+        reduction: ``"mean"`` (per channel, over positions or patch tokens), ``"max"``, ``"cls"`` (the class
+            token of a ViT layer) or ``"none"`` (every unit, the paper's maps; token layers on the patch grid).
+        layouts: declared output layouts by layer, ``{"features.1" = "nhwc"}`` (``nchw``, ``nhwc``,
+            ``tokens``, ``tokens:P`` with P class/register tokens) where detection is ambiguous.
         output: the model output as ``"logits"`` or ``"softmax"``.
+        softmax_layers: layers among ``layers`` whose (n, classes) output is taken through a softmax
+            (a classifier layer such as ``"classifier.6"``).
         factors: factor names or presets (``"paper-set1"``, ``"paper-set2"``, and ``"paper-set1-reference"``,
             ``"paper-set2-reference"`` with the reference code's erasing, rolling and rotation).
         bounds: narrowed parameter bounds, ``{factor: {parameter: [low, high]}}``.
@@ -62,7 +71,7 @@ class SensitivityConfig:
             with ``limit_images`` too, a random ``limit_images`` of those.
         label_files: class lists and ground-truth files (``LOC_synset_mapping.txt``, ``LOC_val_solution.csv``,
             ``categories_places365.txt``, ``places365_val.txt``, ``filename label`` text); files of those names in
-            or up to three folders above the image folder are found without it.
+            or up to four folders above the image folder are found without it.
         image_cache: ``"auto"`` (decode a folder once into ``<folder>/.augsense-cache``, else the user cache
             folder, and memory-map it), a cache folder, or ``"off"`` (decode into memory every run).
         decode_workers: threads decoding images; 0 = the CPU cores (at most 16).
@@ -80,10 +89,13 @@ class SensitivityConfig:
 
     model: str = "efficientnet-lite0"
     weights: str | None = None
+    categories: str | None = None
     images: str = "bundled"
     layers: list[str] = field(default_factory=lambda: list(DEMO_LAYERS))
     reduction: str = "mean"
+    layouts: dict[str, str] = field(default_factory=dict)
     output: str = "softmax"
+    softmax_layers: list[str] = field(default_factory=list)
     factors: list[str] = field(default_factory=lambda: ["paper-set2"])
     bounds: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     switches: list[str] = field(default_factory=list)
@@ -116,7 +128,11 @@ class SensitivityConfig:
         hints = typing.get_type_hints(SensitivityConfig)
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), hints[f.name])
-        _choice("reduction", self.reduction, ("mean", "max", "none"))
+        _choice("reduction", self.reduction, ("mean", "max", "none", "cls"))
+        for layer, layout in self.layouts.items():
+            if not re.fullmatch(r"nchw|nhwc|tokens(:\d+)?", layout.strip().lower()):
+                raise AugsenseError(f"layouts: {layer!r} = {layout!r} is not one of nchw, nhwc, tokens, tokens:P "
+                                    "(P: class + register tokens)")
         _choice("output", self.output, ("logits", "softmax"))
         _choice("image_mode", self.image_mode, IMAGE_MODES)
         _choice("estimator", self.estimator, ESTIMATORS)
@@ -162,6 +178,8 @@ class SensitivityConfig:
             values["factors"] = [values["factors"]]
         if isinstance(values.get("layers"), str):
             values["layers"] = [values["layers"]]
+        if isinstance(values.get("layouts"), dict):  # TOML reads an unquoted features.1 = "nhwc" as nested tables
+            values["layouts"] = _dotted(values["layouts"])
         return cls(**values)
 
     @classmethod
@@ -193,6 +211,9 @@ class SensitivityConfig:
         for key, table in tables:
             lines.append(f"\n[{key}]")
             for name, inner in table.items():
+                if isinstance(inner, str):  # layouts: quoted keys, layer names hold dots
+                    lines.append(f"{_toml_value(name)} = {_toml_value(inner)}")
+                    continue
                 items = ", ".join(f"{p} = {_toml_value(v)}" for p, v in inner.items())
                 lines.append(f"{name} = {{ {items} }}")
         return "\n".join(lines) + "\n"
@@ -208,6 +229,15 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def _dotted(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"features": {"1": "nhwc"}} → {"features.1": "nhwc"}; other values are left for the type check."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        flat.update(_dotted(value, name + ".") if isinstance(value, dict) and value else {name: value})
+    return flat
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -233,6 +263,8 @@ def _check_type(key: str, value: Any, hint: Any) -> None:
         ok = isinstance(value, hint)
     elif origin is list:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif origin is dict and args[1] is str:
+        ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
     elif origin is dict:
         ok = isinstance(value, dict) and all(
             isinstance(k, str) and isinstance(v, dict) and all(
@@ -244,5 +276,6 @@ def _check_type(key: str, value: Any, hint: Any) -> None:
         ok = True
     if not ok:
         expected = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(
-            hint, "a list of strings" if origin is list else "a table {factor = {parameter = [low, high]}}")
+            hint, "a list of strings" if origin is list else "a table of layer names to layouts" if args[1:] == (str,)
+            else "a table {factor = {parameter = [low, high]}}")
         raise AugsenseError(f"config key {key!r} must be {expected}, got {value!r}")

@@ -13,7 +13,7 @@ A file's label comes from, in this order:
   (``/a/airfield 0``: folders ``a/airfield`` or ``airfield``, ``a/apartment_building/outdoor``) or,
   without such a file, the model's class names (spaces or underscores).
 
-Label files are looked for in the folder and up to three folders above it (the Kaggle layout keeps
+Label files are looked for in the folder and up to four folders above it (the Kaggle layout keeps
 them beside ``ILSVRC/``), or given explicitly (config ``label_files``). Torchvision ships the 1000
 ImageNet class *names* but no WordNet IDs, so WordNet-ID folders need the mapping file, except when
 all 1000 are present: then they are numbered in sorted order, the ImageFolder convention that
@@ -35,7 +35,7 @@ MAPPING_FILES = ("LOC_synset_mapping.txt", "synset_words.txt", "categories_place
 #: Ground-truth files for a flat folder, by file name (a plain "filename label" text may be given explicitly).
 TRUTH_FILES = ("LOC_val_solution.csv", "places365_val.txt", "ILSVRC2012_validation_ground_truth.txt")
 #: How many folders above the image folder are searched for label files.
-SEARCH_UP = 3
+SEARCH_UP = 4
 WNID = re.compile(r"^n\d{8}$")
 
 
