@@ -91,11 +91,13 @@ def test_report_is_self_contained_with_every_section(shapley_run, shapley_report
     assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
     assert not re.search(r'(src|href)="(https?:)?//', page), "the page must not reach the network"
     for key in ("run", "layers", "units", "spatial", "interactions", "specialists", "gallery"):
-        assert "<img" in _section(page, key) or key in ("run", "specialists"), key
+        assert "<img" in _section(page, key) or "<svg" in _section(page, key) or key in ("run", "specialists"), key
     assert 'class="notice"' not in page
     pngs = sorted(p.stem for p in (shapley_run / "figures").glob("*.png"))
     svgs = sorted(p.stem for p in (shapley_run / "figures").glob("*.svg"))
-    assert len(pngs) == len(sources)
+    inline = re.findall(r'<figure [^>]*id="fig-([^"]+)"><div class="svg"><svg', page)
+    assert inline == ["layer-indices"]  # the layer bars are inline SVG: their whiskers are page elements
+    assert len(pngs) == len(sources) + len(inline)
     assert set(svgs) == set(pngs) - {"gallery"}  # the photographic gallery is PNG only
     # the header names what was run
     header = _section(page, "run")
@@ -315,7 +317,7 @@ def test_specialist_rows_show_the_estimate_and_interval_of_indices_parquet(run, 
     shapes = {k: v.get("unit_shape") for k, v in json.loads((folder / "run.json").read_text())["layers"].items()}
     column = {name: head.index(name) for name in ("factor", "layer", "unit", "CI")}
     value_column = head.index({"shapley": "Shapley effect", "total_order": "total-order ST"}[quantity])
-    assert len(rows) == 9
+    assert 3 <= len(rows) <= 9  # at most 3 per factor: units the factor leads (positive margin)
     widths, seen = [], set()
     for row in rows:
         factor, layer, label = row[column["factor"]], row[column["layer"]], row[column["unit"]]
@@ -354,3 +356,22 @@ def test_layer_table_shows_the_estimate_and_interval_of_layers_parquet(run, requ
             shown.add((layer, factor, quantity))
     expected = {key for key in layers.index if key[2] in quantities}
     assert shown == expected
+
+
+def test_specialists_rank_by_margin_over_the_next_factor_and_show_the_variance():
+    """A unit with a high index that another factor dominates never ranks; the widest lead ranks first."""
+    rows = []
+    units = {0: (0.40, 0.10), 1: (0.30, 0.90), 2: (0.95, 0.01), 3: (0.60, 0.10)}  # unit: (a, b) estimates
+    for unit, (a, b) in units.items():
+        for factor, value in (("a", a), ("b", b)):
+            rows.append({"layer": "L", "unit": unit, "factor": factor, "quantity": "total_order", "estimate": value,
+                         "ci_low": value - 0.05, "ci_high": value + 0.05, "dead": False})
+        rows.append({"layer": "L", "unit": unit, "factor": None, "quantity": "variance", "estimate": 10.0 + unit,
+                     "ci_low": np.nan, "ci_high": np.nan, "dead": False})
+    table = top_units(pd.DataFrame(rows), "total_order", ["a", "b"], k=3)
+    a = table[table.factor == "a"]
+    assert a["unit"].tolist() == ["2", "3", "0"]  # margins 0.85, 0.45, 0.25; unit 1 (0.30 vs 0.90) is b's
+    np.testing.assert_allclose(a["margin"], [0.90 - 0.01, 0.55 - 0.10, 0.35 - 0.10])
+    np.testing.assert_allclose(a["variance"], [12.0, 13.0, 10.0])
+    assert a["runner_up"].tolist() == ["b", "b", "b"]
+    assert table[table.factor == "b"]["unit"].tolist() == ["1"]

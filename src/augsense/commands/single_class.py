@@ -27,7 +27,15 @@ def cmd_single_class(args: argparse.Namespace) -> int:
     print(f"null fence (Q3 + 1.5·IQR of the mean Jaccard of random {args.k}-subsets): "
           f"{table['threshold'].iloc[0]:.4g} over {table['n_images'].iloc[0]} images")
     confirmed = table[table["confirmed"]]
-    print(f"{len(confirmed)} of {len(table)} (factor, mask) configurations bias the network towards their candidates:")
+    if confirmed.empty:
+        best = table.loc[table["mean_jaccard"].idxmax()] if table["mean_jaccard"].notna().any() else None
+        print(f"none of the {len(table)} (factor, mask) configurations biases the network towards its candidates "
+              "(no mean Jaccard index above the null fence)"
+              + (f"; the highest: {best['factor']} q={best['q']:.1f} α={best['alpha']:g}, Jaccard "
+                 f"{best['mean_jaccard']:.3f}" if best is not None else ""))
+    else:
+        print(f"{len(confirmed)} of {len(table)} (factor, mask) configurations bias the network towards their "
+              "candidates:")
     for _, row in confirmed.iterrows():
         print(f"  {row['factor']:<20} q={row['q']:.1f} α={row['alpha']:g}  Jaccard {row['mean_jaccard']:.3f} "
               f"(unmasked {row['unmasked_jaccard']:.3f})  → {', '.join(row['candidate_names'])}")

@@ -72,89 +72,207 @@ def _preferred_quantity(table: pd.DataFrame) -> pd.DataFrame:
     return table if choice is None or len(present) < 2 else table[table[column].isna() | (table[column] == choice)]
 
 
-def masking_figure(table: pd.DataFrame, players: Sequence[str]) -> Figure | None:
-    """Top-1 accuracy over mask configurations, one panel per factor: guided vs random vs least units.
+def wilson(successes: np.ndarray, n: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a binomial proportion: (low, high), NaN where n = 0."""
+    from scipy.stats import norm
 
-    Line style: guided (solid, the factor's colour), random (dashed), least sensitive (dotted) units;
-    thick lines: images augmented by the panel's own factor, thin lines: clean images; horizontal
-    lines: the unmasked network (``kind == "none"`` rows).
-    """
+    successes, n = np.asarray(successes, dtype=float), np.asarray(n, dtype=float)
+    z = float(norm.ppf(0.5 + confidence / 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = successes / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    bad = n <= 0
+    return np.where(bad, np.nan, np.clip(centre - half, 0, 1)), np.where(bad, np.nan, np.clip(centre + half, 0, 1))
+
+
+def _masking_frame(table: pd.DataFrame) -> pd.DataFrame | None:
+    """Masking rows as (factor, kind, q, alpha, mask, input, correct, n) with counts pooled over draws."""
     table = _preferred_quantity(table)
     factor, top1 = _column(table, "factor"), _column(table, "top1", "top1_accuracy", "accuracy")
-    labels = _configuration_labels(table)
-    if factor is None or top1 is None or labels is None:
+    q, alpha = _column(table, "q", "quantile"), _column(table, "alpha", "scale")
+    if factor is None or top1 is None or (q is None and alpha is None):
         return None
-    kind = _column(table, "kind", "baseline", "selection")
+    n = _column(table, "n_images", "n")
+    kind, mask = _column(table, "kind", "baseline", "selection"), _column(table, "mask", "rule")
     augmentation = _column(table, "augmentation", "input", "augmented_by")
-    frame = pd.DataFrame({"factor": table[factor].astype("string").fillna(""), "config": labels,
-                          "top1": pd.to_numeric(table[top1], errors="coerce"),
-                          "kind": table[kind].astype(str).str.lower() if kind else "guided",
-                          "input": table[augmentation].fillna("clean").astype(str) if augmentation else "all"})
-    reference = frame[frame["kind"] == "none"].groupby("input")["top1"].mean()
+    counts = pd.to_numeric(table[n], errors="coerce") if n else pd.Series(np.nan, index=table.index)
+    accuracy = pd.to_numeric(table[top1], errors="coerce")
+    frame = pd.DataFrame({
+        "factor": table[factor].astype("string").fillna(""),
+        "kind": table[kind].astype(str).str.lower() if kind else "guided",
+        "q": pd.to_numeric(table[q], errors="coerce") if q else np.nan,
+        "alpha": pd.to_numeric(table[alpha], errors="coerce") if alpha else np.nan,
+        "mask": table[mask].fillna("quantile").astype(str) if mask else "quantile",
+        "input": table[augmentation].fillna("clean").astype(str) if augmentation else "clean",
+        "correct": accuracy * counts, "n": counts, "top1": accuracy})
+    return frame
+
+
+def _pooled(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Top-1 per group pooled over draws: correct / n, with a Wilson interval (NaN without counts)."""
+    grouped = rows.groupby(keys, sort=True, dropna=False).agg(correct=("correct", "sum"), n=("n", "sum"),
+                                                              top1=("top1", "mean"))
+    has_counts = grouped["n"] > 0
+    grouped["top1"] = np.where(has_counts, grouped["correct"] / grouped["n"].where(has_counts, 1), grouped["top1"])
+    grouped["low"], grouped["high"] = wilson(grouped["correct"].to_numpy(), grouped["n"].to_numpy())
+    return grouped.reset_index()
+
+
+def masking_figure(table: pd.DataFrame, players: Sequence[str]) -> Figure | None:
+    """Top-1 accuracy against the mask quantile q, one panel per scale α (and per input), with intervals.
+
+    Rows of panels: the input (clean images; each factor's own augmentation); columns: α (0 damages
+    the selected units, 1.5 amplifies them) and, when present, the soft masks. In a panel, per factor:
+    guided units (solid, the factor's colour), random units of the same number (dashed, pooled over
+    the draws), least sensitive units (dotted); whiskers: 95 % Wilson intervals over the images. The
+    unmasked network is a black band (its Wilson interval) on clean images, a dash-dotted line in the
+    factor's colour on its own augmentation.
+    """
+    frame = _masking_frame(table)
+    if frame is None:
+        return None
+    reference = _pooled(frame[frame["kind"] == "none"], ["input"]).set_index("input")
     frame = frame[(frame["kind"] != "none") & (frame["factor"] != "")]
     factors = [p for p in players if p in set(frame["factor"])] + sorted(set(frame["factor"]) - set(players))
     if not factors:
         return None
-    order = list(dict.fromkeys(frame.loc[frame["kind"] == "guided", "config"])) or list(dict.fromkeys(frame["config"]))
-    order += [c for c in dict.fromkeys(frame["config"]) if c not in order]
+    quantile = frame[frame["q"].notna()]
+    alphas = sorted(quantile["alpha"].dropna().unique()) or [np.nan]
+    soft = frame[frame["q"].isna() & (frame["mask"] != "quantile")]
+    columns: list[tuple[str, object]] = [("alpha", a) for a in alphas] + ([("soft", None)] if not soft.empty else [])
+    own = [f for f in factors if (frame["input"] == f).any()]
+    inputs = [("clean", "clean images")] if frame["input"].str.lower().isin(CLEAN_NAMES).any() else []
+    if own:
+        inputs.append(("own", "each factor's own augmentation"))
+    if not inputs:
+        inputs = [("all", "all inputs")]
     colours = factor_colours(list(players) + [f for f in factors if f not in players])
-    fig, axes = _grid(len(factors), max(3.2, 0.17 * len(order) + 1.3), 3.0)
-    x = np.arange(len(order))
-    for ax, name in zip(axes.flat, factors):
-        part = frame[frame["factor"] == name]
-        own = part[part["input"] == name]
-        clean = part[part["input"].str.lower().isin(CLEAN_NAMES)]
-        inputs = [(own, 2.0, 1.0, name), (clean, 1.0, 0.6, "clean")] if augmentation else [(part, 1.6, 1.0, "all")]
-        for rows, width, alpha, input_name in inputs:
-            for kind_name, curve in rows.groupby("kind", sort=False):
-                mean = curve.groupby("config", sort=False)["top1"].mean().reindex(order)
-                style, colour = BASELINE_STYLES.get(kind_name, ("-.", "#4d4d4d"))
-                ax.plot(x, mean.to_numpy(), linestyle=style, marker="o", markersize=2.5, linewidth=width,
-                        color=colour or colours[name], alpha=alpha)
-            if input_name in reference.index:
-                ax.axhline(float(reference[input_name]), color="black", linewidth=width * 0.6, alpha=alpha)
-        ax.set_title(f"masks from {name}", color="black")
-        ax.set_xticks(x, order, rotation=60, ha="right", fontsize=7)
-        ax.set_ylabel("top-1 accuracy")
-        ax.set_ylim(-0.02, 1.02)
-    handles = [Line2D([], [], color="#444444", linestyle="-", label="guided (factor colour)"),
-               Line2D([], [], color=BASELINE_STYLES["random"][1], linestyle="--", label="random units"),
-               Line2D([], [], color=BASELINE_STYLES["least"][1], linestyle=":", label="least sensitive units"),
-               Line2D([], [], color="black", linewidth=1.2, label="unmasked")]
-    if augmentation:
-        handles += [Line2D([], [], color="#444444", linewidth=2.0, label="input: the factor's own augmentation"),
-                    Line2D([], [], color="#444444", linewidth=1.0, alpha=0.6, label="input: clean images")]
-    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+    fig = Figure(figsize=(3.3 * len(columns) + 0.6, 2.9 * len(inputs) + 0.9), layout="constrained")
+    axes = fig.subplots(len(inputs), len(columns), squeeze=False, sharey=True)
+    dodge = np.linspace(-0.22, 0.22, len(factors)) if len(factors) > 1 else np.zeros(1)
+    shift = {"guided": 0.0, "random": 0.045, "least": -0.045}  # whiskers of one factor side by side
+    for r, (input_kind, input_title) in enumerate(inputs):
+        for c, (column, value) in enumerate(columns):
+            ax = axes[r, c]
+            if column == "alpha":
+                part = quantile[(quantile["alpha"] == value) | (pd.isna(value) & quantile["alpha"].isna())]
+                x_name = "q"
+            else:
+                part = soft
+                x_name = "mask"
+            if input_kind == "clean":
+                part = part[part["input"].str.lower().isin(CLEAN_NAMES)]
+            elif input_kind == "own":
+                part = part[part["input"] == part["factor"]]
+            levels = sorted(part[x_name].unique()) if x_name == "q" else list(dict.fromkeys(part[x_name]))
+            position = {level: k for k, level in enumerate(levels)}
+            for k, name in enumerate(factors):
+                rows = part[part["factor"] == name]
+                if rows.empty:
+                    continue
+                for kind_name, curve in _pooled(rows, ["kind", x_name]).groupby("kind", sort=False):
+                    style, _ = BASELINE_STYLES.get(kind_name, ("-.", None))
+                    x = np.array([position[v] for v in curve[x_name]], dtype=float) + dodge[k] + shift.get(
+                        kind_name, 0.0)
+                    if x_name != "q":  # categories, not a scale: no connecting line
+                        style = "none"
+                    y = curve["top1"].to_numpy(float)
+                    yerr = np.vstack([y - curve["low"].to_numpy(float), curve["high"].to_numpy(float) - y])
+                    ax.errorbar(x, y, yerr=None if np.isnan(yerr).all() else np.clip(yerr, 0, None),
+                                color=colours[name], linestyle=style, marker="o" if kind_name == "guided" else ".",
+                                markersize=3.5, linewidth=1.6 if kind_name == "guided" else 1.0, capsize=2,
+                                elinewidth=0.8, alpha=1.0 if kind_name == "guided" else 0.75)
+                if input_kind == "own" and name in reference.index:
+                    ax.axhline(float(reference.loc[name, "top1"]), color=colours[name], linestyle="-.",
+                               linewidth=1.0)
+            if input_kind != "own":
+                ref_name = next((i for i in reference.index if str(i).lower() in CLEAN_NAMES), None)
+                if ref_name is not None:
+                    ref = reference.loc[ref_name]
+                    ax.axhline(float(ref["top1"]), color="black", linewidth=1.4, zorder=1)
+                    if np.isfinite(ref["low"]):
+                        ax.axhspan(float(ref["low"]), float(ref["high"]), color="black", alpha=0.08, linewidth=0)
+            ax.set_xticks(np.arange(len(levels)), [_format(v) for v in levels], rotation=0 if x_name == "q" else 20)
+            ax.set_xlim(-0.5, max(len(levels) - 0.5, 0.5))
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("mask units with index ≥ the q-quantile" if x_name == "q" else "soft mask")
+            title = f"α = {_format(value)}" if column == "alpha" else "soft masks"
+            if column == "alpha" and value == 0:
+                title += " (damage)"
+            elif column == "alpha" and isinstance(value, float) and value > 1:
+                title += " (amplify)"
+            ax.set_title(f"{title}; {input_title}", fontsize=8.5)
+            if c == 0:
+                ax.set_ylabel("top-1 accuracy")
+    handles = [Line2D([], [], color=colours[f], linewidth=2, label=f) for f in factors]
+    handles += [Line2D([], [], color="#444444", linestyle="-", marker="o", markersize=3, label="guided units"),
+                Line2D([], [], color="#444444", linestyle="--", label="random units (pooled draws)"),
+                Line2D([], [], color="#444444", linestyle=":", label="least sensitive units"),
+                Line2D([], [], color="black", linewidth=1.4, label="unmasked, clean (band: interval)")]
+    if own:
+        handles.append(Line2D([], [], color="#444444", linestyle="-.", label="unmasked, own augmentation"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), frameon=False)
     return fig
 
 
 def single_class_figure(table: pd.DataFrame, players: Sequence[str]) -> Figure | None:
-    """Per factor, the best mask configuration's mean Jaccard index (per scale α) against the null threshold."""
+    """Per factor and scale α, the best mask configuration's mean Jaccard index beside the unmasked one.
+
+    Bars: the masked network's mean Jaccard (between the factor's candidate classes and the top-k
+    predictions), outlined so that α = 0 bars near 0 stay visible, each labelled with its value; a
+    black tick: the same network unmasked (its baseline); dashed line: the null threshold.
+    """
     table = _preferred_quantity(table)
     factor, jaccard = _column(table, "factor"), _column(table, "jaccard", "mean_jaccard", "jaccard_mean")
     if factor is None or jaccard is None:
         return None
     threshold = _column(table, "threshold", "null_threshold", "fence")
+    baseline = _column(table, "unmasked_jaccard", "baseline", "unmasked")
+    alpha_column = _column(table, "alpha")
     group = _column(table, "action", "alpha", "kind", "mode")
-    frame = table.assign(_group=table[group].map(lambda v: f"α={_format(v)}" if group == _column(table, "alpha")
-                                                 else str(v)) if group else "")
-    frame = frame[frame[factor].notna()]
-    means = frame.groupby([factor, "_group"], sort=False)[jaccard].max().unstack("_group")
+    frame = table[table[factor].notna()].copy()
+    frame["_group"] = (frame[group].map(lambda v: f"α = {_format(v)}" if group == alpha_column else str(v))
+                       if group else "")
+    frame["_value"] = pd.to_numeric(frame[jaccard], errors="coerce")
+    best = frame.sort_values("_value", ascending=False, kind="stable").groupby([factor, "_group"], sort=False).head(1)
+    means = best.set_index([factor, "_group"])["_value"].unstack("_group")
+    groups = sorted(means.columns, key=lambda g: (pd.to_numeric(g.replace("α = ", ""), errors="coerce"), g))
+    means = means[groups]
     names = [p for p in players if p in means.index] + [f for f in means.index if f not in players]
     means = means.reindex(names)
     colours = factor_colours(list(players) + [f for f in names if f not in players])
-    fig = Figure(figsize=(max(4.0, 0.45 * len(names) * max(1, means.shape[1]) + 1.5), 3.2), layout="constrained")
+    fig = Figure(figsize=(max(4.2, 0.5 * len(names) * max(1, len(groups)) + 1.8), 3.4), layout="constrained")
     ax = fig.subplots()
-    width = 0.8 / max(1, means.shape[1])
-    hatches = ["", "//", "..", "xx"]
-    for k, column in enumerate(means.columns):
-        ax.bar(np.arange(len(names)) + (k - (means.shape[1] - 1) / 2) * width, means[column].to_numpy(), width,
-               color=[colours[n] for n in names], hatch=hatches[k % len(hatches)], edgecolor="white",
-               label=str(column) or None)
+    width = 0.8 / max(1, len(groups))
+    hatches = ["//", "", "..", "xx"]
+    top = 0.0
+    for k, column in enumerate(groups):
+        x = np.arange(len(names)) + (k - (len(groups) - 1) / 2) * width
+        values = means[column].to_numpy(dtype=float)
+        ax.bar(x, values, width * 0.92, color=[colours[n] for n in names], hatch=hatches[k % len(hatches)],
+               edgecolor=[colours[n] for n in names], linewidth=1.2, alpha=0.85)
+        ax.bar(x, values, width * 0.92, fill=False, edgecolor="#333333", linewidth=0.6)
+        for xi, v in zip(x, values):
+            if np.isfinite(v):
+                ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=6, rotation=90)
+                top = max(top, v)
+        if baseline is not None:
+            rows = best[best["_group"] == column].set_index(factor).reindex(names)
+            base = pd.to_numeric(rows[baseline], errors="coerce").to_numpy(dtype=float)
+            ax.scatter(x, base, marker="_", s=160, color="black", linewidths=2, zorder=3)
+            top = max(top, float(np.nanmax(base, initial=0.0)))
+    if baseline is not None:
+        ax.scatter([], [], marker="_", s=160, color="black", linewidths=2, label="unmasked (baseline)")
+    for k, column in enumerate(groups):
+        ax.bar([np.nan], [np.nan], color="white", edgecolor="#333333", hatch=hatches[k % len(hatches)],
+               label=str(column) or "masked")
     if threshold is not None:
         value = float(pd.to_numeric(table[threshold], errors="coerce").max())
         if np.isfinite(value):
             ax.axhline(value, color="black", linestyle="--", linewidth=1, label=f"null threshold {value:.4f}")
+            top = max(top, value)
+    ax.set_ylim(0, max(top * 1.25, 0.01))
     ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right")
     ax.set_ylabel("mean Jaccard, best configuration")
     ax.set_xlabel("factor whose units were masked")

@@ -45,12 +45,19 @@ def _legend_handles(players: Sequence[str], colours: dict[str, str]) -> list[Pat
     return [Patch(facecolor=colours[p], label=p) for p in players]
 
 
-def layer_shares(data: ReportData) -> Figure | None:
-    """Stacked bars per layer: each factor's aggregated share of the variance, one panel per quantity.
+#: Axis range of index bars and profiles; whiskers beyond it end in an arrow (never silently cut).
+INDEX_RANGE = (-1.0, 2.0)
 
-    First order: raw S_i (negative estimates drawn as 0) plus the grey remainder 1 − Σ S_i that only
-    interactions explain. Total order: ST_i / Σ_j ST_j (interactions counted once per member).
-    Shapley: the effects themselves, which add up to 1.
+
+def layer_indices(data: ReportData) -> Figure | None:
+    """Each layer's aggregated index of every factor as a bar with its confidence interval.
+
+    One panel per quantity (first-order S, total-order ST, Shapley); within a panel one group of
+    horizontal bars per layer (input at the top), one bar per factor in its colour, a black whisker
+    for the interval. Estimates are drawn as they are: a negative estimate is a bar to the left of 0,
+    an estimate above 1 is labelled with its value. First order adds a grey bar, 1 − Σ S_i, the part
+    of the variance only interactions explain (a difference of estimates, no interval of its own).
+    Each whisker is an SVG group ``ci-<quantity>-<layer>-<factor>`` (``bar-…`` for the bars).
     """
     quantities = [q for q in data.factor_quantities() if _layer_table(data, q) is not None]
     if not quantities:
@@ -60,44 +67,72 @@ def layer_shares(data: ReportData) -> Figure | None:
     assert first is not None
     layers = list(first.index.get_level_values(0).unique())
     players = list(first.index.get_level_values(1).unique())
-    fig = Figure(figsize=(3.3 * len(quantities) + 1.2, 0.42 * len(layers) + 2.0), layout="constrained")
+    remainder = "first_order" in quantities
+    slots = len(players) + (1 if remainder else 0)
+    step = slots + 1.2  # one gap between layer groups
+    height = 0.13 * step * len(layers) + 1.4
+    fig = Figure(figsize=(3.5 * len(quantities) + 1.6, height), layout="constrained")
     axes = fig.subplots(1, len(quantities), sharey=True, squeeze=False)[0]
-    y = np.arange(len(layers))
+    centres = np.arange(len(layers)) * step
     for ax, quantity in zip(axes, quantities):
         table = _layer_table(data, quantity)
         assert table is not None
-        values = table["estimate"].unstack("factor").reindex(index=layers, columns=players).to_numpy(dtype=float)
-        values = np.clip(np.nan_to_num(values, nan=0.0), 0.0, None)
-        if quantity == "total_order":
-            sums = values.sum(axis=1, keepdims=True)
-            values = np.divide(values, sums, out=np.zeros_like(values), where=sums > 0)
-            label = "share of Σ ST (normalised)"
-        elif quantity == "first_order":
-            label = "share of variance (S; grey: interactions)"
-        else:
-            label = "share of variance (Shapley)"
-        left = np.zeros(len(layers))
-        for j, player in enumerate(players):
-            ax.barh(y, values[:, j], left=left, color=colours[player], edgecolor="white", linewidth=0.4, height=0.72)
-            left += values[:, j]
-        if quantity == "first_order":
-            ax.barh(y, np.clip(1.0 - left, 0.0, None), left=left, color=REMAINDER_COLOUR, height=0.72,
-                    edgecolor="white", linewidth=0.4)
+        est = table["estimate"].unstack("factor").reindex(index=layers, columns=players).to_numpy(dtype=float)
+        low = table["ci_low"].unstack("factor").reindex(index=layers, columns=players).to_numpy(dtype=float)
+        high = table["ci_high"].unstack("factor").reindex(index=layers, columns=players).to_numpy(dtype=float)
+        finite = np.concatenate([est[np.isfinite(est)], low[np.isfinite(low)], high[np.isfinite(high)], [0.0, 1.0]])
+        lo_lim = max(INDEX_RANGE[0], float(finite.min()) - 0.04)
+        hi_lim = min(INDEX_RANGE[1], float(finite.max()) + 0.06)
+        for i, layer in enumerate(layers):
+            y0 = centres[i] - (slots - 1) / 2
+            for j, player in enumerate(players):
+                y = y0 + j
+                e = est[i, j]
+                if not np.isfinite(e):
+                    continue
+                ax.barh(y, e, height=0.82, color=colours[player], linewidth=0, gid=f"bar-{quantity}-{layer}-{player}")
+                if np.isfinite(low[i, j]) and np.isfinite(high[i, j]):
+                    a, b = max(low[i, j], lo_lim), min(high[i, j], hi_lim)
+                    whisker = ax.plot([a, b], [y, y], color="black", linewidth=0.9, solid_capstyle="butt",
+                                      gid=f"ci-{quantity}-{layer}-{player}")[0]
+                    whisker.set_gid(f"ci-{quantity}-{layer}-{player}")
+                    for end, cut, marker in ((a, low[i, j] < lo_lim, "<"), (b, high[i, j] > hi_lim, ">")):
+                        if cut:  # an interval wider than the axis: an arrow says it goes on
+                            ax.plot([end], [y], marker=marker, markersize=3.5, color="black")
+                        else:
+                            ax.plot([end, end], [y - 0.28, y + 0.28], color="black", linewidth=0.9)
+                if e > 1.0:
+                    ax.text(min(max(e, high[i, j] if np.isfinite(high[i, j]) else e), hi_lim), y, f" {e:.2f} > 1",
+                            va="center", ha="left", fontsize=6.5, color="#b00000", fontweight="bold")
+            if remainder and quantity == "first_order":
+                rest = 1.0 - float(np.nansum(est[i]))
+                ax.barh(y0 + len(players), rest, height=0.82, color=REMAINDER_COLOUR, linewidth=0,
+                        gid=f"bar-{quantity}-{layer}-interactions")
+        ax.axvline(0.0, color="#555555", linewidth=0.7)
+        ax.axvline(1.0, color="#999999", linewidth=0.6, linestyle="--")
+        ax.set_xlim(lo_lim, hi_lim)
         ax.set_title(QUANTITY_LABELS.get(quantity, quantity))
-        ax.set_xlabel(label)
-        ax.set_xlim(0, max(1.0, float(left.max()) * 1.02))
-        ax.set_yticks(y, layers)
-        ax.invert_yaxis()
+        ax.set_xlabel("aggregated index (bar), 95 % interval (whisker)" if data.info.get("config", {}).get(
+            "confidence", 0.95) == 0.95 else "aggregated index (bar) and its interval (whisker)")
+        ax.set_yticks(centres, layers)
+        ax.set_ylim(centres[-1] + step / 2, centres[0] - step / 2)
+        ax.tick_params(axis="y", length=0)
+        for i in range(1, len(layers)):
+            ax.axhline(centres[i] - step / 2, color="#e6e6e6", linewidth=0.6)
     axes[0].set_ylabel("layer (input → output)")
     handles = _legend_handles(players, colours)
-    if "first_order" in quantities:
-        handles.append(Patch(facecolor=REMAINDER_COLOUR, label="interactions"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 7), frameon=False)
+    if remainder:
+        handles.append(Patch(facecolor=REMAINDER_COLOUR, label="1 − Σ S (interactions)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
     return fig
 
 
 def depth_profile(data: ReportData) -> Figure | None:
-    """Each factor's aggregated index from the first layer to the last, with confidence bands."""
+    """Each factor's aggregated index from the first layer to the last, with confidence bands.
+
+    The y range holds every band whole (up to ``INDEX_RANGE``; a band beyond it is cut at the frame
+    and the panel says so); a dashed line marks 1.
+    """
     quantities = [q for q in data.factor_quantities() if _layer_table(data, q) is not None]
     if not quantities:
         return None
@@ -122,7 +157,12 @@ def depth_profile(data: ReportData) -> Figure | None:
                 else:
                     ax.errorbar(x, est, yerr=[est - low, high - est], color=colours[player], capsize=3)
         ax.axhline(0.0, color="#888888", linewidth=0.6)
-        ax.set_ylim(_profile_limits(table))
+        ax.axhline(1.0, color="#999999", linewidth=0.6, linestyle="--")
+        bottom, top, cut = _profile_limits(table)
+        ax.set_ylim(bottom, top)
+        if cut:
+            ax.text(0.99, 0.01, "some bands extend beyond the frame", transform=ax.transAxes, ha="right",
+                    va="bottom", fontsize=6.5, color="#b00000")
         ax.set_xticks(x, layers, rotation=30 if len(layers) > 3 else 0, ha="right" if len(layers) > 3 else "center")
         ax.set_xlabel("layer (input → output)")
         ax.set_ylabel(f"aggregated {QUANTITY_LABELS.get(quantity, quantity)}")
@@ -131,17 +171,18 @@ def depth_profile(data: ReportData) -> Figure | None:
     return fig
 
 
-def _profile_limits(table: pd.DataFrame) -> tuple[float, float]:
-    """Y range of a depth profile: the estimates and CIs, but bands of very uncertain layers clipped."""
+def _profile_limits(table: pd.DataFrame) -> tuple[float, float, bool]:
+    """Y range of a depth profile holding every estimate and band (within ``INDEX_RANGE``); cut: a band is cut."""
     est = table["estimate"].to_numpy(dtype=float)
     bounds = np.concatenate([est, table["ci_low"].to_numpy(dtype=float), table["ci_high"].to_numpy(dtype=float)])
     bounds = bounds[np.isfinite(bounds)]
     if bounds.size == 0:
-        return -0.05, 1.05
-    finite = est[np.isfinite(est)]
-    low = max(float(bounds.min()), min(-0.1, float(finite.min(initial=0.0)) - 0.1))
-    high = min(float(bounds.max()), max(1.05, float(finite.max(initial=0.0)) + 0.1))
-    return min(low, -0.05), max(high, 0.3)
+        return -0.05, 1.05, False
+    low, high = float(bounds.min()), float(bounds.max())
+    pad = 0.03 * max(high - low, 0.1)
+    bottom = max(INDEX_RANGE[0], min(low - pad, -0.05))
+    top = min(INDEX_RANGE[1], max(high + pad, 0.3))
+    return bottom, top, bool(low < INDEX_RANGE[0] or high > INDEX_RANGE[1])
 
 
 def _colour_strip(ax: Any, colours: Sequence[str]) -> None:
@@ -187,22 +228,25 @@ def unit_heatmap(data: ReportData, layer: str, quantity: str) -> Figure | None:
     cmap = _sequential()
     image = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0,
                       interpolation="nearest")
+    _unit_ticks(strip, order)
     strip_rgb = np.array([mcolors.to_rgb(colours[players[j]]) if ok else (0.0, 0.0, 0.0)
                           for j, ok in zip(dominant, alive)]).reshape(n_units, 1, 3)
     strip.imshow(strip_rgb, aspect="auto", interpolation="nearest")
     strip.set_xticks([])
-    strip.set_ylabel(f"{n_units} {'channels' if len(shape) > 1 else 'units'}, sorted by dominant factor")
-    strip.set_yticks([])
+    strip.set_ylabel(f"{n_units} {'channels' if len(shape) > 1 else 'units'} (IDs), sorted by dominant factor")
     for spine in strip.spines.values():
         spine.set_visible(False)
     ax.set_xticks(np.arange(d), players, rotation=45, ha="right")
-    ax.tick_params(axis="y", left=False)
+    ax.tick_params(axis="y", left=False, labelleft=False)
     n_dead = int((~alive).sum())
     title = f"{layer}: {QUANTITY_LABELS.get(quantity, quantity)}"
     top.set_title(title + (f"\n{n_dead} dead unit{'s' if n_dead != 1 else ''} (grey, black strip)" if n_dead else ""),
                   fontsize=9)
-    bar = fig.colorbar(image, ax=[top, ax], extend="min", fraction=0.08, pad=0.02)
-    bar.set_label(f"{QUANTITY_LABELS.get(quantity, quantity)} (white: < 0)")
+    finite = shown[np.isfinite(shown)]
+    below, above = int((finite < 0).sum()), int((finite > 1).sum())
+    bar = fig.colorbar(image, ax=[top, ax], extend="both", fraction=0.08, pad=0.02)
+    bar.set_label(f"{QUANTITY_LABELS.get(quantity, quantity)}; {UNDER_NAME}: < 0 ({below}), "
+                  f"{OVER_NAME}: > 1 ({above})", fontsize=7.5)
     return fig
 
 
@@ -254,8 +298,8 @@ def spatial_maps(data: ReportData, layer: str, quantity: str, max_channels: int 
     fig.suptitle(f"{layer}: {QUANTITY_LABELS.get(quantity, quantity)} per position\n(rows: channels, "
                  "columns: factors)", fontsize=9)
     assert image is not None
-    bar = fig.colorbar(image, ax=axes, fraction=0.03, pad=0.01, extend="min")
-    bar.set_label(QUANTITY_LABELS.get(quantity, quantity))
+    bar = fig.colorbar(image, ax=axes, fraction=0.03, pad=0.01, extend="both")
+    bar.set_label(f"{QUANTITY_LABELS.get(quantity, quantity)} ({UNDER_NAME} < 0, {OVER_NAME} > 1)")
     return fig
 
 
@@ -306,6 +350,21 @@ def interaction_matrices(data: ReportData, quantity: str) -> Figure | None:
     return fig
 
 
+#: Heat-map colours outside [0, 1]: neither in viridis nor the dead-unit grey.
+UNDER_COLOUR, UNDER_NAME = "#ff66cc", "pink"
+OVER_COLOUR, OVER_NAME = "#e00000", "red"
+DEAD_COLOUR = "#c8c8c8"
+
+
 def _sequential() -> mcolors.Colormap:
-    """Viridis for indices in [0, 1]: grey for dead/NaN, white below 0 (negative estimates)."""
-    return colormaps["viridis"].with_extremes(bad="#c8c8c8", under="#ffffff")
+    """Viridis for indices in [0, 1]: grey for dead/NaN, pink below 0, red above 1 (unclipped estimates)."""
+    return colormaps["viridis"].with_extremes(bad=DEAD_COLOUR, under=UNDER_COLOUR, over=OVER_COLOUR)
+
+
+def _unit_ticks(ax: Any, order: np.ndarray, most: int = 40) -> None:
+    """Unit IDs as y ticks of a sorted heat map: every unit when few, else every k-th row."""
+    n = len(order)
+    step = max(1, math.ceil(n / most))
+    rows = np.arange(0, n, step)
+    ax.set_yticks(rows, [str(int(order[r])) for r in rows], fontsize=5.5 if n > 20 else 7)
+    ax.tick_params(axis="y", length=1.5, pad=1)

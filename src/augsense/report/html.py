@@ -20,7 +20,7 @@ from augsense.estimators.results import out_of_unit_range
 from augsense.report import figures
 from augsense.report.data import QUANTITY_LABELS, ReportData, read_report_data
 from augsense.report.extras import COMPANIONS, EXTRA_SECTIONS, render_extra
-from augsense.report.page import Page, format_number
+from augsense.report.page import Page, fixed, format_number, interval
 from augsense.report.palette import factor_colours
 from augsense.report.specialists import top_units
 
@@ -165,15 +165,17 @@ def _outside_unit_interval(data: ReportData) -> str:
 
 def _layer_section(page: Page, data: ReportData) -> None:
     section = page.section("layers", "Which factors move each layer")
-    shares = figures.layer_shares(data)
+    shares = figures.layer_indices(data)
     if shares is None:
         page.notice(section, "No layer-aggregated indices (layers.parquet) in this run folder.")
         return
     page.text(section, "Aggregated indices pool the variance of all units of a layer: Σ_c V_i^(c) / Σ_c V^(c).")
-    caption = "Share of each layer's activation variance due to each factor."
+    caption = ("Aggregated index of each factor per layer (bar) with its confidence interval (whisker). Estimates "
+               "are not clipped: a bar left of 0 is a negative estimate (a small true index plus sampling noise), "
+               "values above 1 are labelled.")
     if "first_order" in data.factor_quantities():
-        caption += " Grey: the part of the variance that only interactions between factors explain (1 − Σ S_i)."
-    page.figure(section, shares, "layer-shares", caption)
+        caption += " Grey: 1 − Σ S_i, the part of the variance that only interactions between factors explain."
+    page.figure(section, shares, "layer-indices", caption, inline_svg=True)
     profile = figures.depth_profile(data)
     if profile is not None:
         page.figure(section, profile, "depth-profile", "Depth profile: aggregated index of each factor from the "
@@ -181,7 +183,7 @@ def _layer_section(page: Page, data: ReportData) -> None:
     assert data.layers is not None
     rows = data.layers[data.layers["factor"].notna() & data.layers["quantity"].isin(data.factor_quantities())]
     if not rows.empty:
-        cell = rows.assign(value=[f"{e:.3f} [{lo:.3f}, {hi:.3f}]" for e, lo, hi in
+        cell = rows.assign(value=[interval(e, lo, hi) for e, lo, hi in
                                   zip(rows["estimate"], rows["ci_low"], rows["ci_high"])])
         wide = cell.pivot_table(index=["layer", "factor"], columns="quantity", values="value", aggfunc="first",
                                 sort=False)
@@ -251,14 +253,21 @@ def _specialist_section(page: Page, data: ReportData) -> None:
     if table.empty:
         page.notice(section, "No living unit has a finite index.")
         return
-    page.text(section, f"Per factor, the units with the highest lower confidence bound of the "
-                       f"{QUANTITY_LABELS[quantity]}: a high index measured precisely. Units are channels, or "
-                       "channel (row, column) in per-position runs.")
-    shown = table.assign(ci=[f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])])
-    shown = shown[["factor", "rank", "layer", "unit", "estimate", "ci", "runner_up", "runner_up_estimate"]]
+    page.text(section, f"Per factor, the units it dominates by the widest margin: margin = the lower confidence "
+                       f"bound of the factor's {QUANTITY_LABELS[quantity]} − the unit's next-highest factor's estimate, "
+                       "so a unit ranks high when the factor leads it clearly and precisely. Variance: the unit's "
+                       "activation variance (a unit that hardly varies is a weak specialist whatever its share). "
+                       "Units are channels, or channel (row, column) in per-position runs.")
+    missing = [p for p in data.players if p not in set(table["factor"])]
+    shown = table.assign(ci=[f"[{fixed(lo)}, {fixed(hi)}]" for lo, hi in zip(table["ci_low"], table["ci_high"])])
+    shown = shown[["factor", "rank", "layer", "unit", "estimate", "ci", "runner_up", "runner_up_estimate", "margin",
+                   "variance"]]
     page.table(section, shown.rename(columns={"estimate": QUANTITY_LABELS[quantity], "ci": "CI",
                                               "runner_up": "next factor", "runner_up_estimate": "its index"}),
                max_rows=400)
+    if missing:
+        page.text(section, f"No living unit is led by {', '.join(missing)} (no positive margin): these factors "
+                           "are never a unit's main source of variance in this run.")
 
 
 def _gallery_section(page: Page, data: ReportData) -> None:
@@ -284,7 +293,7 @@ body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-se
 padding:1.2em 1.5em 4em;color:#222;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 nav{font-size:.92em;margin:.6em 0 1em}nav a{margin-right:1em;color:#1f5fa8;text-decoration:none}
-figure{margin:1em 0}figure img{max-width:100%;height:auto;display:block}
+figure{margin:1em 0}figure img,figure .svg svg{max-width:100%;height:auto;display:block}
 figure.narrow{margin:.5em}figcaption{font-size:.88em;color:#444;margin-top:.3em}
 .files{color:#777}.files a{color:#777}
 .grid{display:flex;flex-wrap:wrap;align-items:flex-start}.grid figure{flex:0 1 auto;max-width:48%}

@@ -29,6 +29,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "figure"
 
 
+def fixed(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals, never "-0.000": a value that rounds to zero prints unsigned."""
+    if not np.isfinite(value):
+        return "–"
+    text = f"{float(value):.{digits}f}"
+    return text.lstrip("-") if float(text) == 0.0 else text
+
+
+def interval(estimate: float, low: float, high: float, digits: int = 3) -> str:
+    """"estimate [low, high]" with :func:`fixed` numbers."""
+    return f"{fixed(estimate, digits)} [{fixed(low, digits)}, {fixed(high, digits)}]"
+
+
 def format_number(value: object) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
@@ -36,7 +49,10 @@ def format_number(value: object) -> str:
         if not np.isfinite(value):
             return "–"
         magnitude = abs(float(value))
-        return f"{value:.3g}" if magnitude and (magnitude < 1e-3 or magnitude >= 1e4) else f"{value:.3f}"
+        if magnitude and (magnitude < 1e-3 or magnitude >= 1e4):
+            text = f"{value:.3g}"
+            return text.lstrip("-") if float(text) == 0.0 else text
+        return fixed(float(value))
     return html.escape(str(value))
 
 
@@ -55,7 +71,9 @@ class Page:
         return section
 
     def figure(self, section: Section, fig: Figure, name: str, caption: str, *, vector: bool = True,
-               wide: bool = True) -> None:
+               wide: bool = True, inline_svg: bool = False) -> None:
+        """Save ``fig`` as figures/<name>.png (and .svg) and embed it: base64 PNG, or the SVG itself with
+        ``inline_svg`` (its elements, e.g. interval whiskers with their ids, are then part of the page)."""
         slug = _slug(name)
         while slug in self._slugs:
             slug += "-2"
@@ -67,15 +85,23 @@ class Page:
         (self.figure_folder / f"{slug}.png").write_bytes(png)
         self.saved.append(self.figure_folder / f"{slug}.png")
         links = [f'<a href="figures/{slug}.png">PNG</a>']
-        if vector:
+        svg = ""
+        if vector or inline_svg:
             fig.savefig(self.figure_folder / f"{slug}.svg", format="svg", facecolor="white")
             self.saved.append(self.figure_folder / f"{slug}.svg")
             links.append(f'<a href="figures/{slug}.svg">SVG</a>')
-        encoded = base64.b64encode(png).decode("ascii")
+            if inline_svg:
+                text = (self.figure_folder / f"{slug}.svg").read_text(encoding="utf-8")
+                svg = text[text.index("<svg"):]
+                svg = svg.replace("<svg ", f'<svg role="img" aria-label="{html.escape(caption)}" ', 1)
+        if svg:
+            content = f'<div class="svg">{svg}</div>'
+        else:
+            encoded = base64.b64encode(png).decode("ascii")
+            content = f'<img alt="{html.escape(caption)}" src="data:image/png;base64,{encoded}">'
         section.parts.append(
-            f'<figure class="{"wide" if wide else "narrow"}" id="fig-{slug}"><img alt="{html.escape(caption)}" '
-            f'src="data:image/png;base64,{encoded}"><figcaption>{html.escape(caption)} '
-            f'<span class="files">({" · ".join(links)})</span></figcaption></figure>')
+            f'<figure class="{"wide" if wide else "narrow"}" id="fig-{slug}">{content}<figcaption>'
+            f'{html.escape(caption)} <span class="files">({" · ".join(links)})</span></figcaption></figure>')
 
     def table(self, section: Section, table: pd.DataFrame, caption: str = "", max_rows: int = 40) -> None:
         shown = table.head(max_rows)
