@@ -195,4 +195,115 @@ def run_single_class(run_dir: str | Path | RunFolder, options: SingleClassOption
     return table
 
 
-__all__ = ["SINGLE_CLASS_COLUMNS", "SingleClassOptions", "candidates_layer", "run_single_class"]
+DECAY_COLUMNS = ["factor", "quantity", "kind", "alpha", "q", "masked_fraction", "n_draws", "augmentation", "rank",
+                 "class", "class_name", "n_images", "share", "share_sd", "n_labelled", "top1"]
+
+
+@dataclass
+class ClassDecayOptions:
+    """The class-decay grid: guided and random masks at growing masked fractions, on clean images.
+
+    ``quantiles``: the units ≥ each q-quantile of the factor's map are masked (masked fraction ≈ 1 − q
+    of each layer's live units); ``alphas``: their multiplier (0 damages); ``n_random``: random masks
+    of the same size per quantile.
+    """
+
+    factors: list[str] | None = None
+    quantity: str = "total_order"
+    k: int = 5
+    layers: list[str] | None = None
+    candidates_layer: str | None = None
+    quantiles: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95)
+    alphas: Sequence[float] = (0.0,)
+    n_random: int = 2
+    seed: int = 0
+    batch_size: int = 32
+    max_batch: int = 256
+    device: str = "auto"
+    limit_images: int | None = None
+
+
+def class_decay(run_dir: str | Path | RunFolder, options: ClassDecayOptions | None = None, *, model: Any = None,
+                images: Any = None, write: bool = True, progress: bool = False) -> pd.DataFrame:
+    """Per candidate class, its share of top-1 predictions (and top-1 accuracy on its images) as more of the
+    factor's units are masked, for the guided masks and random ones of the same size; writes
+    ``class_decay.parquet``.
+
+    Candidates: each factor's k output classes most sensitive to it (as :func:`run_single_class`).
+    Rows (columns :data:`DECAY_COLUMNS`): ``kind`` guided / random (mean and SD over draws) / none
+    (the unmasked model, masked_fraction 0); ``share`` = predictions of the class / images;
+    ``top1`` = accuracy on the images labelled with the class (NaN when none is).
+    """
+    options = options or ClassDecayOptions()
+    folder = run_dir if isinstance(run_dir, RunFolder) else load_run(run_dir)
+    grid = MaskingOptions(factors=options.factors, quantity=options.quantity, layers=options.layers,
+                          quantiles=options.quantiles, alphas=options.alphas, soft=False, n_random=options.n_random,
+                          least=False, augmentations="clean", seed=options.seed, batch_size=options.batch_size,
+                          max_batch=options.max_batch, device=options.device, limit_images=options.limit_images)
+    check_options(grid)
+    if not options.quantiles:
+        raise AugsenseError("class decay needs at least one quantile (e.g. 0.5,0.7,0.9)")
+    if not isinstance(options.k, int) or options.k < 1:
+        raise AugsenseError(f"k must be a positive integer (candidate classes per factor), got {options.k!r}")
+    class_layer = candidates_layer(folder, options.candidates_layer)
+    layers = mask_layers(folder, options.layers, options.quantity, exclude=(class_layer,))
+    factors = check_factors(folder, options.factors)
+    players = folder.players
+    class_maps = np.stack([factor_map(folder, class_layer, options.quantity, players.index(f)) for f in factors], 1)
+    if options.k > class_maps.shape[0]:
+        raise AugsenseError(f"k={options.k} exceeds the {class_maps.shape[0]} classes of layer {class_layer!r}")
+    chosen = dict(zip(factors, top_k_sensitive_classes(class_maps, options.k)))
+    specs, multipliers = build_masks(folder, factors, layers, grid)
+    total_units = sum(int(np.prod(m.shape[1:])) for m in multipliers.values())
+    bundle, image_set, _, device, transform = load_inputs(folder, model, images, options.device, options.limit_images)
+    plan = np.ones((1, len(specs)), dtype=bool)
+    labels = image_set.labels
+    n_labels = int(labels.max()) + 1 if labels is not None and len(labels) and int(labels.max()) >= 0 else None
+    tally = evaluate_masks(bundle.module, bundle.normalise, image_set, multipliers, plan, [None],
+                           seed=options.seed, batch_size=options.batch_size, max_batch=options.max_batch,
+                           device=device, transform=transform, n_labels=max(n_labels or 1, class_maps.shape[0]),
+                           progress=progress, count_predictions=True)
+    names = bundle.class_names
+    predicted, reference = tally.class_predicted[0], tally.reference_class_predicted[0]  # type: ignore[index]
+    n_images = float(tally.reference_n[0])
+
+    def class_top1(hits: np.ndarray, counts: np.ndarray, c: int) -> tuple[int, float]:
+        n = int(counts[c]) if c < counts.shape[-1] else 0
+        return n, float(hits[c] / n) if n else math.nan
+
+    rows = []
+    for factor in factors:
+        for rank, c in enumerate(chosen[factor]):
+            c = int(c)
+            base = {"factor": factor, "quantity": options.quantity, "augmentation": CLEAN, "rank": rank, "class": c,
+                    "class_name": names[c] if names and c < len(names) else str(c)}
+            n_lab, top1 = class_top1(tally.reference_class_top1[0], tally.reference_class_n[0], c)
+            for alpha in options.alphas:
+                rows.append({**base, "kind": "none", "alpha": float(alpha), "q": math.nan, "masked_fraction": 0.0,
+                             "n_draws": 1, "n_images": int(n_images), "share": reference[c] / n_images,
+                             "share_sd": math.nan, "n_labelled": n_lab, "top1": top1})
+            groups: dict[tuple[str, float, float], list[int]] = {}
+            for k, spec in enumerate(specs):
+                if spec.factor == factor:
+                    groups.setdefault((spec.kind, spec.q, spec.alpha), []).append(k)
+            for (kind, q, alpha), configs in groups.items():
+                shares = np.array([predicted[k, c] / tally.n[0, k] for k in configs])
+                accuracies = [class_top1(tally.class_top1[0, k], tally.class_n[0, k], c) for k in configs]
+                top1s = np.array([a for _, a in accuracies])
+                rows.append({**base, "kind": kind, "alpha": alpha, "q": q,
+                             "masked_fraction": float(np.mean([specs[k].n_units for k in configs]) / total_units),
+                             "n_draws": len(configs), "n_images": int(tally.n[0, configs[0]]),
+                             "share": float(shares.mean()),
+                             "share_sd": float(shares.std(ddof=1)) if len(shares) > 1 else math.nan,
+                             "n_labelled": accuracies[0][0],
+                             "top1": float(np.nanmean(top1s)) if np.isfinite(top1s).any() else math.nan})
+    table = pd.DataFrame(rows, columns=DECAY_COLUMNS)
+    if write:
+        tmp = folder.path / ".class_decay.parquet.tmp"
+        table.to_parquet(tmp, index=False)
+        tmp.replace(folder.path / "class_decay.parquet")
+    return table
+
+
+__all__ = ["DECAY_COLUMNS", "SINGLE_CLASS_COLUMNS", "ClassDecayOptions", "SingleClassOptions", "candidates_layer",
+           "class_decay", "run_single_class"]
