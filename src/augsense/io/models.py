@@ -1,14 +1,22 @@
-"""Models: the embedded default, torchvision architectures by name, or any nn.Module.
+"""Models: the embedded default, torchvision and timm architectures by name, or any nn.Module.
 
 A :class:`ModelBundle` carries what the run needs besides the module: the input size, the resize
 before centre-cropping, the normalisation, and the class names.
+
+Weights never come from the network at run time unless asked for by a torchvision weights name:
+a local file (``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors``, possibly wrapped in
+``{"state_dict": …}`` with ``module.`` prefixes, as the Places365 checkpoints are) or ``random``. The
+class count of a torchvision or timm architecture follows the file's classifier (a 365 × 512 ``fc.weight``
+builds a 365-class ResNet-18); class names come from a categories file when given.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import io
+import math
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +28,9 @@ from torch import nn
 from augsense.errors import AugsenseError
 
 DEFAULT_MODEL = "efficientnet-lite0"
+#: ``timm:NAME`` builds a timm architecture (its preprocessing from timm's pretrained configuration).
+TIMM_PREFIX = "timm:"
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 #: ``weights = "random"``: random initialisation drawn from the run seed (asked for explicitly).
 RANDOM_WEIGHTS = "random"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,6 +51,8 @@ class ModelBundle:
         weights: where the weights came from, for run.json, the console and the report: a file name
             with its SHA-256, a torchvision weights name, "random, seed s", or "as given" for a module
             passed from Python.
+        interpolation: the resampling the model was trained with (timm's pretrained configuration);
+            recorded with the run. Images are decoded with antialiased bilinear resizing whatever it says.
     """
 
     module: nn.Module
@@ -50,6 +63,7 @@ class ModelBundle:
     std: tuple[float, float, float] = IMAGENET_STD
     class_names: list[str] | None = None
     weights: str = "as given"
+    interpolation: str = "bilinear"
 
     @property
     def random_weights(self) -> bool:
@@ -90,23 +104,99 @@ def _file_weights(path: Path) -> str:
     return f"{path.name} sha256:{file_sha256(path)}"
 
 
-def _load_state(module: nn.Module, path: Path, name: str) -> None:
+def read_state(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a weights file: unwrapped from ``{"state_dict": …}`` / ``{"model": …}``, ``module.``
+    prefixes (DataParallel) removed. ``.safetensors`` files are read with safetensors."""
     if not path.is_file():
         raise AugsenseError(f"weights file {str(path)!r} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
-        raise AugsenseError(f"cannot read weights file {str(path)!r}: {error}") from error
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise AugsenseError(f"weights file {str(path)!r} does not hold a state dict")
-    state = {key.removeprefix("module."): value for key, value in state.items()}
+        raise AugsenseError(f"cannot read weights file {str(path)!r}: {str(error).splitlines()[0][:200]}") from error
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AugsenseError(f"weights file {str(path)!r} does not hold a state dict (names → tensors)")
+    return {str(key).removeprefix("module."): value for key, value in state.items()}
+
+
+def state_mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """One line counting the missing, unexpected and shape-mismatched keys (a few examples), or None."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if not (missing or unexpected or shaped):
+        return None
+
+    def examples(keys: list[str], describe=lambda k: k) -> str:
+        shown = ", ".join(describe(k) for k in keys[:3])
+        return shown + (f", … {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    def shapes(key: str) -> str:
+        return f"{key} file {'×'.join(map(str, state[key].shape))} vs model {'×'.join(map(str, own[key].shape))}"
+
+    parts = [f"{len(missing)} missing ({examples(missing)})" if missing else "0 missing",
+             f"{len(unexpected)} unexpected ({examples(unexpected)})" if unexpected else "0 unexpected",
+             f"{len(shaped)} of another shape ({examples(shaped, shapes)})" if shaped else "0 of another shape"]
+    return f"{len(own)} model keys, {len(state)} in the file: " + "; ".join(parts)
+
+
+def _load_state(module: nn.Module, path: Path, name: str, state: dict[str, torch.Tensor] | None = None) -> None:
+    state = read_state(path) if state is None else state
+    problem = state_mismatch(module, state)
+    if problem is not None:
+        raise AugsenseError(f"weights file {str(path)!r} does not match model {name!r}: {problem}")
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise AugsenseError(f"weights file {str(path)!r} does not match model {name!r}: {first}") from error
+
+
+def classifier_name(module: nn.Module) -> str | None:
+    """The last Linear (or 1×1 Conv2d, as SqueezeNet's) module in definition order: the class head."""
+    last = None
+    for name, child in module.named_modules():
+        if isinstance(child, nn.Linear) or (isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1)):
+            last = name
+    return last
+
+
+def file_classes(module: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    """The class count of a weights file whose classifier differs from ``module``'s, else None."""
+    head = classifier_name(module)
+    if head is None or f"{head}.weight" not in state:
+        return None
+    rows = int(state[f"{head}.weight"].shape[0])
+    own = int(module.state_dict()[f"{head}.weight"].shape[0])
+    return rows if rows != own else None
+
+
+def read_categories(path: str | Path, n_classes: int | None = None) -> list[str]:
+    """Class names from a categories file: ``categories_places365.txt`` (``/a/airfield 0``), a WordNet mapping
+    (``n01440764 tench, Tinca tinca``) or one name per line; their count must match the model's classes."""
+    file = Path(path)
+    if not file.is_file():
+        raise AugsenseError(f"categories file {str(file)!r} does not exist")
+    lines = [line.strip() for line in file.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    if lines and all(len(line.split()) == 2 and line.split()[1].isdigit() for line in lines) or \
+            lines and lines[0].split(" ")[0][:1] == "n" and lines[0].split(" ")[0][1:].isdigit():
+        from augsense.io.labels import read_class_list
+
+        names = list(read_class_list(file).names)
+    else:
+        names = lines
+    if n_classes is not None and len(names) != n_classes:
+        raise AugsenseError(f"categories file {str(file)!r} names {len(names)} classes but the model has {n_classes}")
+    return names
 
 
 def _efficientnet_forward(self: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -136,24 +226,28 @@ def efficientnet_lite0() -> ModelBundle:
 
 def load_model(name: str | nn.Module = DEFAULT_MODEL, *, weights: str | Path | None = None, seed: int = 0,
                input_size: int | None = None, mean: Sequence[float] | None = None,
-               std: Sequence[float] | None = None, class_names: Sequence[str] | None = None) -> ModelBundle:
+               std: Sequence[float] | None = None, class_names: Sequence[str] | None = None,
+               categories: str | Path | None = None) -> ModelBundle:
     """Load a classifier.
 
     Args:
         name: ``"efficientnet-lite0"`` (embedded default), a torchvision architecture name
-            (``"resnet18"``, ``"alexnet"``, ``"vgg11"`` …), or an ``nn.Module``.
-        weights: for torchvision names, a local state-dict file, a torchvision weights enum name
-            such as ``"IMAGENET1K_V1"`` or ``"DEFAULT"`` (downloaded by torchvision when online),
-            or ``"random"`` for a random initialisation drawn from ``seed``. A torchvision name
-            without weights is refused: random weights are never used without being asked for.
+            (``"resnet18"``, ``"vit_b_16"``, ``"swin_t"`` …), ``"timm:NAME"`` (``"timm:vit_small_patch16_224"``;
+            input size, resize, mean, std and interpolation from timm's pretrained configuration), or an
+            ``nn.Module``.
+        weights: for names, a local weights file (its classifier's rows set the class count, e.g. 365
+            for Places365), ``"random"`` for a random initialisation drawn from ``seed``, or for torchvision
+            a weights enum name such as ``"IMAGENET1K_V1"`` / ``"DEFAULT"`` (downloaded by torchvision when
+            online). A name without weights is refused: random weights are never used without being asked for.
             For a module passed from Python, a state-dict file to load into it (else it is used as given).
         seed: the seed of ``weights="random"`` (the run seed), so two runs build the same network.
         input_size, mean, std, class_names: override the defaults (ImageNet 224, its mean/std).
+        categories: a file of class names (``categories_places365.txt``, a WordNet mapping, or one per line).
     """
     if isinstance(name, nn.Module):
         bundle = ModelBundle(name.eval(), type(name).__name__)
         if weights is not None and str(weights) == RANDOM_WEIGHTS:
-            raise AugsenseError("weights = 'random' builds a torchvision architecture by name; a module passed "
+            raise AugsenseError("weights = 'random' builds an architecture by name; a module passed "
                                 "from Python is used with the weights it has")
         if weights is not None:
             _load_state(bundle.module, Path(weights), bundle.name)
@@ -163,6 +257,8 @@ def load_model(name: str | nn.Module = DEFAULT_MODEL, *, weights: str | Path | N
             raise AugsenseError(f"the embedded model {DEFAULT_MODEL!r} has its own ImageNet weights; drop "
                                 f"--weights {str(weights)!r} (or name a torchvision architecture with --model)")
         bundle = efficientnet_lite0()
+    elif name.startswith(TIMM_PREFIX):
+        bundle = _timm(name, weights, seed)
     else:
         bundle = _torchvision(name, weights, seed)
     if input_size is not None:
@@ -172,9 +268,32 @@ def load_model(name: str | nn.Module = DEFAULT_MODEL, *, weights: str | Path | N
         bundle.mean = tuple(float(v) for v in mean)  # type: ignore[assignment]
     if std is not None:
         bundle.std = tuple(float(v) for v in std)  # type: ignore[assignment]
+    if categories is not None:
+        bundle.class_names = read_categories(categories, _n_outputs(bundle.module))
     if class_names is not None:
         bundle.class_names = list(class_names)
     return bundle
+
+
+def _n_outputs(module: nn.Module) -> int | None:
+    head = classifier_name(module)
+    if head is None:
+        return None
+    child = dict(module.named_modules())[head]
+    return int(child.out_features if isinstance(child, nn.Linear) else child.out_channels)
+
+
+def _needs_weights(name: str, extra: str = "") -> AugsenseError:
+    return AugsenseError(f"model {name!r} needs weights: --weights FILE (a local weights file){extra}, or --weights "
+                         "random (random initialisation from the run seed; its indices describe no trained network)")
+
+
+def _is_file_weights(weights: str | Path) -> bool:
+    return Path(str(weights)).suffix in WEIGHT_SUFFIXES or Path(str(weights)).is_file()
+
+
+def _class_names(n_classes: int | None) -> list[str] | None:
+    return imagenet_class_names() if n_classes == 1000 else None
 
 
 def _torchvision(name: str, weights: str | Path | None, seed: int) -> ModelBundle:
@@ -182,28 +301,32 @@ def _torchvision(name: str, weights: str | Path | None, seed: int) -> ModelBundl
 
     names = torchvision_names()
     if name not in names:
-        raise AugsenseError(f"unknown model {name!r}; use {DEFAULT_MODEL!r}, a torchvision classifier "
-                            f"({', '.join(n for n in names if n in ('alexnet', 'vgg11', 'resnet18', 'resnet50'))} …) "
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise AugsenseError(f"unknown model {name!r}; {hint}use {DEFAULT_MODEL!r}, a torchvision classifier "
+                            "(resnet18, vit_b_16, swin_t, convnext_tiny …), timm:NAME (timm:vit_small_patch16_224) "
                             "or pass an nn.Module from Python")
     if weights is None:
-        raise AugsenseError(f"model {name!r} needs weights: --weights FILE.pth (a local state dict), --weights "
-                            f"IMAGENET1K_V1 (torchvision's, downloaded once when online), or --weights random "
-                            f"(random initialisation from the run seed; its indices describe no trained network)")
+        raise _needs_weights(name, ", --weights IMAGENET1K_V1 (torchvision's, downloaded once when online)")
     if str(weights) == RANDOM_WEIGHTS:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             module = torchvision.models.get_model(name, weights=None)
         described = f"{RANDOM_WEIGHTS}, seed {int(seed)}"
-    elif Path(str(weights)).suffix in (".pth", ".pt", ".bin", ".ckpt") or Path(str(weights)).is_file():
+    elif _is_file_weights(weights):
+        state = read_state(Path(weights))
         module = torchvision.models.get_model(name, weights=None)
-        _load_state(module, Path(weights), name)
+        classes = file_classes(module, state)
+        if classes is not None:  # e.g. a Places365 checkpoint: 365 rows in fc.weight
+            module = torchvision.models.get_model(name, weights=None, num_classes=classes)
+        _load_state(module, Path(weights), name, state)
         described = _file_weights(Path(weights))
     else:
         enum = torchvision.models.get_model_weights(name)
         try:
             chosen = enum[str(weights)] if str(weights) != "DEFAULT" else enum.DEFAULT
         except KeyError:
-            raise AugsenseError(f"unknown weights {str(weights)!r} for {name}; a local .pth file or one of "
+            raise AugsenseError(f"unknown weights {str(weights)!r} for {name}; a local weights file or one of "
                                 f"{', '.join(w.name for w in enum)}") from None
         try:
             module = torchvision.models.get_model(name, weights=chosen)
@@ -213,4 +336,47 @@ def _torchvision(name: str, weights: str | Path | None, seed: int) -> ModelBundl
         described = f"torchvision {chosen}"
     size = 299 if name.startswith("inception") else 224
     return ModelBundle(module.eval(), name, size, int(round(size * 256 / 224)), IMAGENET_MEAN, IMAGENET_STD,
-                       imagenet_class_names(), described)
+                       _class_names(_n_outputs(module)), described)
+
+
+def _timm(name: str, weights: str | Path | None, seed: int) -> ModelBundle:
+    """``timm:ARCH`` with timm's pretrained configuration; weights from a local file or random (never downloaded)."""
+    try:
+        import timm
+    except ImportError as error:
+        raise AugsenseError("timm models need the 'timm' package (pip install timm)") from error
+    arch = name[len(TIMM_PREFIX):]
+    if not arch or not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
+        raise AugsenseError(f"unknown timm model {arch!r}{hint} (timm.list_models() lists them)")
+    if weights is None:
+        raise _needs_weights(name, " (.pth or .safetensors, e.g. a timm checkpoint saved once)")
+    if str(weights) == RANDOM_WEIGHTS:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            module = timm.create_model(arch, pretrained=False)
+        described = f"{RANDOM_WEIGHTS}, seed {int(seed)}"
+    elif _is_file_weights(weights):
+        state = read_state(Path(weights))
+        module = timm.create_model(arch, pretrained=False)
+        classes = file_classes(module, state)
+        if classes is not None:
+            module = timm.create_model(arch, pretrained=False, num_classes=classes)
+        _load_state(module, Path(weights), name, state)
+        described = _file_weights(Path(weights))
+    else:
+        raise AugsenseError(f"weights {str(weights)!r} for {name}: timm weights are read from a local file "
+                            "(--weights FILE.safetensors or .pth) or drawn at random (--weights random); augsense "
+                            "downloads nothing at run time")
+    cfg = dict(getattr(module, "pretrained_cfg", None) or {})
+    _, height, width = cfg.get("input_size", (3, 224, 224))
+    if height != width:
+        raise AugsenseError(f"{name} expects {height}×{width} inputs; augsense feeds square images")
+    crop = float(cfg.get("crop_pct") or 0.875)
+    mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
+    bundle = ModelBundle(module.eval(), name, int(height), int(math.floor(height / crop)), mean, std,  # type: ignore[arg-type]
+                         _class_names(getattr(module, "num_classes", None)), described)
+    bundle.interpolation = str(cfg.get("interpolation", "bicubic"))
+    return bundle

@@ -1,34 +1,42 @@
 """Forward hooks on named layers that reduce activations inside the hook.
 
 Only the reduced (n, units) tensor of each layer leaves the hook, so nothing per sample is kept
-beyond one batch. ``"output"`` names the model's own output (logits or softmax probabilities).
+beyond one batch. ``"output"`` names the model's own output (logits, or softmax probabilities).
+Each layer's layout (NCHW, NHWC, tokens; see :mod:`augsense.probe.layouts`) decides how its output
+becomes units: ``mean``/``max`` over positions or patch tokens (one unit per channel), ``cls`` the
+class token, ``none`` every channel × position as (C, *grid).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from augsense.errors import AugsenseError
+from augsense.probe.layouts import REDUCTIONS, Layout, ShapeTrace, check_declared, detect_layout, parse_layout
 
-Reduction = Literal["mean", "max", "none"]
-REDUCTIONS: tuple[str, ...] = ("mean", "max", "none")
+Reduction = Literal["mean", "max", "none", "cls"]
 OUTPUT = "output"
+#: at most this many close matches are suggested for a mistyped layer name
+SUGGESTIONS = 5
 
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """A hookable layer: module name, module type, output shape without the batch axis, call count."""
+    """A hookable layer: module name, module type, output shape without the batch axis, call count, layout."""
 
     name: str
     kind: str
     shape: tuple[int, ...]
     calls: int = 1
+    layout: Layout | None = None
+    batch: int = 1
 
 
 def _first_tensor(output: object) -> torch.Tensor | None:
@@ -41,42 +49,53 @@ def _first_tensor(output: object) -> torch.Tensor | None:
     return None
 
 
-def reduce_activation(output: torch.Tensor, reduction: str) -> torch.Tensor:
+def reduce_activation(output: torch.Tensor, reduction: str, layout: Layout | None = None) -> torch.Tensor:
     """Reduce a layer output to units.
 
     Args:
-        output: (n, C, *spatial) or (n, C).
-        reduction: ``"mean"`` / ``"max"`` over spatial positions (one unit per channel) or
-            ``"none"`` (every channel × position is a unit, as in the paper).
+        output: (n, *shape), e.g. (n, C, H, W), (n, H, W, C), (n, T, C) or (n, C).
+        reduction: ``"mean"`` / ``"max"`` over positions or patch tokens (one unit per channel),
+            ``"cls"`` (the class token) or ``"none"`` (every channel × position is a unit, as in the paper).
+        layout: the output's layout; None means channels first (NCHW).
     Returns:
         (n, units) float32.
     """
-    if output.ndim <= 2 or reduction == "none":
-        return output.reshape(output.shape[0], -1).float()
-    flat = output.flatten(2)
-    return (flat.mean(dim=2) if reduction == "mean" else flat.amax(dim=2)).float()
+    if layout is None:
+        shape = tuple(output.shape[1:])
+        layout = Layout("vector", shape[0] if shape else 1) if len(shape) <= 1 else Layout("nchw", shape[0], shape[1:])
+    return layout.reduce(output, reduction)
 
 
-def unit_shape(shape: Sequence[int], reduction: str) -> tuple[int, ...]:
-    """Shape of a layer's units, given its output shape without the batch axis."""
+def unit_shape(shape: Sequence[int], reduction: str, layout: Layout | None = None) -> tuple[int, ...]:
+    """Shape of a layer's units, given its output shape without the batch axis (channels first unless ``layout``)."""
+    if layout is not None:
+        return layout.unit_shape(reduction)
     if len(shape) <= 1 or reduction == "none":
         return tuple(shape) if shape else (1,)
     return (int(shape[0]),)
 
 
-def list_layers(model: nn.Module, input_size: int = 224, device: torch.device | str = "cpu") -> list[LayerInfo]:
-    """Every named module with its output shape, from one forward pass of a blank image."""
+def list_layers(model: nn.Module, input_size: int = 224, device: torch.device | str = "cpu",
+                layouts: Mapping[str, str] | None = None) -> list[LayerInfo]:
+    """Every named module with its output shape and layout, from one forward pass of a blank image.
+
+    ``layouts``: declared layouts by layer name (``nchw``, ``nhwc``, ``tokens``, ``tokens:P``); the others
+    are detected (see :func:`augsense.probe.layouts.detect_layout`).
+    """
     records: dict[str, LayerInfo] = {}
     handles = []
+    trace = ShapeTrace(model)
 
     def hook(name: str) -> Callable:
         def record(module: nn.Module, args: object, output: object) -> None:
+            trace.finished(name)
             tensor = _first_tensor(output)
             if tensor is None:
                 return
             seen = records.get(name)
             calls = seen.calls + 1 if seen else 1
-            records[name] = LayerInfo(name, type(module).__name__, tuple(tensor.shape[1:]), calls)
+            records[name] = LayerInfo(name, type(module).__name__, tuple(tensor.shape[1:]), calls,
+                                      batch=int(tensor.shape[0]) if tensor.ndim else 0)
         return record
 
     for name, module in model.named_modules():
@@ -88,24 +107,38 @@ def list_layers(model: nn.Module, input_size: int = 224, device: torch.device | 
     finally:
         for handle in handles:
             handle.remove()
+        trace.remove()
     layers = list(records.values())
     tensor = _first_tensor(out)
     if tensor is not None:
+        trace.finished(OUTPUT)
         layers.append(LayerInfo(OUTPUT, "model output", tuple(tensor.shape[1:])))
-    return layers
+    declared = dict(layouts or {})
+    check_declared(declared, [layer.name for layer in layers])
+    return [dataclasses.replace(layer, layout=_layout(layer, declared, trace)) for layer in layers]
+
+
+def _layout(layer: LayerInfo, declared: Mapping[str, str], trace: ShapeTrace) -> Layout:
+    if layer.batch != 1:  # list_layers forwards one image
+        return Layout("batched", 0, (), 0, f"its output's first axis holds {layer.batch} entries for one image "
+                      "(windows or heads folded into the batch), so it has no per-image units; probe the block "
+                      "that contains it")
+    if layer.name in declared:
+        return parse_layout(layer.name, declared[layer.name], layer.shape, trace)
+    return detect_layout(layer.name, layer.shape, trace)
 
 
 def check_layers(requested: Sequence[str], available: Sequence[LayerInfo]) -> None:
-    """Raise an AugsenseError naming every unknown or ambiguous layer and listing the valid ones."""
+    """Raise an AugsenseError naming the first unknown or shared layer, with close matches for a typo."""
     if not requested:
         raise AugsenseError("no layers chosen; list them with `augsense layers MODEL`")
     by_name = {layer.name: layer for layer in available}
     for name in requested:
         if name not in by_name:
-            close = difflib.get_close_matches(name, list(by_name), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            names = ", ".join(layer.name for layer in available)
-            raise AugsenseError(f"unknown layer {name!r}{hint}; valid layers: {names}")
+            close = difflib.get_close_matches(name, list(by_name), n=SUGGESTIONS, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise AugsenseError(f"unknown layer {name!r}{hint} (all {len(by_name)} layers with their shapes: "
+                                "`augsense layers MODEL`)")
         if by_name[name].calls > 1:
             raise AugsenseError(f"layer {name!r} is called {by_name[name].calls} times per forward pass "
                                 "(a shared module); choose a module that runs once")
@@ -122,14 +155,18 @@ class ActivationProbe:
         with probe:
             units = probe(images)          # (n, m) float32, layers concatenated in order
 
-    ``probe.slices[layer]`` gives each layer's columns, ``probe.unit_shapes[layer]`` their shape.
-    Non-finite activations raise an AugsenseError naming the layer.
+    ``probe.slices[layer]`` gives each layer's columns, ``probe.unit_shapes[layer]`` their shape,
+    ``probe.layouts[layer]`` the layout of its output. ``layouts`` declares layouts the detection cannot
+    settle; ``softmax_layers`` are (n, classes) layers whose units are taken through a softmax (e.g. a
+    classifier layer ``classifier.6`` when ``output`` is not the last module). Non-finite activations
+    raise an AugsenseError naming the layer.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], *, reduction: str = "mean",
                  output: Literal["logits", "softmax"] = "logits", input_size: int = 224,
                  device: torch.device | str = "cpu",
-                 edits: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> None:
+                 edits: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                 layouts: Mapping[str, str] | None = None, softmax_layers: Sequence[str] = ()) -> None:
         if reduction not in REDUCTIONS:
             raise AugsenseError(f"unknown reduction {reduction!r}; use one of {', '.join(REDUCTIONS)}")
         if output not in ("logits", "softmax"):
@@ -139,11 +176,22 @@ class ActivationProbe:
         self.reduction = reduction
         self.output = output
         self.edits = dict(edits or {})
-        available = list_layers(model, input_size, device)
+        available = list_layers(model, input_size, device, layouts)
         check_layers(self.layers, available)
-        shapes = {layer.name: layer.shape for layer in available}
-        self.layer_shapes = {name: shapes[name] for name in self.layers}
-        self.unit_shapes = {name: unit_shape(shapes[name], reduction) for name in self.layers}
+        by_name = {layer.name: layer for layer in available}
+        self.layer_shapes = {name: by_name[name].shape for name in self.layers}
+        self.layouts: dict[str, Layout] = {name: by_name[name].layout for name in self.layers}  # type: ignore[misc]
+        self.unit_shapes = {name: self.layouts[name].unit_shape(reduction, name) for name in self.layers}
+        self.softmax_layers = list(softmax_layers)
+        for name in self.softmax_layers:
+            if name == OUTPUT:
+                raise AugsenseError("softmax_layers: the model output takes output = 'softmax' instead")
+            if name not in self.layers:
+                raise AugsenseError(f"softmax_layers: {name!r} is not one of the run's layers "
+                                    f"({', '.join(self.layers)}); add it to layers")
+            if self.layouts[name].kind != "vector":
+                raise AugsenseError(f"softmax_layers: layer {name!r} outputs {by_name[name].shape}; a softmax "
+                                    "applies to a classifier layer's (n, classes) output")
         self.slices: dict[str, slice] = {}
         start = 0
         for name in self.layers:
@@ -162,7 +210,8 @@ class ActivationProbe:
             edit = self.edits.get(name)
             if edit is not None:
                 tensor = edit(tensor)
-            self._store[name] = reduce_activation(tensor, self.reduction)
+            units = self.layouts[name].reduce(tensor, self.reduction)
+            self._store[name] = units.softmax(dim=1) if name in self.softmax_layers else units
             return tensor if edit is not None and isinstance(output, torch.Tensor) else None
         return hook
 

@@ -7,7 +7,10 @@ index M or by 1 − M. The baselines the paper lacked pick the same number of un
 least sensitive ones.
 
 A mask is a multiplier on a layer's units: (C,) for per-channel maps (broadcast over positions),
-(C, H, W) for per-unit maps. K configurations are evaluated in one forward pass by
+(C, H, W) for per-unit maps, in the channels-first form the probe gives every layer. On a channels-last
+(NHWC) layer it multiplies the last axis; on a token layer (n, T, C) it scales exactly the activations
+the unit summarised: the patch tokens for ``mean``/``max`` and ``none`` (a (C, *grid) map is laid back
+onto the patch tokens), the class token for ``cls``; the other prefix tokens are left alone. K configurations are evaluated in one forward pass by
 :class:`MaskedForward`: the batch runs unmasked up to the first masked layer, whose hook repeats it
 K times (config-major) and applies the K multipliers, so the shared prefix is computed once.
 """
@@ -27,6 +30,7 @@ from torch import nn
 
 from augsense.allocator import heap_allocations  # noqa: F401 (re-exported for the masking engine)
 from augsense.errors import AugsenseError
+from augsense.probe.layouts import Layout
 
 MASK_KINDS = ("quantile", "soft", "soft-inverse")
 MAX_ALPHA = 100.0
@@ -130,14 +134,17 @@ class MaskedForward:
             logits = masked(x)                                            # (K, n, classes)
 
     Each multiplier tensor is (K, *unit_shape) with unit_shape (C,) (per channel, broadcast over
-    positions) or the layer's full output shape (per unit). The first masked layer to run repeats
+    positions) or (C, *grid) (per unit), channels first whatever the layer's layout. ``layouts`` gives each
+    layer's :class:`~augsense.probe.layouts.Layout` (or a declared ``"nhwc"``, ``"tokens"`` …); the missing
+    ones are detected from the first batch. ``reduction`` is the run's (``cls`` masks the class token). The first masked layer to run repeats
     its input batch K times (config-major); when a later module still needs the un-repeated batch
     (a skip connection around the masked layer, or a forward that reshapes with the batch size it saw
     at the input), the whole input is repeated instead and ``expand_inside`` turns False. The first
     shared pass is checked once against the first configuration run alone.
     """
 
-    def __init__(self, model: nn.Module, multipliers: Mapping[str, torch.Tensor], *, expand_inside: bool = True) -> None:
+    def __init__(self, model: nn.Module, multipliers: Mapping[str, torch.Tensor], *, expand_inside: bool = True,
+                 layouts: Mapping[str, Layout | str] | None = None, reduction: str = "mean") -> None:
         if not multipliers:
             raise AugsenseError("no masked layers given")
         modules = dict(model.named_modules())
@@ -151,6 +158,11 @@ class MaskedForward:
         self.multipliers = dict(multipliers)
         self.n_configs = sizes.pop()
         self.expand_inside = expand_inside
+        self.reduction = reduction
+        given = dict(layouts or {})
+        self.layouts: dict[str, Layout] = {name: given[name] for name in self.multipliers
+                                           if isinstance(given.get(name), Layout)}
+        self._declared = {name: str(value) for name, value in given.items() if isinstance(value, str)}
         self.verified = False
         self._n = 0
         self._active: torch.Tensor | None = None
@@ -185,13 +197,8 @@ class MaskedForward:
                 view = output.reshape(k, n, *output.shape[1:])
             else:
                 raise AugsenseError(f"layer {name!r} sees a batch of {output.shape[0]}, expected {n} or {k * n}")
-            unit_dims = multiplier.ndim - 1
-            if tuple(output.shape[1:1 + unit_dims]) != tuple(multiplier.shape[1:]):
-                raise AugsenseError(f"mask for layer {name!r} has unit shape {tuple(multiplier.shape[1:])}, but the "
-                                    f"layer outputs {tuple(output.shape[1:])}")
-            trailing = output.ndim - 1 - unit_dims
-            factor = multiplier.to(output.dtype).reshape(k, 1, *multiplier.shape[1:], *([1] * trailing))
-            masked = (view * factor).reshape(k * n, *output.shape[1:])  # broadcast: one write, no repeated copy
+            masked = _apply(view, multiplier.to(output.dtype), self.layouts[name], self.reduction, name)
+            masked = masked.reshape(k * n, *output.shape[1:])
             if output.ndim == 4 and output.is_contiguous(memory_format=torch.channels_last):
                 masked = masked.contiguous(memory_format=torch.channels_last)  # keep the fast layout downstream
             return masked
@@ -208,6 +215,23 @@ class MaskedForward:
             handle.remove()
         self._handles.clear()
 
+    def _detect(self, inputs: torch.Tensor) -> None:
+        """Find the layouts not given, from one blank image of the inputs' size (hooks bypassed)."""
+        missing = [name for name in self.multipliers if name not in self.layouts]
+        if not missing:
+            return
+        from augsense.probe.hooks import list_layers
+
+        with self.unhooked():
+            found = {layer.name: layer.layout for layer in list_layers(self.model, int(inputs.shape[-1]),
+                                                                       inputs.device, self._declared)}
+        for name in missing:
+            layout = found.get(name)
+            if layout is None:
+                raise AugsenseError(f"cannot mask layer {name!r}: it does not run in the forward pass")
+            layout.check(self.reduction, name)
+            self.layouts[name] = layout
+
     def _run(self, inputs: torch.Tensor, active: torch.Tensor | None, n: int) -> torch.Tensor:
         self._active, self._n = active, n
         return self.model(inputs)
@@ -219,6 +243,7 @@ class MaskedForward:
         """
         if not self._handles:
             raise RuntimeError("use MaskedForward inside `with`")
+        self._detect(inputs)
         n = inputs.shape[0]
         k = self.n_configs if configs is None else int(configs.numel())
         if self.expand_inside and k > 1:
@@ -245,3 +270,36 @@ class MaskedForward:
         repeated = inputs.unsqueeze(0).expand(k, *inputs.shape).reshape(k * n, *inputs.shape[1:])
         out = self._run(repeated, configs, n)
         return out.reshape(k, n, *out.shape[1:])
+
+
+def _apply(view: torch.Tensor, multiplier: torch.Tensor, layout: Layout, reduction: str, name: str) -> torch.Tensor:
+    """Multiply (1 or K, n, *shape) outputs by (K, *unit_shape) multipliers along the layout's channel axis.
+
+    Returns (K, n, *shape).
+    """
+    k, units = multiplier.shape[0], tuple(multiplier.shape[1:])
+    shape = tuple(view.shape[2:])
+    per_unit = layout.unit_shape("none") if layout.kind != "vector" else (layout.channels,)
+    if units not in {(layout.channels,), per_unit}:
+        raise AugsenseError(f"mask for layer {name!r} has unit shape {units}, but the layer's units are "
+                            f"({layout.channels},) per channel or {per_unit} per position ({layout.label} output "
+                            f"{shape})")
+    if layout.kind in ("vector", "nchw"):
+        factor = multiplier.reshape(k, 1, *units, *([1] * (len(shape) - len(units))))
+        return view * factor  # broadcast: one write, no repeated copy
+    if layout.kind == "nhwc":
+        grid = units[1:] if len(units) > 1 else (1,) * (len(shape) - 1)
+        factor = multiplier.reshape(k, layout.channels, -1).transpose(1, 2).reshape(k, 1, *grid, layout.channels)
+        return view * factor
+    # tokens (n, T, C): scale the tokens the units summarise, keep the others
+    span = layout.token_span("none" if len(units) > 1 else reduction)
+    factor = multiplier.reshape(k, layout.channels, -1).transpose(1, 2).unsqueeze(1)  # (K, 1, t or 1, C)
+    tokens, channels = view.shape[2], view.shape[3]
+    start, stop = span.start, tokens if span.stop is None else span.stop
+    n = view.shape[1]
+    pieces = [view[:, :, start:stop] * factor]
+    if start:
+        pieces.insert(0, view[:, :, :start].expand(k, n, start, channels))
+    if stop < tokens:
+        pieces.append(view[:, :, stop:].expand(k, n, tokens - stop, channels))
+    return torch.cat(pieces, dim=2)
