@@ -93,9 +93,10 @@ def permutation_orders(r: int, d: int, seed: Sequence[int]) -> np.ndarray:
 
     The first r points of a scrambled Sobol' sequence of dimension d - 1 of its own (seeded by
     ``seed``, independent of the block's A/B points) mapped by :func:`lehmer_orders`: each row's
-    order is uniform, and with r a power of two every player comes first floor(r/d) or ceil(r/d)
-    times (the first coordinate is a (0, m, 1)-net). Blocks with independent seeds stay independent
-    replicates. Quasi-random orders in the spirit of Mitchell et al. 2022 (JMLR 23).
+    order is uniform, and with r a power of two every player comes first r/d ± 2 times (each
+    1/r-stratum of the first coordinate holds one point), where i.i.d. orders spread by ±sqrt(r/d).
+    Blocks with independent seeds stay independent replicates. Quasi-random orders in the spirit
+    of Mitchell et al. 2022 (JMLR 23).
     """
     if d == 1:
         return np.zeros((r, 1), dtype=np.int64)
