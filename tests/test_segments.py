@@ -100,12 +100,12 @@ def test_channel_input_is_the_hsv_channel_replicated_and_resized():
     segment = parse_segment(model, "3", input_size=16)
     assert segment.modules == ("3",) and segment.input_shape == (4, 8, 8)
     images = torch.rand(2, 3, 16, 16)
-    block = HSVSegment(model, segment, "v")
+    block = HSVSegment(model, segment, "v", resize=True)
     x = block.channel_input(images)
     assert x.shape == (2, 4, 8, 8)
     expected = nn.functional.avg_pool2d(images.amax(dim=1, keepdim=True), 2)
     torch.testing.assert_close(x[:, 2:3], expected)
-    hue = HSVSegment(model, segment, "h").channel_input(torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 16, 16))
+    hue = HSVSegment(model, segment, "h", resize=True).channel_input(torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 16, 16))
     torch.testing.assert_close(hue, torch.full((1, 4, 8, 8), 1 / 3))  # pure green: a third of a turn
     assert [name for name, _ in block.named_modules() if name] == ["3"]
 
@@ -118,8 +118,10 @@ def test_resnet_stem_and_stage_segments_resolve():
     assert stem.input_shape == (3, 64, 64)
     stage = parse_segment(model, "layer1", input_size=64)
     assert stage.input_shape == (64, 16, 16)
-    out = HSVSegment(model, stage, "s")(torch.rand(2, 3, 64, 64))
+    out = HSVSegment(model, stage, "s", resize=True)(torch.rand(2, 3, 64, 64))
     assert out.shape == (2, 64, 16, 16)
+    out = HSVSegment(model, stage, "s")(torch.rand(2, 3, 64, 64))  # the paper's: fed at the input size
+    assert out.shape == (2, 64, 64, 64)
 
 
 def test_attribution_needs_runs_and_bad_segments_are_refused():
@@ -150,3 +152,43 @@ def test_cli_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
                  "--out", str(tmp_path / "s"), *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_channel_subsets_are_tiled_over_the_input_width_at_the_input_size():
+    import kornia
+
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.Conv2d(5, 2, 1))
+    segment = parse_segment(model, "1", input_size=8)
+    assert segment.input_shape == (5, 4, 4)
+    images = torch.rand(2, 3, 8, 8)
+    hsv = kornia.color.rgb_to_hsv(images)
+    h, s, v = hsv[:, 0] / (2 * torch.pi), hsv[:, 1], hsv[:, 2]
+    block = HSVSegment(model, segment, "vh")  # canonical name: hv
+    assert block.channel == "hv"
+    torch.testing.assert_close(block.channel_input(images), torch.stack([h, v, h, v, h], dim=1))
+    three = HSVSegment(nn.Sequential(nn.Conv2d(3, 2, 1)), parse_segment(nn.Sequential(nn.Conv2d(3, 2, 1)), "0", 8), "hsv")
+    torch.testing.assert_close(three.channel_input(images), torch.stack([h, s, v], dim=1))
+    for bad in ("hx", "hh", ""):
+        with pytest.raises(AugsenseError, match="subset"):
+            HSVSegment(model, segment, bad)
+
+
+def test_segment_indices_per_channel_name_the_planted_factor(segment_runs):
+    """Under H only the hue-tuned unit moves, and only with hue; under V only the luminance unit, with brightness."""
+    table = segment_runs.indices
+    assert set(table.channel) == {"h", "s", "v"} and set(table.quantity) >= {"first_order", "total_order"}
+    total = table[table.quantity == "total_order"].set_index(["channel", "factor"])
+    assert total.loc[("h", "hue"), "mean"] > 0.95 and total.loc[("h", "brightness"), "mean"] < 0.05
+    assert total.loc[("v", "brightness"), "mean"] > 0.95 and total.loc[("v", "hue"), "mean"] < 0.05
+    expected = np.nanmean(segment_runs.runs["h"].result.total_order[:, 0])
+    assert total.loc[("h", "hue"), "mean"] == pytest.approx(expected)
+    stored = pd.read_parquet(segment_runs.out_dir / "segments_indices.parquet")
+    assert len(stored) == len(table)
+
+
+def test_subset_runs_write_one_folder_per_subset(tmp_path):
+    result = run_segments(segment_config(n=16), "features.0-1", channels=["sh", "hsv"], model=band_bundle(),
+                          images=orange_images(4), out_dir=tmp_path, progress=False)
+    assert list(result.runs) == ["hs", "hsv"]
+    assert (tmp_path / "hs" / "run.json").exists() and (tmp_path / "hsv" / "maps.npz").exists()
+    assert set(pd.read_parquet(tmp_path / "segments_indices.parquet").channel) == {"hs", "hsv"}

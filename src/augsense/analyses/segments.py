@@ -2,9 +2,12 @@
 
 A *segment* is a run of consecutive modules cut out of a network (AlexNet ``features.0-2``,
 ResNet18's stem ``conv1,bn1,relu,maxpool`` or ``layer1``). The augmented RGB input is converted to
-HSV (``kornia.color.rgb_to_hsv``; hue in turns), one channel is kept, resized (area averaging) to
-the segment's input resolution when that differs from the image's, affinely scaled, and replicated
-to the segment's input width. The usual sensitivity run then measures the segment's units
+HSV (``kornia.color.rgb_to_hsv``; hue in turns), one channel — or a chosen subset such as ``hs``
+or ``hsv`` — is kept, affinely scaled, and tiled over the segment's input width (input channel c
+gets the subset's channel c mod k; one channel is simply replicated, as the paper does). The
+input is fed at the image's own resolution, as the paper feeds its units the 224 × 224 input
+whatever module they start at (``resize=True`` area-averages it to the resolution the segment
+sees inside the full network instead). The usual sensitivity run then measures the segment's units
 (``run_sensitivity`` with the segment as the model), once per channel, as the paper's third series
 does (Kharyuk, Matveev & Oseledets 2025, §6 of SPEC).
 
@@ -40,11 +43,25 @@ from augsense.errors import AugsenseError
 from augsense.io.images import ImageSet, load_images
 from augsense.io.models import ModelBundle, load_model
 
-__all__ = ["CHANNELS", "HSVSegment", "Segment", "SegmentRuns", "attribute_channels", "parse_segment",
-           "run_segments"]
+__all__ = ["CHANNELS", "CHANNEL_SUBSETS", "HSVSegment", "Segment", "SegmentRuns", "attribute_channels",
+           "channel_subset", "parse_segment", "run_segments", "segment_indices"]
 
 Channel = Literal["h", "s", "v"]
 CHANNELS: tuple[str, ...] = ("h", "s", "v")
+#: Every non-empty subset of H, S, V, in canonical order (``"subsets"`` selects them all).
+CHANNEL_SUBSETS: tuple[str, ...] = ("h", "s", "v", "hs", "sv", "hv", "hsv")
+
+
+def channel_subset(name: str) -> str:
+    """Canonical subset name: ``"vh"`` → ``"hv"``; an AugsenseError unless distinct letters of h, s, v."""
+    text = str(name).strip().lower()
+    if not text or any(c not in CHANNELS for c in text) or len(set(text)) != len(text):
+        raise AugsenseError(f"segment channel {name!r} must be h, s, v or a subset of them (hs, sv, hv, hsv), "
+                            "all (h, s, v) or subsets (all seven)")
+    ordered = "".join(c for c in CHANNELS if c in text)
+    return {"sh": "hs", "vs": "sv", "vh": "hv"}.get(ordered, ordered)
+
+
 _RANGE = re.compile(r"^(?P<parent>.+)\.(?P<start>\d+)-(?P<end>\d+)$")
 
 
@@ -105,21 +122,22 @@ def parse_segment(model: nn.Module, spec: str, input_size: int = 224) -> Segment
 
 
 class HSVSegment(nn.Module):
-    """RGB in [0, 1] → one HSV channel → scaled, replicated to C → the segment's modules in order.
+    """RGB in [0, 1] → HSV channel(s) → scaled, tiled over C → the segment's modules in order.
 
     Forward: (n, 3, S, S) → the last module's output. The modules keep their names from the
     network (``features.0`` …), so layers are probed under the same names as in a full run.
     """
 
-    def __init__(self, model: nn.Module, segment: Segment, channel: Channel, *, shift: float = 0.0,
-                 scale: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, segment: Segment, channel: Channel | str, *, shift: float = 0.0,
+                 scale: float = 1.0, resize: bool = False) -> None:
         super().__init__()
-        if channel not in CHANNELS:
-            raise AugsenseError(f"channel {channel!r} must be one of h, s, v (or 'all' for the three)")
+        channel = channel_subset(channel)
         if scale == 0:
             raise AugsenseError("scale must be non-zero")
         self.channel = channel
-        self.index = CHANNELS.index(channel)
+        self.indices = [CHANNELS.index(c) for c in channel]
+        self.index = self.indices[0]
+        self.resize = resize
         self.segment = segment
         self.shift, self.scale = float(shift), float(scale)
         available = dict(model.named_modules())
@@ -135,15 +153,18 @@ class HSVSegment(nn.Module):
             self._order.append(available[name])
 
     def channel_input(self, images: torch.Tensor) -> torch.Tensor:
-        """(n, 3, S, S) RGB in [0, 1] → (n, C, H, W): the chosen HSV channel (hue in turns), scaled."""
+        """(n, 3, S, S) RGB in [0, 1] → (n, C, S, S) (or (n, C, H, W) with ``resize``): input channel c is
+        the subset's channel c mod k (hue in turns), scaled."""
         hsv = kornia.color.rgb_to_hsv(images)
-        single = hsv[:, self.index: self.index + 1]
-        if self.index == 0:
-            single = single / (2 * torch.pi)
+        hsv = torch.cat([hsv[:, :1] / (2 * torch.pi), hsv[:, 1:]], dim=1)
+        chosen = hsv[:, self.indices]
         channels, height, width = self.segment.input_shape
-        if single.shape[-2:] != (height, width):
-            single = nn.functional.interpolate(single, size=(height, width), mode="area")
-        return ((single - self.shift) / self.scale).expand(-1, channels, -1, -1)
+        if self.resize and chosen.shape[-2:] != (height, width):
+            chosen = nn.functional.interpolate(chosen, size=(height, width), mode="area")
+        scaled = (chosen - self.shift) / self.scale
+        if len(self.indices) == 1:
+            return scaled.expand(-1, channels, -1, -1)
+        return scaled[:, [c % len(self.indices) for c in range(channels)]]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.channel_input(images)
@@ -159,6 +180,7 @@ class SegmentRuns:
     segment: Segment
     runs: dict[str, SensitivityRun]
     attribution: pd.DataFrame
+    indices: pd.DataFrame = field(default_factory=pd.DataFrame)
     out_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -174,14 +196,15 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
                  model: nn.Module | ModelBundle | None = None, images: ImageSet | str | None = None,
                  out_dir: str | Path | None = None, layers: Sequence[str] | None = None,
                  scaling: tuple[float, float] | None = None, progress: bool = True,
-                 overwrite: bool = False) -> SegmentRuns:
+                 overwrite: bool = False, resize: bool = False) -> SegmentRuns:
     """Run the sensitivity analysis on a network segment fed one HSV channel at a time.
 
     Args:
         config: the run configuration (factors, estimator, n, seed, …); ``layers`` name modules of
             the segment (default: the segment's last module); ``output`` is forced to logits.
         segment: ``"features.0-2"``, ``"conv1,bn1,relu,maxpool"``, ``"layer1"`` …
-        channels: ``"all"`` (h, s, v), one of them, or a list.
+        channels: ``"all"`` (h, s, v), ``"subsets"`` (h, s, v, hs, sv, hv, hsv), one channel or subset
+            (``"hs"``), or a list of them.
         model, images: override ``config.model`` / ``config.images``.
         out_dir: writes ``<out_dir>/<channel>/`` run folders and ``<out_dir>/segments.parquet``.
         layers: overrides ``config.layers``.
@@ -189,17 +212,21 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
             mean/std averaged over RGB when the segment starts at the input, else (0, 1).
         progress: progress bars.
         overwrite: replace finished runs in the channel folders (see :func:`run_sensitivity`).
+        resize: area-average the input to the segment's resolution inside the network; default
+            False: the image's own resolution, as the paper.
 
     Returns:
         :class:`SegmentRuns` with the per-channel runs and the attribution table
         (:func:`attribute_channels`).
     """
-    chosen = list(CHANNELS) if channels == "all" else [channels] if isinstance(channels, str) else list(channels)
-    bad = [c for c in chosen if c not in CHANNELS]
-    if bad or not chosen:
-        raise AugsenseError(f"segment channel {bad[0] if bad else ''!r} must be h, s, v or all")
+    chosen = (list(CHANNELS) if channels == "all" else list(CHANNEL_SUBSETS) if channels == "subsets"
+              else [channels] if isinstance(channels, str) else list(channels))
+    if not chosen:
+        raise AugsenseError("segment channel '' must be h, s, v or a subset of them (hs, sv, hv, hsv)")
+    chosen = list(dict.fromkeys(channel_subset(c) for c in chosen))
     bundle = model if isinstance(model, ModelBundle) else load_model(model if model is not None else config.model,
-                                                                     weights=config.weights, seed=config.seed)
+                                                                     weights=config.weights, seed=config.seed,
+                                                                     categories=config.categories)
     bundle.module.eval()
     parsed = parse_segment(bundle.module, segment, bundle.input_size)
     def inside(name: str) -> bool:
@@ -222,16 +249,43 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
     out = Path(out_dir) if out_dir is not None else None
     runs: dict[str, SensitivityRun] = {}
     for channel in chosen:
-        module = HSVSegment(bundle.module, parsed, channel, shift=shift, scale=scale)  # type: ignore[arg-type]
+        module = HSVSegment(bundle.module, parsed, channel, shift=shift, scale=scale, resize=resize)
         segment_bundle = ModelBundle(module, f"{bundle.name}[{segment}]:{channel}", bundle.input_size,
                                      bundle.resize_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         runs[channel] = run_sensitivity(run_config, model=segment_bundle, images=unlabelled,
                                         out_dir=out / channel if out is not None else None, progress=progress,
                                         overwrite=overwrite)
     attribution = attribute_channels(runs)
+    indices = segment_indices(runs)
     if out is not None:
         attribution.to_parquet(out / "segments.parquet", index=False)
-    return SegmentRuns(parsed, runs, attribution, out)
+        indices.to_parquet(out / "segments_indices.parquet", index=False)
+    return SegmentRuns(parsed, runs, attribution, indices, out)
+
+
+def segment_indices(runs: dict[str, SensitivityRun]) -> pd.DataFrame:
+    """The segment's sensitivity indices per input channel (subset), averaged over each layer's live units.
+
+    Returns:
+        Long table ``channel``, ``layer``, ``factor``, ``quantity`` (first_order / total_order /
+        shapley, whichever the runs have), ``mean``, ``sd`` (over units), ``n_units`` (finite ones).
+    """
+    rows = []
+    for channel, run in runs.items():
+        for quantity in ("first_order", "total_order", "shapley"):
+            values = getattr(run.result, quantity, None)
+            if values is None:
+                continue
+            values = np.asarray(values, dtype=np.float64)  # (m, d)
+            for layer, columns in run.slices.items():
+                block = values[columns]
+                for j, factor in enumerate(run.players):
+                    finite = block[:, j][np.isfinite(block[:, j])]
+                    rows.append({"channel": channel, "layer": layer, "factor": factor, "quantity": quantity,
+                                 "mean": float(finite.mean()) if finite.size else np.nan,
+                                 "sd": float(finite.std(ddof=1)) if finite.size > 1 else np.nan,
+                                 "n_units": int(finite.size)})
+    return pd.DataFrame(rows, columns=["channel", "layer", "factor", "quantity", "mean", "sd", "n_units"])
 
 
 def _partial_variances(run: SensitivityRun) -> np.ndarray:

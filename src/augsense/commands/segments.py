@@ -22,7 +22,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace finished runs in the channel folders")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(parser)
-    parser.add_argument("--channel", default=None, help="h, s, v or all (default: segment_channel, all three)")
+    parser.add_argument("--channel", default=None,
+                        help="h, s, v, a subset (hs, sv, hv, hsv), comma-separated ones, all (h, s, v) or subsets "
+                             "(all seven); default: segment_channel, all three")
+    parser.add_argument("--resize", action="store_true",
+                        help="area-average the input to the segment's resolution inside the network (default: the "
+                             "image's own resolution, as the paper)")
     parser.set_defaults(func=cmd_segments)
 
 
@@ -35,11 +40,11 @@ def cmd_segments(args: argparse.Namespace) -> int:
     if not config.segment:
         raise AugsenseError("name the block with --segment, e.g. features.0-2, conv1,bn1,relu,maxpool or layer1")
     channel = args.channel or config.segment_channel
-    channels = [c.strip() for c in channel.lower().split(",")] if channel != "all" else "all"
+    channels = [c.strip() for c in channel.lower().split(",")] if channel not in ("all", "subsets") else channel
     layers = config.layers if args.layers is not None or args.config is not None else None
     out = Path(args.out)
     result = run_segments(config, config.segment, channels=channels, out_dir=out, layers=layers,
-                          progress=not args.quiet, overwrite=args.overwrite)
+                          progress=not args.quiet, overwrite=args.overwrite, resize=args.resize)
     print_segments(result, out)
     return 0
 
@@ -55,4 +60,9 @@ def print_segments(result: Any, out: Path) -> None:
         total = int(table[(table.layer == layer) & (table.factor == "all")].unit.nunique())
         print(f"  {layer:<20} units attributed to " + ", ".join(f"{c.upper()} {n}" for c, n in counts.items())
               + f" (of {total}; the rest move under no channel)")
-    print(f"results: {out}/segments.parquet and run folders {', '.join(f'{out}/{c}' for c in result.runs)}")
+    means = result.indices[result.indices.quantity == "total_order"] if len(result.indices) else result.indices
+    if len(means):
+        top = means.sort_values("mean", ascending=False).groupby(["channel", "layer"], sort=False).head(1)
+        for row in top.itertuples():
+            print(f"  {row.channel.upper():<4} {row.layer:<20} largest mean total-order index: {row.factor} {row.mean:.3f}")
+    print(f"results: {out}/segments.parquet, segments_indices.parquet and run folders {', '.join(f'{out}/{c}' for c in result.runs)}")
