@@ -137,7 +137,8 @@ def run_contrast(config: SensitivityConfig | None = None, *, model: nn.Module | 
     started = time.perf_counter()
     device = pick_device(config.device)
     bundle = model if isinstance(model, ModelBundle) else load_model(model if model is not None else config.model,
-                                                                     weights=config.weights, seed=config.seed)
+                                                                     weights=config.weights, seed=config.seed,
+                                                                     categories=config.categories)
     bundle.module.to(device).eval()
     if model is not None:
         config = dataclasses.replace(config, model=bundle.name)
@@ -152,7 +153,8 @@ def run_contrast(config: SensitivityConfig | None = None, *, model: nn.Module | 
     space = build_factor_space(config)
     factors = list(space.factors)
     probe = ActivationProbe(bundle.module, config.layers, reduction=config.reduction, output=config.output,  # type: ignore[arg-type]
-                            input_size=bundle.input_size, device=device)
+                            input_size=bundle.input_size, device=device, layouts=config.layouts,
+                            softmax_layers=config.softmax_layers)
     layers = list(probe.layers)
     layer_units = {layer: math.prod(probe.unit_shapes[layer]) for layer in layers}
     rank_layers = layers if config.reduction != "none" else []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +37,7 @@ from augsense.io.results import RunFolder, load_run
 from augsense.probe.hooks import OUTPUT
 from augsense.progress import Progress
 from augsense.probe.masks import (MaskedForward, channels_last_copy, check_alpha, check_quantile, heap_allocations,
+                                  layout_options,
                                   least_units, quantile_units, random_units, selection_multiplier, soft_multiplier)
 
 QUANTITIES = ("first_order", "total_order", "shapley")
@@ -283,7 +284,8 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
                    device: torch.device | str = "cpu", top_k: int = 5, candidates: np.ndarray | None = None,
                    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                    n_labels: int | None = None, progress: bool = False, channels_last: bool | None = None,
-                   count_predictions: bool = False) -> Tally:
+                   count_predictions: bool = False, layouts: Mapping[str, str] | None = None,
+                   reduction: str = "mean") -> Tally:
     """Run every planned (augmentation, configuration) pair over the images.
 
     Args:
@@ -299,6 +301,8 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
         channels_last: run a channels-last copy of a convolutional model (default: on the CPU, where it is
             about 1.5× faster); results agree up to float32 rounding.
         count_predictions: also count top-1 predictions per model output (``Tally.class_predicted``).
+        layouts, reduction: the run's declared layouts and reduction (:func:`~augsense.probe.masks.layout_options`),
+            so masks on NHWC and token layers act along the right axis.
     Returns:
         A :class:`Tally` of sample counts, correct top-1 / top-5, changes and Jaccard sums.
     """
@@ -318,7 +322,8 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
     n_images = len(images)
     total = int((plan[0].sum() + plan[1:].sum() * n_draws) * n_images) if n_aug else 0
     bar = Progress(total=total, unit="img", description="masking", enabled=progress)
-    with torch.inference_mode(), heap_allocations(), MaskedForward(module, bank) as masked:
+    with torch.inference_mode(), heap_allocations(), MaskedForward(module, bank, layouts=layouts,
+                                                                       reduction=reduction) as masked:
         for a, factor in enumerate(augmentations):
             configs = np.flatnonzero(plan[a])
             draws = [None] if factor is None else single_augmentation_draws(factor, n_images, n_draws, seed, a)
@@ -602,7 +607,8 @@ def load_inputs(folder: RunFolder, model: Any = None, images: Any = None, device
 
     config = SensitivityConfig.from_dict(dict(folder.info.get("config", {})))
     bundle = model if isinstance(model, ModelBundle) else load_model(model if model is not None else config.model,
-                                                                     weights=config.weights, seed=config.seed)
+                                                                     weights=config.weights, seed=config.seed,
+                                                                     categories=config.categories)
     chosen = pick_device(device if device != "auto" else (config.device if config.device != "auto" else "auto"))
     bundle.module.to(chosen).eval()
     if isinstance(images, ImageSet):
@@ -672,7 +678,8 @@ def run_masking(run_dir: str | Path | RunFolder, options: MaskingOptions | None 
                            [None if name == CLEAN else by_name[name] for name in names], n_draws=options.n_draws,
                            seed=options.seed, batch_size=options.batch_size, max_batch=options.max_batch,
                            device=device, top_k=options.top_k, transform=transform,
-                           n_labels=len(bundle.class_names) if bundle.class_names else None, progress=progress)
+                           n_labels=len(bundle.class_names) if bundle.class_names else None, progress=progress,
+                           **layout_options(folder.info))
     table, classes = masking_tables(specs, names, plan, tally, bundle.class_names)
     spearman, gap = specificity(table, options.confidence)
     timings = {"setup_s": setup, "total_s": time.perf_counter() - started,

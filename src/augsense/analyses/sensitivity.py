@@ -18,14 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from augsense.allocator import heap_allocations
 from augsense.blockset import BlockSet
+from augsense.analyses.feed import ImageFeed, channels_last, group_of, to_device
 from augsense.analyses.plan import RunPlan, check_ranks_agree
 from augsense.config import SensitivityConfig
-from augsense.design import Design, layouts, make_design
+from augsense.design import Design, DesignBlock, layouts, make_design
 from augsense.errors import AugsenseError
 from augsense.estimators import make_accumulator
 from augsense.factors import FactorSpace, get_factor, preset
@@ -297,7 +299,8 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
     shard = current_shard(config.device)
     device = pick_device(config.device) if shard.device is None else shard.device
     bundle = model if isinstance(model, ModelBundle) else load_model(model if model is not None else config.model,
-                                                                     weights=config.weights, seed=config.seed)
+                                                                     weights=config.weights, seed=config.seed,
+                                                                     categories=config.categories)
     bundle.module.to(device).eval()
     broadcast_module(bundle.module, shard)
     if model is not None:
@@ -310,7 +313,8 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
         image_set = images_for(config, bundle, images)
     space = build_factor_space(config)
     probe = ActivationProbe(bundle.module, config.layers, reduction=config.reduction, output=config.output,  # type: ignore[arg-type]
-                            input_size=bundle.input_size, device=device)
+                            input_size=bundle.input_size, device=device, layouts=config.layouts,
+                            softmax_layers=config.softmax_layers)
     design = design_for(config, space)
     plan = RunPlan.build(config, space=space, design=design, images=image_set, bundle=bundle, probe=probe)
     check_ranks_agree(plan, shard)
@@ -369,35 +373,53 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
                    enabled=progress and shard.rank == 0)
     chunk, evaluated = config.batch_size, 0
     allocator = heap_allocations() if device.type == "cpu" else contextlib.nullcontext()
-    with probe, torch.inference_mode(), allocator:
-        for k in schedule:
-            block = design.block(k)
-            rows, group, dims = block.points.shape
-            u = torch.from_numpy(block.points.reshape(rows * group, dims)).to(device=device, dtype=torch.float32)
-            if config.image_mode == "within":
-                index = torch.from_numpy(design.image_of(block.base_rows, n_images)).repeat_interleave(group)
+    feed = ImageFeed(image_set, device)
+    per_batch = max(1, config.batch_size // (design.block_size * design.group_size))  # whole blocks per forward
+
+    def forward(blocks: list[DesignBlock], layout: torch.memory_format) -> dict[int, tuple[DesignBlock, torch.Tensor]]:
+        """One forward pass (in chunks) over several blocks: {block index: (block, (rows, G, m) outputs)}."""
+        nonlocal chunk
+        sizes = [b.points.shape[0] * b.points.shape[1] for b in blocks]
+        dims = blocks[0].points.shape[2]
+        u = to_device(np.concatenate([b.points.reshape(-1, dims) for b in blocks]), device)
+        if config.image_mode == "within":
+            index = torch.from_numpy(np.concatenate([design.image_of(b.base_rows, n_images).repeat(b.points.shape[1])
+                                                     for b in blocks]))
+        else:
+            index = space.image_index(u, n_images)
+        total = sum(sizes)
+        outputs = torch.empty(total, probe.n_units, device=device)
+        start = 0
+        while start < total:  # forward chunks; halve them when the device runs out of memory
+            part = slice(start, min(start + chunk, total))
+            try:
+                x = space.apply(feed.batch(index[part]), u[part])
+                if stretch is not None:
+                    x = stretch(x)
+                outputs[part] = probe(bundle.normalise(x).contiguous(memory_format=layout))
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
+                    raise
+                failure = str(error)
             else:
-                index = space.image_index(u, n_images).cpu()
-            outputs = torch.empty(rows * group, probe.n_units, device=device)
-            start = 0
-            while start < rows * group:  # forward chunks; halve them when the device runs out of memory
-                part = slice(start, min(start + chunk, rows * group))
-                try:
-                    x = space.apply(image_set.batch(index[part], device), u[part])
-                    if stretch is not None:
-                        x = stretch(x)
-                    outputs[part] = probe(bundle.normalise(x))
-                except RuntimeError as error:
-                    if not is_out_of_memory(error):
-                        raise
-                    failure = str(error)
-                else:
-                    start, failure = part.stop, ""
-                if failure:  # outside the handler, so the failed batch's tensors are already freed
-                    chunk = smaller_chunk(chunk, failure, device)
-            accumulator.update(block, outputs.view(rows, group, probe.n_units))
+                start, failure = part.stop, ""
+            if failure:  # outside the handler, so the failed batch's tensors are already freed
+                chunk = smaller_chunk(chunk, failure, device)
+        pieces = outputs.split(sizes)
+        return {b.index: (b, piece.view(b.points.shape[0], b.points.shape[1], probe.n_units))
+                for b, piece in zip(blocks, pieces)}
+
+    ready: dict[int, tuple[DesignBlock, torch.Tensor]] = {}
+    with probe, torch.inference_mode(), allocator, channels_last(bundle.module) as layout:
+        for k in schedule:
+            if k not in ready:  # forward the blocks of k's group together (a resumed run: the same groups)
+                ready = forward([design.block(j) for j in group_of(my_blocks, per_batch, k)], layout)
+            block, outputs = ready.pop(k)
+            accumulator.update(block, outputs)
+            rows, group = outputs.shape[:2]
             evaluated += rows * group
             bar.update(rows * group)
+        ready.clear()
     bar.close()
     complete = schedule.complete
     signum = _signal_on_any_rank(stop, shard) if not complete else 0

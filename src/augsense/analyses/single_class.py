@@ -30,6 +30,7 @@ from augsense.errors import AugsenseError
 from augsense.estimators.jaccard import confirmed_biases, jaccard_null_threshold, top_k_sensitive_classes
 from augsense.io.results import RunFolder, load_run
 from augsense.probe.hooks import OUTPUT
+from augsense.probe.masks import layout_options
 
 SINGLE_CLASS_COLUMNS = ["factor", "quantity", "config", "q", "alpha", "mask", "augmentation", "k", "candidates",
                         "candidate_names", "n_images", "mean_jaccard", "unmasked_jaccard", "threshold", "ratio",
@@ -144,7 +145,7 @@ def run_single_class(run_dir: str | Path | RunFolder, options: SingleClassOption
                            [None if name == CLEAN else space.factors[space_names.index(name)] for name in names],
                            n_draws=options.n_draws, seed=options.seed, batch_size=options.batch_size,
                            max_batch=options.max_batch, device=device, top_k=options.k, candidates=candidates,
-                           transform=transform, progress=progress)
+                           transform=transform, progress=progress, **layout_options(folder.info))
     n_identity = len(specs) - len(identity)
     observed: dict[int, float] = {}
     meta: dict[int, dict[str, Any]] = {}
@@ -262,7 +263,7 @@ def class_decay(run_dir: str | Path | RunFolder, options: ClassDecayOptions | No
     tally = evaluate_masks(bundle.module, bundle.normalise, image_set, multipliers, plan, [None],
                            seed=options.seed, batch_size=options.batch_size, max_batch=options.max_batch,
                            device=device, transform=transform, n_labels=max(n_labels or 1, class_maps.shape[0]),
-                           progress=progress, count_predictions=True)
+                           progress=progress, count_predictions=True, **layout_options(folder.info))
     names = bundle.class_names
     predicted, reference = tally.class_predicted[0], tally.reference_class_predicted[0]  # type: ignore[index]
     n_images = float(tally.reference_n[0])

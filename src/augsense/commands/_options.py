@@ -24,6 +24,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if f.name == "bounds":
             group.add_argument(flag, action="append", metavar="FACTOR.PARAM=LOW,HIGH", default=None,
                                help="narrow a parameter's bounds, e.g. hue.shift=-0.25,0.25 (repeatable)")
+        elif f.name == "layouts":
+            group.add_argument(flag, metavar="LAYER=LAYOUT,…", default=None,
+                               help="declare output layouts: nchw, nhwc, tokens or tokens:P, e.g. features.1=nhwc")
         elif hint is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif typing.get_origin(hint) is list:
@@ -63,6 +66,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
                                         "e.g. hue.shift=-0.25,0.25") from None
                 bounds.setdefault(factor, {})[parameter] = [low, high]
             values["bounds"] = bounds
+        elif f.name == "layouts":
+            pairs = [item.split("=", 1) for item in raw.split(",") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise AugsenseError(f"--layouts {raw!r}: write LAYER=LAYOUT[,LAYER=LAYOUT], e.g. features.1=nhwc")
+            values["layouts"] = {layer.strip(): layout.strip() for layer, layout in pairs}
         elif hint is bool:
             values[f.name] = raw
         elif typing.get_origin(hint) is list:
