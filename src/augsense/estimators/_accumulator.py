@@ -3,14 +3,16 @@
 Sums are float64 tensors on the accumulator's device, shifted by a per-output constant K (the
 mean of the first block seen) so that large means do not destroy precision; merging re-expresses
 the other accumulator's sums in this one's shift exactly (each subclass gives its affine map).
-Blocks are processed in chunks of outputs sized to stay in cache (``CHUNK_ELEMENTS``), so no
-temporary ever scales with m.
+Blocks are processed in chunks of outputs sized to stay in cache (``CHUNK_ELEMENTS``), and
+``compute`` works through the outputs in chunks too (``COMPUTE_CHUNK_ELEMENTS``), writing each
+chunk's indices into the whole result arrays, so no temporary ever scales with m: a run's memory
+is the state (see :mod:`augsense.estimators.memory`) plus the result arrays.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,9 @@ from augsense.estimators import _delta
 #: target float64 elements per per-chunk temporary (~0.5 MiB: stays in cache and reuses heap memory;
 #: measured best of 2**12..2**17 for d = 8, 64-row blocks)
 CHUNK_ELEMENTS = 1 << 18
+#: target float64 elements per per-chunk temporary of ``compute`` (32 MiB: long enough that the
+#: per-chunk Python overhead is negligible, small beside the state of a per-element run)
+COMPUTE_CHUNK_ELEMENTS = 1 << 22
 #: default relative tolerance below which an output counts as constant (see :func:`dead_outputs`)
 DEAD_TOLERANCE = 1e-6
 
@@ -244,7 +249,28 @@ class DesignAccumulator:
         live = torch.zeros(self.n_groups, dtype=torch.float64, device=self.device)
         return ~(live.index_add_(0, self.groups, (~dead).to(torch.float64)) > 0)
 
-    def _chunks(self, per_output: int) -> list[slice]:
-        """Slices along m keeping per-chunk temporaries near ``chunk_elements``."""
-        step = max(1, self.chunk_elements // max(per_output, 1))
+    def _chunks(self, per_output: int, target: int | None = None) -> list[slice]:
+        """Slices along m keeping per-chunk temporaries near ``target`` (default ``chunk_elements``)."""
+        step = max(1, (self.chunk_elements if target is None else target) // max(per_output, 1))
         return [slice(s, min(s + step, self.n_outputs)) for s in range(0, self.n_outputs, step)]
+
+    def _gather(self, per_output: int, part: Callable[[slice], dict[str, torch.Tensor | None]]) -> dict[str, Any]:
+        """Per-output result fields computed chunk by chunk: ``part(sl)`` gives the fields of the outputs sl
+        (outputs along dim 0, along dim 1 for ``*_ci`` (2, mc, ...)); returns whole CPU numpy arrays.
+
+        ``per_output`` is the largest temporary per output, in float64 elements, of one ``part`` call.
+        """
+        out: dict[str, Any] = {}
+        for sl in self._chunks(per_output, COMPUTE_CHUNK_ELEMENTS):
+            for name, value in part(sl).items():
+                if value is None:
+                    out[name] = None
+                    continue
+                array = value.detach().cpu().numpy()
+                axis = 1 if name.endswith("_ci") else 0
+                if name not in out:
+                    shape = list(array.shape)
+                    shape[axis] = self.n_outputs
+                    out[name] = np.empty(shape, dtype=array.dtype)
+                out[name][(slice(None),) * axis + (sl,)] = array
+        return out

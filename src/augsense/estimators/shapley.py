@@ -156,29 +156,45 @@ class _ShapleyAccumulator(DesignAccumulator):
         return ratio, _delta.interval(ratio, se, z), mu[..., 0], V
 
     def compute(self, confidence: float = 0.95) -> SensitivityResult:
-        """Shapley effects (shares of variance, summing to 1) with delta-method intervals."""
+        """Shapley effects (shares of variance, summing to 1) with delta-method intervals.
+
+        Works through the outputs in chunks: memory beyond the state is the result arrays.
+        """
         z = _delta.z_value(confidence, self.n_blocks_seen)
         n = self.n
         if n < 2:
             raise AugsenseError(f"need at least 2 base rows to compute Shapley effects, have {n}; add more blocks")
-        mean = self.shift + self.sums["level"] / n
-        V = self.sums["c1"][:, 0, 1] / n
-        dead = self._dead(V, mean)
-        sh, ci, phi, _ = self._ratio(self.sums["c1"], self.sums["c2"], n, z, dead[:, None])
-        res = SensitivityResult(n=n, mean=mean, variance=V, dead=dead, confidence=confidence,
-                                cv=torch.where(dead, torch.nan, V.clamp_min(0).sqrt() / mean.abs()),
-                                shapley=sh, shapley_ci=ci, shapley_variance=phi)
-        self._extra(res, z, dead)
+        fields = self._gather(self._compute_per_output(), lambda sl: self._compute_outputs(sl, z))
+        res = SensitivityResult(n=n, confidence=confidence, **fields)
         if self.groups is not None:
             # live groups keep their dead outputs' rounding-level terms (below tolerance, negligible)
+            dead = torch.from_numpy(res.dead).to(self.device)
             gdead = self._group_dead(dead) | ~(self.sums["g1"][:, 0, 1] > 0)
             gsh, gci, gphi, gV = self._ratio(self.sums["g1"], self.sums["g2"], n, z, gdead[:, None])
-            res.aggregated = SensitivityResult(n=n, variance=gV[:, 0], dead=gdead, shapley=gsh,
-                                               shapley_ci=gci, shapley_variance=gphi, confidence=confidence)
-        return _to_numpy(res)
+            res.aggregated = _to_numpy(SensitivityResult(n=n, variance=gV[:, 0], dead=gdead, shapley=gsh,
+                                                         shapley_ci=gci, shapley_variance=gphi, confidence=confidence))
+        return res
 
-    def _extra(self, res: SensitivityResult, z: float, dead: torch.Tensor) -> None:
-        pass
+    def _compute_per_output(self) -> int:
+        """Largest temporary per output of :meth:`_compute_outputs`, in float64 elements."""
+        return 4 * self.design.n_players * 4
+
+    def _compute_outputs(self, sl: slice, z: float) -> dict[str, torch.Tensor | None]:
+        """The result fields of the outputs sl (see :meth:`compute`)."""
+        n = self.n
+        mean = self.shift[sl] + self.sums["level"][sl] / n
+        c1 = self.sums["c1"][sl]
+        V = c1[:, 0, 1] / n
+        dead = self._dead(V, mean)
+        sh, ci, phi, _ = self._ratio(c1, self.sums["c2"][sl], n, z, dead[:, None])
+        fields = {"mean": mean, "variance": V, "dead": dead, "shapley": sh, "shapley_ci": ci, "shapley_variance": phi,
+                  "cv": torch.where(dead, torch.nan, V.clamp_min(0).sqrt() / mean.abs())}
+        return fields | self._extra(sl, z, dead, sh, ci)
+
+    def _extra(self, sl: slice, z: float, dead: torch.Tensor, shapley: torch.Tensor,
+               shapley_ci: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """Further result fields of the outputs sl (none here)."""
+        return {}
 
 
 class ShapleyExactAccumulator(_ShapleyAccumulator):
@@ -225,24 +241,30 @@ class ShapleyExactAccumulator(_ShapleyAccumulator):
             self.sums["i1"][sl] += _delta.row_sums_of([inter, v[:, None]]).transpose(0, 1)   # (mc, P, 2)
         return torch.einsum("kg,rgm->rkm", self._shap_map, T), v
 
-    def _extra(self, res: SensitivityResult, z: float, dead: torch.Tensor) -> None:
-        d, m, n = self.design.n_players, self.n_outputs, self.n
-        T = self.sums["t"] / n
+    def _compute_per_output(self) -> int:
+        d = self.design.n_players
+        return 4 * (1 << d) + 4 * d * d + 4 * (d * (d - 1) // 2) * 4
+
+    def _extra(self, sl: slice, z: float, dead: torch.Tensor, shapley: torch.Tensor,
+               shapley_ci: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """Subset effects (mc, 2**d) and interactions (mc, d, d) with intervals of the outputs sl."""
+        d, n = self.design.n_players, self.n
+        mc = dead.shape[0]
+        T = self.sums["t"][sl] / n
         full = (1 << d) - 1
         closed = T[:, full:full + 1] - T.flip(1)            # V_v = V - T(~v); ~v = full - v
         Vs = torch.where(dead, torch.nan, T[:, full])[:, None]
-        res.subset_effects = subset_moebius(closed, d) / Vs
-        inter = torch.full((m, d, d), torch.nan, dtype=torch.float64, device=self.device)
-        inter_ci = torch.full((2, m, d, d), torch.nan, dtype=torch.float64, device=self.device)
+        inter = torch.full((mc, d, d), torch.nan, dtype=torch.float64, device=self.device)
+        inter_ci = torch.full((2, mc, d, d), torch.nan, dtype=torch.float64, device=self.device)
         idx = torch.arange(d)
-        inter[:, idx, idx] = res.shapley
-        inter_ci[:, :, idx, idx] = res.shapley_ci
+        inter[:, idx, idx] = shapley
+        inter_ci[:, :, idx, idx] = shapley_ci
         if d > 1:
-            val, ci, _, _ = self._ratio(self.sums["i1"], self.sums["i2"], n, z, dead[:, None])
+            val, ci, _, _ = self._ratio(self.sums["i1"][sl], self.sums["i2"][sl], n, z, dead[:, None])
             pi, pj = torch.triu_indices(d, d, 1).tolist()
             inter[:, pi, pj] = inter[:, pj, pi] = val
             inter_ci[:, :, pi, pj] = inter_ci[:, :, pj, pi] = ci
-        res.interactions, res.interactions_ci = inter, inter_ci
+        return {"subset_effects": subset_moebius(closed, d) / Vs, "interactions": inter, "interactions_ci": inter_ci}
 
 
 class ShapleyPermutationAccumulator(_ShapleyAccumulator):

@@ -145,19 +145,34 @@ class SobolAccumulator(DesignAccumulator):
         return mu_den[..., 0], torch.ones_like(mu_den)
 
     def compute(self, confidence: float = 0.95, *, centre: Literal["ab", "all"] = "ab") -> SensitivityResult:
-        """Indices with delta-method intervals; ``centre`` picks the centring of the Saltelli numerators."""
+        """Indices with delta-method intervals; ``centre`` picks the centring of the Saltelli numerators.
+
+        Works through the outputs in chunks: memory beyond the state is the result arrays.
+        """
         z = _delta.z_value(confidence, self.n_blocks_seen)
         n = self.n
         if n < 2:
             raise AugsenseError(f"need at least 2 base rows to compute indices, have {n}; add more blocks")
         if centre not in ("ab", "all"):
             raise AugsenseError(f"centre must be 'ab' or 'all', got {centre!r}")
-        role = self.sums["role"] / n
-        e = role[:, :2].mean(1) if centre == "ab" else role.mean(1)     # centre - K, (m,)
-        mu = self.sums["c1"] / n
-        cov = _delta.covariance(self.sums["c1"], self.sums["c2"], n, self.n_blocks_seen)
-        V, dV = self._variance(mu[:, 0, 3:])                            # (m,), (m, n_den)
-        mean = self.shift + role[:, :2].mean(1)
+        d, p = self.design.n_players, 3 + self._n_den
+        per_output = 4 * d * p * p + (4 * len(self._pairs()[0]) * (p - 1) ** 2 + 3 * d * d if self._second else 0)
+        fields = self._gather(per_output, lambda sl: self._compute_outputs(sl, z, centre))
+        res = SensitivityResult(n=n, confidence=confidence, **fields)
+        if self.groups is not None:
+            res.aggregated = _to_numpy(self._aggregate(torch.from_numpy(res.dead).to(self.device), confidence, z))
+        return res
+
+    def _compute_outputs(self, sl: slice, z: float, centre: str) -> dict[str, torch.Tensor | None]:
+        """The result fields of the outputs sl (see :meth:`compute`)."""
+        n = self.n
+        role = self.sums["role"][sl] / n
+        e = role[:, :2].mean(1) if centre == "ab" else role.mean(1)     # centre - K, (mc,)
+        c1 = self.sums["c1"][sl]
+        mu = c1 / n
+        cov = _delta.covariance(c1, self.sums["c2"][sl], n, self.n_blocks_seen)
+        V, dV = self._variance(mu[:, 0, 3:])                            # (mc,), (mc, n_den)
+        mean = self.shift[sl] + role[:, :2].mean(1)
         dead = self._dead(V, mean)
         Vs = torch.where(dead, torch.nan, V)[:, None]
         e1 = e if self.denominator == "pooled" else torch.zeros_like(e)   # paired numerator needs no centre
@@ -169,34 +184,33 @@ class SobolAccumulator(DesignAccumulator):
         ddenT = -(ST / Vs)[..., None] * dV[:, None]
         g1 = torch.cat([torch.stack([1 / Vs.expand_as(S1), (-e1[:, None] / Vs).expand_as(S1), zero], -1), dden1], -1)
         gT = torch.cat([torch.stack([zero, zero, 1 / Vs.expand_as(S1)], -1), ddenT], -1)
-        res = SensitivityResult(n=n, confidence=confidence)
-        res.mean, res.variance = mean, V
-        res.cv = torch.where(dead, torch.nan, V.clamp_min(0).sqrt() / mean.abs())
-        res.dead = dead
-        res.first_order, res.total_order = S1, ST
-        res.first_order_ci = _delta.interval(S1, _delta.standard_error(g1, cov, n), z)
-        res.total_order_ci = _delta.interval(ST, _delta.standard_error(gT, cov, n), z)
-        res.first_order_variance, res.total_order_variance = V1, VT
+        fields = {"mean": mean, "variance": V, "cv": torch.where(dead, torch.nan, V.clamp_min(0).sqrt() / mean.abs()),
+                  "dead": dead, "first_order": S1, "total_order": ST,
+                  "first_order_ci": _delta.interval(S1, _delta.standard_error(g1, cov, n), z),
+                  "total_order_ci": _delta.interval(ST, _delta.standard_error(gT, cov, n), z),
+                  "first_order_variance": V1, "total_order_variance": VT}
         if self._second:
-            self._second_order(res, e, Vs, dV, z)
-        if self.groups is not None:
-            res.aggregated = self._aggregate(dead, confidence, z)
-        return _to_numpy(res)
+            fields["second_order"], fields["second_order_ci"] = self._second_order(sl, e, Vs, dV, z)
+        return fields
 
-    def _second_order(self, res: SensitivityResult, e: torch.Tensor, Vs: torch.Tensor, dV: torch.Tensor, z: float) -> None:
+    def _second_order(self, sl: slice, e: torch.Tensor, Vs: torch.Tensor, dV: torch.Tensor,
+                      z: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """S2 (mc, d, d) and its interval (2, mc, d, d) of the outputs sl, NaN on the diagonal."""
         n, d = self.n, self.design.n_players
-        mu = self.sums["p1"] / n
-        cov = _delta.covariance(self.sums["p1"], self.sums["p2"], n, self.n_blocks_seen)
-        S2 = (mu[..., 0] - e[:, None] * mu[..., 1]) / Vs                # (m, P)
+        p1 = self.sums["p1"][sl]
+        mu = p1 / n
+        cov = _delta.covariance(p1, self.sums["p2"][sl], n, self.n_blocks_seen)
+        S2 = (mu[..., 0] - e[:, None] * mu[..., 1]) / Vs                # (mc, P)
         grad = torch.cat([torch.stack([1 / Vs.expand_as(S2), (-e[:, None] / Vs).expand_as(S2)], -1),
                           -(S2 / Vs)[..., None] * dV[:, None]], -1)
         ci = _delta.interval(S2, _delta.standard_error(grad, cov, n), z)
         pi, pj = self._pairs()
-        full = torch.full((self.n_outputs, d, d), torch.nan, dtype=torch.float64, device=self.device)
-        full_ci = torch.full((2, self.n_outputs, d, d), torch.nan, dtype=torch.float64, device=self.device)
+        mc = S2.shape[0]
+        full = torch.full((mc, d, d), torch.nan, dtype=torch.float64, device=self.device)
+        full_ci = torch.full((2, mc, d, d), torch.nan, dtype=torch.float64, device=self.device)
         full[:, pi, pj] = full[:, pj, pi] = S2
         full_ci[:, :, pi, pj] = full_ci[:, :, pj, pi] = ci
-        res.second_order, res.second_order_ci = full, full_ci
+        return full, full_ci
 
     def _aggregate(self, dead: torch.Tensor, confidence: float, z: float) -> SensitivityResult:
         """Layer-level indices Sum_c V_i^(c) / Sum_c V^(c) with delta-method intervals.
