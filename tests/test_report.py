@@ -375,3 +375,83 @@ def test_specialists_rank_by_margin_over_the_next_factor_and_show_the_variance()
     np.testing.assert_allclose(a["variance"], [12.0, 13.0, 10.0])
     assert a["runner_up"].tolist() == ["b", "b", "b"]
     assert table[table.factor == "b"]["unit"].tolist() == ["1"]
+
+
+def _open(playwright, executable: str, path: Path, errors: list[str]):
+    browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.on("request", lambda r: errors.append(f"network: {r.url}") if not r.url.startswith(("file:", "data:"))
+            else None)
+    page.goto(path.resolve().as_uri(), wait_until="load")
+    return browser, page
+
+
+def test_screenshot_of_the_layer_bars_shows_an_interval_mark_on_every_bar(sobol_run, sobol_report, tmp_path):
+    """Each (layer, factor, quantity) of layers.parquet has a whisker in the page, and it is drawn: dark pixels."""
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    layers = pd.read_parquet(sobol_run / "layers.parquet")
+    rows = layers[layers["factor"].notna() & layers["quantity"].isin(["first_order", "total_order"])
+                  & np.isfinite(layers["ci_low"]) & np.isfinite(layers["ci_high"])]
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser, page = _open(playwright, executable, sobol_report, errors)
+        try:
+            figure = page.locator("#fig-layer-indices")
+            figure.scroll_into_view_if_needed()
+            ids = page.evaluate("() => [...document.querySelectorAll('#fig-layer-indices svg g[id^=\"ci-\"]')]"
+                                ".map(g => g.id)")
+            expected = {f"ci-{r.quantity}-{r.layer}-{r.factor}" for r in rows.itertuples()}
+            assert set(ids) == expected and len(ids) == len(expected)
+            shot = tmp_path / "layers.png"
+            figure.screenshot(path=str(shot))
+            origin = figure.bounding_box()
+            image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+            wide = 0
+            for row in rows.itertuples():
+                box = page.locator(f'[id="ci-{row.quantity}-{row.layer}-{row.factor}"]').bounding_box()
+                assert box is not None
+                if row.ci_high - row.ci_low < 0.03:  # a very narrow interval: a few pixels, still an element
+                    continue
+                wide += 1
+                x0, x1 = int(box["x"] - origin["x"]) + 1, int(box["x"] - origin["x"] + box["width"]) - 1
+                y0, y1 = int(box["y"] - origin["y"]) - 1, int(box["y"] - origin["y"] + box["height"]) + 2
+                patch = image[max(y0, 0):y1, max(x0, 0):x1]
+                dark = (patch.max(axis=2) < 70).any(axis=0)  # a black whisker across the interval
+                assert x1 - x0 > 3 and dark.mean() > 0.9, (row.layer, row.factor, row.quantity, dark.mean())
+            assert wide >= 3
+        finally:
+            browser.close()
+    assert errors == []
+
+
+def test_explorer_on_a_real_run_shows_the_unit_of_indices_parquet(shapley_run, shapley_report):
+    """Search a per-position unit of a real run, select it: the page shows indices.parquet's numbers and maps."""
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    indices = pd.read_parquet(shapley_run / "indices.parquet")
+    shapley = indices[(indices["quantity"] == "shapley") & (indices["layer"] == "colour")]
+    unit = int(np.ravel_multi_index((2, 5, 9), (4, 32, 32)))
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser, page = _open(playwright, executable, shapley_report, errors)
+        try:
+            page.wait_for_selector('#ex-root[data-ready="1"]')
+            page.select_option("#ex-layer", label="colour (4096 units)")
+            page.fill("#ex-search", "2 (5, 9)")
+            page.wait_for_function("() => document.getElementById('ex-count').dataset.count === '1'")
+            page.click(".ex-row")
+            page.wait_for_selector("#ex-title")
+            assert page.get_attribute("#ex-title", "data-unit") == "2 (5, 9)"
+            for row in shapley[shapley["unit"] == unit].itertuples():
+                cell = page.inner_text(f'#ex-detail tr[data-factor="{row.factor}"] td[data-quantity="shapley"]')
+                numbers = [float(t) for t in re.findall(r"-?\d+\.\d+", cell)][:3]
+                np.testing.assert_allclose(numbers, [row.estimate, row.ci_low, row.ci_high], atol=2e-3)
+            players = json.loads((shapley_run / "run.json").read_text())["players"]
+            assert page.locator("canvas.ex-map").count() == len(players)  # the channel's map per factor
+        finally:
+            browser.close()
+    assert errors == []

@@ -79,7 +79,7 @@ class ReportData:
         have: set[str] = set()
         for table in (self.layers, self.indices):
             if table is not None and "quantity" in table:
-                have |= set(table["quantity"].astype(str))
+                have |= {str(q) for q in table["quantity"].unique()}  # unique first: millions of rows
         have |= {key.split("/", 1)[1] for key in self.maps}
         return [q for q in FACTOR_QUANTITIES if q in have]
 

@@ -41,7 +41,7 @@ def write_report(run_dir: Path) -> Path:
     with matplotlib.rc_context(figures.STYLE):
         _header(page, data)
         for render in (_layer_section, _unit_section, _spatial_section, _interaction_section, _specialist_section,
-                       _gallery_section, _extra_sections):
+                       _explorer_section, _gallery_section, _extra_sections):
             try:
                 render(page, data)
             except Exception as error:  # noqa: BLE001 - show the rest of the run rather than nothing
@@ -70,6 +70,9 @@ def _extra_sections(page: Page, data: ReportData) -> None:
         if name in data.extra_json:
             page.raw(section, "<details><summary>" + html.escape(f"{name}.json") + "</summary><pre>"
                      + html.escape(_json_text(data.extra_json[name])) + "</pre></details>")
+    from augsense.report.paper_figures import paper_sections  # the paper's figure types (LDA, dendrogram, …)
+
+    paper_sections(page, data)
 
 
 def _json_text(value: Any) -> str:
@@ -268,6 +271,20 @@ def _specialist_section(page: Page, data: ReportData) -> None:
     if missing:
         page.text(section, f"No living unit is led by {', '.join(missing)} (no positive margin): these factors "
                            "are never a unit's main source of variance in this run.")
+
+
+def _explorer_section(page: Page, data: ReportData) -> None:
+    from augsense.report.explorer import explorer_markup, explorer_payload
+
+    payload = explorer_payload(data)
+    if payload is None:
+        return
+    section = page.section("explorer", "Unit explorer")
+    page.text(section, f"Every unit of every layer ({payload['units']} units): filter by layer, dominant factor and "
+                       f"a threshold on the {QUANTITY_LABELS[payload['main']]}, or type a unit (\"12\", or \"12 3 4\" "
+                       "for channel 12 at row 3, column 4); select one to see every factor's indices with their "
+                       "intervals" + (" and its channel's maps over positions." if _per_position(data) else "."))
+    page.raw(section, explorer_markup(payload))
 
 
 def _gallery_section(page: Page, data: ReportData) -> None:

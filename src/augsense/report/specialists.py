@@ -38,7 +38,8 @@ def top_units(indices: pd.DataFrame, quantity: str, players: Sequence[str], k: i
     rows = rows[np.isfinite(rows["estimate"].to_numpy(dtype=float))]
     if rows.empty:
         return pd.DataFrame(columns=COLUMNS)
-    names = [p for p in players if p in set(rows["factor"])]
+    present = {str(f) for f in rows["factor"].unique()}
+    names = [p for p in players if p in present]
     wide = rows.pivot_table(index=["layer", "unit"], columns="factor", values="estimate", aggfunc="first")
     wide = wide.reindex(columns=names)
     lows = rows.pivot_table(index=["layer", "unit"], columns="factor", values="ci_low", aggfunc="first")
