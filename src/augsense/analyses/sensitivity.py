@@ -78,7 +78,9 @@ def design_for(config: SensitivityConfig, space: FactorSpace) -> Design:
 
 
 def run_warnings(config: SensitivityConfig, bundle: ModelBundle, n_images: int) -> list[str]:
-    """What the user must know before trusting the numbers: random weights, images never used."""
+    """What the user must know before trusting the numbers: random weights, images never used, small N, few images."""
+    from augsense.report.trust import input_warnings
+
     notices = []
     if bundle.random_weights:
         notices.append(f"the model has random weights ({bundle.weights}): the indices describe an untrained "
@@ -86,7 +88,7 @@ def run_warnings(config: SensitivityConfig, bundle: ModelBundle, n_images: int) 
     if config.image_mode == "within" and config.n < n_images:
         notices.append(f"n = {config.n} base rows for {n_images} images: within-image mode gives each base row one "
                        f"image, so only {config.n} images (drawn at random) are used; use n >= {n_images}")
-    return notices
+    return notices + input_warnings(config.n, n_images)
 
 
 def pick_device(name: str) -> torch.device:
