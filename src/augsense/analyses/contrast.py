@@ -36,7 +36,7 @@ from augsense.errors import AugsenseError
 from augsense.estimators.contrast import ContrastAccumulator, ContrastResult, contrast_fdr
 from augsense.estimators.fdr import benjamini_yekutieli
 from augsense.factors import Factor
-from augsense.io.images import ImageSet, load_images
+from augsense.io.images import ImageSet, images_for
 from augsense.io.models import ModelBundle, load_model
 from augsense.probe.hooks import ActivationProbe
 from augsense.progress import Progress
@@ -146,8 +146,7 @@ def run_contrast(config: SensitivityConfig | None = None, *, model: nn.Module | 
         image_set = images
         config = dataclasses.replace(config, images="python")
     else:
-        image_set = load_images(images if images is not None else config.images, bundle.input_size,
-                                bundle.resize_size, class_names=bundle.class_names, limit=config.limit_images)
+        image_set = images_for(config, bundle, images)
     if len(image_set) < 2:
         raise AugsenseError(f"contrast needs at least 2 images, got {len(image_set)}; add images or raise --limit-images")
     space = build_factor_space(config)

@@ -40,7 +40,7 @@ from torch import nn
 from augsense.analyses.sensitivity import SensitivityRun, run_sensitivity
 from augsense.config import SensitivityConfig
 from augsense.errors import AugsenseError
-from augsense.io.images import ImageSet, load_images
+from augsense.io.images import ImageSet, images_for
 from augsense.io.models import ModelBundle, load_model
 
 __all__ = ["CHANNELS", "CHANNEL_SUBSETS", "HSVSegment", "Segment", "SegmentRuns", "attribute_channels",
@@ -241,8 +241,7 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
     if isinstance(images, ImageSet):
         image_set = images
     else:
-        image_set = load_images(images if images is not None else config.images, bundle.input_size,
-                                bundle.resize_size, class_names=bundle.class_names, limit=config.limit_images)
+        image_set = images_for(config, bundle, images)
     unlabelled = ImageSet(image_set.pixels, None, image_set.sources, list(image_set.skipped))  # no top-1 on a segment
     shift, scale = scaling if scaling is not None else _default_scaling(bundle, parsed)
     run_config = dataclasses.replace(config, layers=probe_layers, output="logits", report=False)

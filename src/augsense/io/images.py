@@ -462,8 +462,6 @@ def decode_selection(paths: Sequence[Path], selection: Selection, sink: np.ndarr
     the (listing index, reason) of every file that failed. Pillow's decoders and torch's resize
     release the GIL, so threads share the cores without copying images between processes.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     row_of: list[int | None] = [None] * int(sum(selection.wanted))
     failed: list[tuple[int, str]] = []
     # pending work: (slot, group, position in queue)
@@ -474,6 +472,26 @@ def decode_selection(paths: Sequence[Path], selection: Selection, sink: np.ndarr
             heads.append((slot, g, position))
             slot += 1
     next_position = list(selection.wanted)
+    threads = torch.get_num_threads()
+    if workers > 1:  # one torch thread per decoding thread: nested OpenMP teams oversubscribe the cores
+        torch.set_num_threads(1)
+    try:
+        _fill(paths, selection, sink, size, resize, workers, heads, row_of, failed, next_position)
+    finally:
+        torch.set_num_threads(threads)
+    filled = [s for s, index in enumerate(row_of) if index is not None]
+    for new, old in enumerate(filled):  # compact the holes left by files with no replacement (in place, forwards)
+        if new != old:
+            sink[new] = sink[old]
+    return [row_of[s] for s in filled], failed  # type: ignore[misc]
+
+
+def _fill(paths: Sequence[Path], selection: Selection, sink: np.ndarray, size: int, resize: int | None, workers: int,
+          heads: list[tuple[int, int, int]], row_of: list[int | None], failed: list[tuple[int, str]],
+          next_position: list[int]) -> None:
+    """Decode the pending (slot, group, queue position) items in a thread pool, retrying failed slots."""
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         while heads:
             def work(item: tuple[int, int, int]) -> tuple[int, int, str | None]:
@@ -493,11 +511,6 @@ def decode_selection(paths: Sequence[Path], selection: Selection, sink: np.ndarr
                     retry.append((s, g, next_position[g]))
                     next_position[g] += 1
             heads = retry
-    filled = [s for s, index in enumerate(row_of) if index is not None]
-    for new, old in enumerate(filled):  # compact the holes left by files with no replacement (in place, forwards)
-        if new != old:
-            sink[new] = sink[old]
-    return [row_of[s] for s in filled], failed  # type: ignore[misc]
 
 
 @dataclass
