@@ -23,6 +23,12 @@ def print_summary(run: Any, out: Path | None) -> None:
     print(f"weights: {run.bundle.weights}")
     if run.clean_accuracy is not None:
         print(f"top-1 accuracy on the unaugmented labelled images: {run.clean_accuracy:.1%}")
+    else:
+        from augsense.report.trust import top1_reason
+
+        labels = getattr(run.images, "labels", None)
+        labelled = labels is not None and bool((labels >= 0).any())
+        print(f"top-1 accuracy on the unaugmented images: {top1_reason(labelled, run.images.notices)}")
     outside, total = run.result.outside_unit_interval() if run.result is not None else (0, 0)
     if outside:
         print(f"{outside} of {total} unit indices are estimated below 0 or above 1: estimates are not clipped, so "
@@ -32,9 +38,38 @@ def print_summary(run: Any, out: Path | None) -> None:
     for layer, ranking in run.dominant_factors(quantity).items():
         top = ", ".join(f"{name} {value:.2f}" for name, value in ranking[:3])
         print(f"  {layer:<16} {top}")
+    warnings = summary_warnings(run)
+    if warnings:
+        print("before trusting these numbers:")
+        for line in warnings:
+            print(f"  warning: {line}")
     if out is not None:
         print(f"results: {out}/indices.parquet, layers.parquet, maps.npz, run.json"
               + (f", report.html" if (out / "report.html").exists() else ""))
+
+
+def summary_warnings(run: Any) -> list[str]:
+    """The run's warnings (printed at its start too) and those its results raise: skipped files, wide intervals."""
+    from augsense.report.trust import skipped_warning, wide_interval_warning
+
+    lines = list(run.warnings)
+    skipped = skipped_warning(list(getattr(run.images, "skipped", []) or []))
+    if skipped:
+        lines.append(skipped)
+    aggregated = run.result.aggregated if run.result is not None else None
+    if aggregated is not None:
+        rows = []
+        for quantity in ("first_order", "total_order", "shapley"):
+            ci = getattr(aggregated, f"{quantity}_ci", None)
+            if ci is None:
+                continue
+            for g, layer in enumerate(run.layers):
+                for j, factor in enumerate(run.players):
+                    rows.append((layer, factor, quantity, float(ci[0][g, j]), float(ci[1][g, j])))
+        wide = wide_interval_warning(rows)
+        if wide:
+            lines.append(wide)
+    return lines
 
 
 def finish(run: Any, out: Path | None, report: bool) -> None:

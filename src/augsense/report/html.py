@@ -23,6 +23,8 @@ from augsense.report.extras import COMPANIONS, EXTRA_SECTIONS, render_extra
 from augsense.report.page import Page, fixed, format_number, interval
 from augsense.report.palette import factor_colours
 from augsense.report.specialists import top_units
+from augsense.report.trust import (input_warnings, skipped_warning, top1_reason,
+                                   wide_interval_warning)
 
 REPORT_NAME = "report.html"
 FIGURE_FOLDER = "figures"
@@ -88,8 +90,6 @@ def _header(page: Page, data: ReportData) -> None:
     for notice in data.notices:
         page.notice(section, notice)
     model = info.get("model") or {}
-    for warning in info.get("warnings") or []:
-        page.notice(section, f"Warning: {warning}.")
     outside = _outside_unit_interval(data)
     if outside:
         page.notice(section, outside)
@@ -113,7 +113,8 @@ def _header(page: Page, data: ReportData) -> None:
         ("estimator", f"{config.get('estimator', '?')}, N = {config.get('n', '?')}"
                       + (f" ({design['evaluations']} evaluations)" if design.get("evaluations") else "")
                       + f", seed {config.get('seed', '?')}, confidence {config.get('confidence', '?')}"),
-        ("clean top-1", format_number(info["clean_top1"]) if info.get("clean_top1") is not None else "no labels"),
+        ("clean top-1", format_number(info["clean_top1"]) if info.get("clean_top1") is not None
+         else top1_reason(False, info.get("warnings") or [])),
         ("runtime", (f"{timings['total_s']:.1f} s" if "total_s" in timings else "?")
                     + (f", {timings['images_per_s']:.1f} images/s" if "images_per_s" in timings else "")
                     + f" on {info.get('device', '?')}" + (f", {info['world_size']} processes"
@@ -144,6 +145,33 @@ def _header(page: Page, data: ReportData) -> None:
         page.raw(section, f'<div class="table"><table><caption>{html.escape(caption)}</caption><thead><tr>'
                           "<th>factor</th><th>parameters (bounds)</th><th>switch</th></tr></thead><tbody>"
                  + "".join(body) + "</tbody></table></div>")
+
+
+def banner_warnings(data: ReportData) -> list[str]:
+    """The warnings shown above everything: the run's own (run.json), then those read from its results."""
+    info = data.info
+    recorded = [str(w) for w in info.get("warnings") or []]
+    out = list(recorded)
+    weights = str((info.get("model") or {}).get("weights") or "")
+    if "random" in weights.lower() and not any("random weights" in w for w in recorded):
+        out.append(f"the model has random weights ({weights}): the indices describe an untrained network")
+    config = info.get("config") or {}
+    n, count = config.get("n"), (info.get("images") or {}).get("count")
+    for warning in input_warnings(n if isinstance(n, int) else 10**9, count if isinstance(count, int) else 10**9):
+        key = warning.split(":", 1)[0]
+        if not any(w.startswith(key) for w in recorded):
+            out.append(warning)
+    skipped = skipped_warning((info.get("images") or {}).get("skipped") or [])
+    if skipped:
+        out.append(skipped)
+    if data.layers is not None and {"factor", "quantity", "ci_low", "ci_high"} <= set(data.layers.columns):
+        rows = data.layers[data.layers["factor"].notna() & data.layers["quantity"].isin(data.factor_quantities())]
+        wide = wide_interval_warning(zip(rows["layer"].astype(str), rows["factor"].astype(str),
+                                         rows["quantity"].astype(str), rows["ci_low"].astype(float),
+                                         rows["ci_high"].astype(float)))
+        if wide:
+            out.append(wide)
+    return out
 
 
 def _outside_unit_interval(data: ReportData) -> str:
@@ -315,6 +343,8 @@ figure.narrow{margin:.5em}figcaption{font-size:.88em;color:#444;margin-top:.3em}
 .files{color:#777}.files a{color:#777}
 .grid{display:flex;flex-wrap:wrap;align-items:flex-start}.grid figure{flex:0 1 auto;max-width:48%}
 .notice{background:#fff4d6;border-left:4px solid #e0a800;padding:.5em .8em;margin:.6em 0}
+.banner{background:#fdecea;border:1px solid #e3a29b;border-left:5px solid #c62828;padding:.5em .9em;margin:.8em 0}
+.banner ul{margin:.3em 0 .1em 1.1em;padding:0}.banner li{margin:.15em 0}
 table{border-collapse:collapse;font-size:.86em;margin:.6em 0}th,td{padding:.2em .6em;border-bottom:1px solid #eee;
 text-align:left;vertical-align:top}thead th{border-bottom:2px solid #ccc}caption{text-align:left;color:#555;
 padding-bottom:.3em}.table{overflow-x:auto}table.meta th{width:11em;color:#555;font-weight:600}
@@ -328,6 +358,10 @@ def _document(data: ReportData, page: Page, elapsed: float) -> str:
     model = (data.info.get("model") or {}).get("name") or (data.info.get("config") or {}).get("model", "model")
     title = f"augsense report: {model}"
     nav = "".join(f'<a href="#{s.key}">{html.escape(s.title)}</a>' for s in page.sections)
+    warnings = banner_warnings(data)
+    banner = ('<div class="banner" id="warnings" role="alert"><strong>Before trusting these numbers</strong><ul>'
+              + "".join(f"<li>Warning: {html.escape(w.rstrip('.'))}.</li>" for w in warnings) + "</ul></div>"
+              if warnings else "")
     body = "".join(f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>{"".join(s.parts)}</section>'
                    for s in page.sections)
     stamp = _dt.datetime.now().isoformat(timespec="seconds")
@@ -335,6 +369,6 @@ def _document(data: ReportData, page: Page, elapsed: float) -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-            f'<div class="subtitle">{html.escape(subtitle)}</div><nav>{nav}</nav>{body}'
+            f'<div class="subtitle">{html.escape(subtitle)}</div>{banner}<nav>{nav}</nav>{body}'
             f"<footer>Written by augsense on {stamp} in {elapsed:.1f} s. Figures are also in "
             f"{html.escape(FIGURE_FOLDER)}/ as PNG and SVG.</footer></body></html>")
