@@ -97,7 +97,9 @@ class StimulusDesign:
         design = design_for(config, space)
         if images is None:
             images = load_images(config.images, size, resize or int(round(size * 256 / 224)),
-                                 limit=config.limit_images)
+                                 limit=config.limit_images, per_class=config.per_class, seed=config.seed,
+                                 label_files=config.label_files, cache=config.image_cache,
+                                 partition=config.images_partition)  # the run's subset (images_for, no model)
         elif images.size != size:
             raise AugsenseError(f"the images are {images.size} px, the stimuli should be {size} px; pass size="
                                 f"{images.size} or images at {size} px")
@@ -131,7 +133,8 @@ class StimulusDesign:
         n_images = len(self.image_sources)
         if self.space.image_mode == "joint":
             u = torch.from_numpy(self.points() if points is None else points).float()
-            return self.space.image_index(u, n_images).numpy()
+            strata = self.images.strata() if self.space.image_factors and self.images is not None else n_images
+            return self.space.image_index(u, strata).numpy()
         return np.repeat(self.design.image_of(np.arange(self.design.n), n_images), self.group_size)
 
     def stimulus_table(self) -> pd.DataFrame:

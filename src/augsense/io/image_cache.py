@@ -153,9 +153,10 @@ def _open(directory: Path, key: str, paths: Sequence[Path]) -> Decoded | None:
         rows = [int(i) for i in index["rows"]]
         failed = [(int(i), str(reason)) for i, reason in index["failed"]]
         digest = str(index["sha256"])
+        pixels = _map(data, shape)  # inside the try: a concurrent rebuild may just have removed this file
     except (KeyError, TypeError, ValueError, OSError):
         return None
-    return Decoded(_map(data, shape), rows, failed, digest, reused=True)
+    return Decoded(pixels, rows, failed, digest, reused=True)
 
 
 def load_or_build(directory: Path, key: str, paths: Sequence[Path],
