@@ -212,3 +212,15 @@ def test_per_class_needs_classes(tmp_path):
         load_folder(tmp_path, 16, per_class=2)
     with pytest.raises(AugsenseError, match="per_class must be"):
         SensitivityConfig(per_class=0)
+
+
+def test_stimulus_export_draws_the_same_subset_as_the_run(tmp_path):
+    from augsense.analyses.stimuli import StimulusDesign
+    from augsense.io.images import images_for
+
+    per_class_folder(tmp_path / "images", {"0": 6, "1": 6, "2": 6})
+    config = SensitivityConfig(images=str(tmp_path / "images"), per_class=2, limit_images=5, seed=7, factors=["hflip"],
+                               n=8, image_cache="off")
+    stimuli = StimulusDesign.from_config(config, size=16, resize=18)
+    run_images = images_for(config, colour_bundle())
+    assert stimuli.image_sources == run_images.sources and len(run_images) == 5
