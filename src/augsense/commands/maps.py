@@ -111,7 +111,7 @@ def map_statistics_of_run(run_dir: str | Path, *, replicate_dir: str | Path | No
         :class:`MapStatisticsTables`; ``notes`` says what was skipped and why.
     """
     if n_splits < 2 or n_repeats < 1:
-        raise AugsenseError(f"LDA needs n_splits ≥ 2 folds and n_repeats ≥ 1, got {n_splits} and {n_repeats}")
+        raise AugsenseError(f"LDA needs --folds ≥ 2 and --repeats ≥ 1, got {n_splits} and {n_repeats}")
     run = load_run(run_dir)
     replicate = load_run(replicate_dir) if replicate_dir is not None else None
     if replicate is not None:

@@ -261,6 +261,10 @@ def inspect_run_folder(folder: str | Path, *, resume: bool, overwrite: bool,
     if resume and overwrite:
         raise AugsenseError("--resume continues the run in --out and --overwrite replaces it; choose one")
     previous = read_status(folder)
+    if resume and previous == "complete" and not (folder / checkpoint).exists():
+        raise AugsenseError(f"{str(folder)!r} holds a finished run (status: complete): there is nothing to resume. "
+                            f"Its results are in that folder (`augsense report {folder}` redraws the report); to run "
+                            "it again into the same folder pass --overwrite instead of --resume")
     if resume or overwrite:
         return previous
     tables = [name for name in TABLES if (folder / name).exists()]
