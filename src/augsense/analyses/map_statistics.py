@@ -336,7 +336,7 @@ def factor_discrimination(
     if len(present) < 2:
         raise AugsenseError(
             f"LDA needs at least two factors with ≥ {n_splits} units each; unit counts per factor: "
-            f"{dict(zip(names, counts.tolist()))}. Use more units or a smaller n_splits."
+            f"{dict(zip(names, counts.tolist()))}. Use more units or fewer folds (--folds)."
         )
     in_use = np.isin(codes, present)
     features, codes = features[in_use], codes[in_use]
@@ -510,7 +510,7 @@ def paper_discrimination(maps: ArrayLike, factor_names: Sequence[str], *, n_spli
     counts = np.bincount(labels, minlength=len(names))
     if (counts < n_splits).any():
         raise AugsenseError(f"every factor needs ≥ {n_splits} channels with finite maps for {n_splits}-fold LDA; "
-                            f"got {dict(zip(names, counts.tolist()))}")
+                            f"got {dict(zip(names, counts.tolist()))}; use fewer folds (--folds)")
     folds = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
     confusion = np.zeros((len(names), len(names)))
     held_out, train_accuracy = [], []
