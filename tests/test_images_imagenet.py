@@ -224,3 +224,12 @@ def test_stimulus_export_draws_the_same_subset_as_the_run(tmp_path):
     stimuli = StimulusDesign.from_config(config, size=16, resize=18)
     run_images = images_for(config, colour_bundle())
     assert stimuli.image_sources == run_images.sources and len(run_images) == 5
+
+
+def test_all_1000_wordnet_folders_without_a_mapping_are_numbered_in_sorted_order(tmp_path):
+    wnids = [f"n{10_000_000 + 37 * i:08d}" for i in range(1000)]
+    for wnid in reversed(wnids):
+        (tmp_path / wnid).mkdir()
+        (tmp_path / wnid / "a.JPEG").write_bytes(b"")  # listing reads no pixels
+    listing = list_folder(tmp_path)
+    assert listing.labels == list(range(1000)) and listing.label_names[:2] == wnids[:2]
