@@ -88,3 +88,20 @@ def test_paper_lda_sample_layout_and_refusals() -> None:
         paper_discrimination(maps, NAMES)  # 2 channels per factor < 5 folds
     with pytest.raises(AugsenseError, match="two factors"):
         paper_discrimination(maps[..., :1], NAMES[:1])
+
+
+def test_dead_pixels_leave_out_only_their_channel_at_that_pixel() -> None:
+    """A channel dead (NaN) at one pixel drops out of that pixel's correlation only; the LDA reads it as 0."""
+    rng = np.random.default_rng(5)
+    maps = rng.uniform(size=(12, 2, 2, 3))
+    maps[0, 0, 0, :] = np.nan
+    maps[1] = np.nan  # dead everywhere
+    result = pixel_correlations(maps, NAMES)
+    assert result.n_channels == 11 and result.n_dropped_channels == 1
+    at_00 = scipy.stats.spearmanr(maps[2:, 0, 0, 0], maps[2:, 0, 0, 1]).statistic
+    others = [scipy.stats.spearmanr(np.delete(maps[:, i, j, 0], 1), np.delete(maps[:, i, j, 1], 1)).statistic
+              for i, j in ((0, 1), (1, 0), (1, 1))]
+    assert result.rho_mean[0, 1] == pytest.approx(np.mean([at_00, *others]), abs=1e-12)
+    features, labels, dropped = paper_samples(maps, NAMES)
+    assert dropped == 3 and features.shape == (33, 4) and np.isfinite(features).all()
+    assert (features[labels == 0][0] == np.r_[0.0, maps[0].reshape(4, 3)[1:, 0]]).all()

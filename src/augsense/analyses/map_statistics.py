@@ -402,24 +402,29 @@ def pixel_correlations(maps: ArrayLike, factor_names: Sequence[str]) -> PixelCor
         factor_names: the d factor names.
 
     Returns:
-        :class:`PixelCorrelations`. Channels with a NaN anywhere (dead units) are left out.
+        :class:`PixelCorrelations`. At each pixel, channels whose value there is NaN for some factor
+        (a dead unit) are left out; pixels with fewer than 3 such channels have no correlation, and
+        channels dead at every pixel count in ``n_dropped_channels``.
     """
     names = list(factor_names)
     array = _validated_maps(maps, names)
     if len(names) < 2:
         raise AugsenseError("pixel-wise correlations need at least two factors.")
-    channels = array.reshape(array.shape[0], -1, array.shape[-1])  # (C, P, d)
-    finite = np.isfinite(channels).all(axis=(1, 2))
-    channels = channels[finite]
-    if channels.shape[0] < 3:
-        raise AugsenseError(f"only {channels.shape[0]} channels have finite maps; pixel-wise correlations "
-                            "across channels need at least 3.")
-    ranks = scipy.stats.rankdata(channels, axis=0)
-    centred = ranks - ranks.mean(axis=0, keepdims=True)
+    channels = array.reshape(array.shape[0], -1, array.shape[-1]).copy()  # (C, P, d)
+    valid = np.isfinite(channels).all(axis=2)  # (C, P): the channel is alive at the pixel
+    alive = valid.any(axis=1)
+    if int(alive.sum()) < 3 or int(valid.sum(axis=0).max()) < 3:
+        raise AugsenseError(f"only {int(valid.sum(axis=0).max())} channels have finite maps at any pixel; "
+                            "pixel-wise correlations across channels need at least 3.")
+    channels[~valid] = np.nan
+    ranks = scipy.stats.rankdata(channels, axis=0, nan_policy="omit")  # ranks among the pixel's live channels
+    centred = ranks - np.nanmean(np.where(valid[..., None], ranks, np.nan), axis=0, keepdims=True)
+    centred = np.where(valid[..., None], centred, 0.0)
     norms = np.sqrt((centred**2).sum(axis=0))  # (P, d)
     with np.errstate(divide="ignore", invalid="ignore"):
         unit = centred / np.where(norms > 0, norms, np.nan)[None]
         per_pixel = np.clip(np.einsum("cpa,cpb->pab", unit, unit), -1.0, 1.0)  # (P, d, d)
+    per_pixel[valid.sum(axis=0) < 3] = np.nan
     defined = np.isfinite(per_pixel)
     count = defined.sum(axis=0)
     with warnings.catch_warnings():
@@ -427,7 +432,7 @@ def pixel_correlations(maps: ArrayLike, factor_names: Sequence[str]) -> PixelCor
         mean = np.nanmean(per_pixel, axis=0)
         sd = np.nanstd(per_pixel, axis=0, ddof=1)
     sd = np.where(count > 1, sd, np.nan)
-    return PixelCorrelations(names, mean, sd, count.astype(np.int64), int(channels.shape[0]), int((~finite).sum()))
+    return PixelCorrelations(names, mean, sd, count.astype(np.int64), int(alive.sum()), int((~alive).sum()))
 
 
 @dataclass(frozen=True)
@@ -475,15 +480,16 @@ def paper_samples(maps: ArrayLike, factor_names: Sequence[str]) -> tuple[FloatAr
     """(C, H, W, d) or (C, d) maps → samples X (d·C', H·W), labels y (d·C',) = factor index, dropped count.
 
     One sample per (factor, channel): that channel's spatial map of that factor's index, as the
-    paper's ``X[var, unit, pixels]``; samples with a NaN (dead channels) are left out.
+    paper's ``X[var, unit, pixels]``. A NaN pixel (a unit with no variance there: no factor moves it)
+    counts as index 0; a sample that is NaN everywhere (a dead channel) is left out.
     """
     array = _validated_maps(maps, list(factor_names))
     d = array.shape[-1]
     per_factor = np.moveaxis(array.reshape(array.shape[0], -1, d), -1, 0)  # (d, C, P)
     features = per_factor.reshape(d * array.shape[0], -1)
     labels = np.repeat(np.arange(d), array.shape[0])
-    keep = np.isfinite(features).all(axis=1)
-    return features[keep], labels[keep], int((~keep).sum())
+    keep = np.isfinite(features).any(axis=1)
+    return np.nan_to_num(features[keep], nan=0.0), labels[keep], int((~keep).sum())
 
 
 def paper_discrimination(maps: ArrayLike, factor_names: Sequence[str], *, n_splits: int = 5, n_repeats: int = 100,
