@@ -75,9 +75,6 @@ def _extra_sections(page: Page, data: ReportData) -> None:
     from augsense.report.paper_figures import paper_sections  # the paper's figure types (LDA, dendrogram, …)
 
     paper_sections(page, data)
-    from augsense.report.paper_figures import paper_sections  # the paper's figure types (LDA, dendrogram, …)
-
-    paper_sections(page, data)
 
 
 def _json_text(value: Any) -> str:
