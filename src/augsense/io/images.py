@@ -372,8 +372,9 @@ def list_folder(root: str | Path, *, class_names: Sequence[str] | None = None,
     notices = []
     if unmatched:
         names = sorted(unmatched)
-        source = classes.source if classes is not None else "no class list"
-        notices.append(f"{len(names)} class folder(s) name no class of {source}: {', '.join(names[:5])}"
+        source = (f"of {classes.source}" if classes is not None else
+                  "(no class list: the model has no class names and no mapping file was found)")
+        notices.append(f"{len(names)} class folder(s) name no class {source}: {', '.join(names[:5])}"
                        f"{' …' if len(names) > 5 else ''}; their {sum(unmatched.values())} images are used without a "
                        "label (not in top-1); rename them or give a mapping file (--label-files)")
     if missing:
