@@ -72,8 +72,13 @@ def test_cls_reduction_reads_the_class_token():
     assert_planted(run("vit", reduction="cls").result, CLS_ANSWER)
 
 
-def test_per_position_maps_of_tokens_and_channels_last_match_the_cnn():
-    results = {kind: run(kind, n=32, reduction="none") for kind in ("cnn", "swin", "vit")}
+def test_per_position_maps_of_tokens_and_channels_last_match_the_cnn(tmp_path):
+    from augsense.report.html import write_report
+
+    results = {kind: run(kind, n=32, reduction="none", out=tmp_path / kind if kind == "vit" else None)
+               for kind in ("cnn", "swin", "vit")}
+    html = write_report(tmp_path / "vit").read_text(encoding="utf-8")
+    assert "block" in html and 'id="spatial"' in html  # token maps on the 4×4 patch grid, drawn as a CNN's
     for kind, r in results.items():
         assert r.unit_shapes["block"] == (CHANNELS, GRID, GRID), kind
     reference = results["cnn"].result
