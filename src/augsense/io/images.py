@@ -4,6 +4,11 @@ Every source ends as an :class:`ImageSet`: a uint8 tensor (n, 3, S, S) at the mo
 (kept compact in memory; converted to float in [0, 1] per batch), integer labels where known, the
 source of each image, and the files that were skipped with the reason.
 
+A folder is read in three steps: :func:`list_folder` finds the image files and their labels
+(class folders, mapping and ground-truth files: :mod:`augsense.io.labels`), :func:`select` picks a
+seeded subset (``per_class``, ``limit``), and :func:`decode_selection` decodes it in threads, into
+memory or into the shared memory-mapped cache of :mod:`augsense.io.image_cache`.
+
 How a file becomes pixels (see :func:`prepare`; the same rules are listed in docs/scale.md):
 
 - Memory is bounded twice. A file whose header claims more than :data:`MAX_SOURCE_PIXELS`
