@@ -54,7 +54,17 @@ def write_report(run_dir: Path) -> Path:
     tmp = run_dir / f".{REPORT_NAME}.tmp"
     tmp.write_text(_document(data, page, elapsed), encoding="utf-8")
     tmp.replace(path)
+    _remove_stale_figures(page)
     return path
+
+
+def _remove_stale_figures(page: Page) -> None:
+    """Delete figures/*.png|svg an earlier report wrote that this one did not (a renamed or vanished figure)."""
+    written = {p.resolve() for p in page.saved}
+    if page.figure_folder.is_dir():
+        for file in page.figure_folder.iterdir():
+            if file.suffix in (".png", ".svg") and file.resolve() not in written:
+                file.unlink(missing_ok=True)
 
 
 def _extra_sections(page: Page, data: ReportData) -> None:
