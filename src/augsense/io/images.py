@@ -289,8 +289,8 @@ def _walk(root: Path) -> list[tuple[Path, str | None]]:
             if name.startswith("."):
                 continue
             path = Path(dirpath) / name
-            target = os.path.realpath(path)
-            if path.is_symlink() and not _inside(target, top):
+            target = os.path.realpath(path) if path.is_symlink() else None  # one lstat per plain file
+            if target is not None and not _inside(target, top):
                 found.append((path, f"symlink to a file outside the image folder ({target}): not followed"))
             else:
                 found.append((path, None))
