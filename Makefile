@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.augsense-installed
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo paper-demo test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,6 +18,10 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/augsense demo --out runs/demo --overwrite
+
+# the demo, then the paper's other analyses on it (quick sizes) and its report again
+paper-demo: demo
+	$(BIN)/augsense paper runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
