@@ -312,7 +312,7 @@ def test_specialist_rows_show_the_estimate_and_interval_of_indices_parquet(run, 
     folder = request.getfixturevalue(f"{run}_run")
     page = request.getfixturevalue(f"{run}_report").read_text(encoding="utf-8")
     head, rows = _html_table(_section(page, "specialists"))
-    indices = pd.read_parquet(folder / "indices.parquet")
+    indices = read_report_data(folder).indices  # per-element layers: rows rebuilt from maps.npz
     indices = indices[indices["quantity"] == quantity].set_index(["layer", "unit", "factor"])
     shapes = {k: v.get("unit_shape") for k, v in json.loads((folder / "run.json").read_text())["layers"].items()}
     column = {name: head.index(name) for name in ("factor", "layer", "unit", "CI")}
@@ -432,7 +432,7 @@ def test_explorer_on_a_real_run_shows_the_unit_of_indices_parquet(shapley_run, s
     executable = _chromium()
     from playwright.sync_api import sync_playwright
 
-    indices = pd.read_parquet(shapley_run / "indices.parquet")
+    indices = read_report_data(shapley_run).indices  # per-element layers: rows rebuilt from maps.npz
     shapley = indices[(indices["quantity"] == "shapley") & (indices["layer"] == "colour")]
     unit = int(np.ravel_multi_index((2, 5, 9), (4, 32, 32)))
     errors: list[str] = []
@@ -455,3 +455,57 @@ def test_explorer_on_a_real_run_shows_the_unit_of_indices_parquet(shapley_run, s
         finally:
             browser.close()
     assert errors == []
+
+
+def test_factor_colours_are_fixed_by_name_not_by_run_order():
+    from augsense.report.palette import BUILTIN_COLOURS, factor_colours
+
+    one = factor_colours(["hue", "brightness", "my_blur", "order"])
+    other = factor_colours(["brightness", "my_blur", "hue"])
+    assert one["hue"] == other["hue"] == BUILTIN_COLOURS["hue"] and one["my_blur"] == other["my_blur"]
+    assert one["order"] == "#9e9e9e"
+    users = [f"user_{i}" for i in range(12)]  # more user factors than hash slots avoid collisions by chance
+    forward, backward = factor_colours(users), factor_colours(users[::-1])
+    assert forward == backward and len(set(forward.values())) == len(users)
+    assert set(forward.values()).isdisjoint(BUILTIN_COLOURS.values())
+
+
+def test_numbers_that_round_to_zero_print_without_a_sign():
+    from augsense.report.page import fixed, format_number, interval
+
+    assert interval(-0.0002, -0.0004, 0.0) == "0.000 [0.000, 0.000]"
+    assert fixed(-0.0126) == "-0.013" and format_number(-0.0) == "0.000"
+
+
+def test_wilson_intervals_match_statsmodels():
+    from statsmodels.stats.proportion import proportion_confint
+
+    from augsense.report.extras import wilson
+
+    k, n = np.array([0, 3, 17, 20]), np.array([20, 20, 20, 20])
+    low, high = wilson(k, n)
+    ref_low, ref_high = proportion_confint(k, n, alpha=0.05, method="wilson")
+    np.testing.assert_allclose(low, ref_low, atol=1e-9)
+    np.testing.assert_allclose(high, ref_high, atol=1e-9)
+
+
+def test_heat_map_marks_values_outside_the_unit_interval_and_profile_bands_are_whole(sobol_run, tmp_path):
+    from augsense.report.figures import _profile_limits, unit_heatmap
+
+    run = _copy(sobol_run, tmp_path)
+    data = read_report_data(run)
+    data.maps["readout/total_order"] = data.maps["readout/total_order"].copy()
+    data.maps["readout/total_order"][0, 0] = 1.41
+    data.maps["readout/total_order"][1, 0] = -0.2
+    fig = unit_heatmap(data, "readout", "total_order")
+    bar = fig.axes[-1]
+    values = data.maps["readout/total_order"][~data.maps["readout/dead"].astype(bool)]
+    above, below = int((values > 1).sum()), int((values < 0).sum())
+    assert above >= 1 and below >= 1
+    assert f"> 1 ({above})" in bar.get_ylabel() and f"< 0 ({below})" in bar.get_ylabel()
+    assert bar.collections or bar.patches  # the colour bar with its extend arrows
+    ticks = [t.get_text() for t in fig.axes[2].get_yticklabels()]  # the strip carries the unit IDs
+    assert sorted(ticks, key=int) == [str(u) for u in range(len(ticks))]
+    table = pd.DataFrame({"estimate": [0.2, -0.08], "ci_low": [0.1, -0.62], "ci_high": [0.3, 1.3]})
+    bottom, top, cut = _profile_limits(table)
+    assert bottom <= -0.62 and top >= 1.3 and not cut
