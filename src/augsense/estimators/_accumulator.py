@@ -59,6 +59,10 @@ class DesignAccumulator:
     """Base class; subclasses define ``kinds``, ``_new_sums``, ``_update_sums``, ``_reshift_sums``."""
 
     kinds: tuple[str, ...] = ()
+    #: version of the layout of ``sums``; a state saved with another layout is refused by name
+    layout: int = 1
+    #: first-moment sums -> the sums shared by all of their cells (stored once, crossed in the block outer product)
+    shared_sums: dict[str, str] = {}
     #: per-chunk temporary target; kernels contiguous along the outputs want long chunks
     chunk_elements: int = CHUNK_ELEMENTS
 
@@ -170,8 +174,10 @@ class DesignAccumulator:
         per block, as :func:`augsense.estimators._delta.covariance` expects)."""
         before = {a: self.sums[a][sl].clone() for a, _ in pairs}
         yield
+        inc = {a: self.sums[a][sl] - before[a] for a, _ in pairs}
         for a, b in pairs:
-            self.sums[b][sl] += _delta.block_outer(self.sums[a][sl] - before[a])
+            shared = self.shared_sums.get(a)
+            self.sums[b][sl] += _delta.block_outer(inc[a], None if shared is None else inc[shared])
 
     @property
     def n_blocks_seen(self) -> int:
@@ -212,7 +218,7 @@ class DesignAccumulator:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume or merge later (tensors on CPU)."""
-        return {"class": type(self).__name__, "design": self.design.to_dict(), "n_outputs": self.n_outputs,
+        return {"class": type(self).__name__, "layout": self.layout, "design": self.design.to_dict(), "n_outputs": self.n_outputs,
                 "config": self._config(), "n": self.n, "blocks_seen": self.blocks_seen.copy(),
                 "shift": None if self.shift is None else self.shift.cpu(),
                 "groups": None if self.groups is None else self.groups.cpu(),
@@ -225,6 +231,9 @@ class DesignAccumulator:
                                 f"not {type(self).__name__} on {self.design!r}")
         if state["n_outputs"] != self.n_outputs or state["config"] != self._config():
             raise AugsenseError("state has a different number of outputs or options")
+        if state.get("layout", 1) != self.layout:
+            raise AugsenseError(f"state has sums in layout {state.get('layout', 1)} of an earlier augsense; this version "
+                                f"keeps {type(self).__name__} sums in layout {self.layout} and cannot read it: start afresh")
         g = state["groups"]
         if (g is None) != (self.groups is None) or (g is not None and not torch.equal(g.to(self.device), self.groups)):
             raise AugsenseError("state has different output groups")

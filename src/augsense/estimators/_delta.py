@@ -112,10 +112,63 @@ def _triu_index(p: int, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
     return torch.tensor(i, device=device), torch.tensor(j, device=device)
 
 
-def block_outer(s1: torch.Tensor) -> torch.Tensor:
-    """Upper triangle (..., p(p+1)/2) of the outer product of one block's sums s1 (..., p)."""
+def block_outer(s1: torch.Tensor, shared: torch.Tensor | None = None) -> torch.Tensor:
+    """Upper triangle (..., p(p+1)/2) of the outer product of one block's sums s1 (..., p).
+
+    With ``shared`` (mc, q), sums common to every cell of s1 (mc, ..., p) (stored once, not per
+    cell): [upper triangle of s1 s1^T, then s1 shared^T row by row] (..., p(p+1)/2 + p q), the
+    cell's part of the outer product of its full vector [s1, shared] (see :func:`join_shared`).
+    """
     i, j = _triu_index(s1.shape[-1], s1.device)
-    return s1.index_select(-1, i) * s1.index_select(-1, j)   # index_select: 3x faster than list indexing
+    own = s1.index_select(-1, i) * s1.index_select(-1, j)   # index_select: 3x faster than list indexing
+    if shared is None:
+        return own
+    shared = shared.reshape(shared.shape[:1] + (1,) * (s1.dim() - 2) + shared.shape[1:])
+    cross = (s1[..., :, None] * shared[..., None, :]).flatten(-2)
+    return torch.cat([own, cross], -1)
+
+
+@lru_cache(maxsize=None)
+def _join_index(a: int, q: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Where each upper-triangle entry (i <= j) of a full (a + q) cell comes from in [own, cross, shared]
+    (lengths T(a), a q, T(q)), and the inverse: each [own, cross, shared] entry's full position."""
+    p, own, tri_q = a + q, _triu(a), _triu(q)
+    where = []
+    for i, j in zip(*_triu(p)):
+        if j < a:
+            where.append(next(k for k, ij in enumerate(zip(*own)) if ij == (i, j)))
+        elif i < a:
+            where.append(n_triangle(a) + i * q + (j - a))
+        else:
+            where.append(n_triangle(a) + a * q + next(k for k, ij in enumerate(zip(*tri_q)) if ij == (i - a, j - a)))
+    back = [where.index(k) for k in range(n_triangle(a) + a * q + n_triangle(q))]
+    return tuple(where), tuple(back)
+
+
+def join_shared(s1: torch.Tensor, s2: torch.Tensor, w1: torch.Tensor,
+                w2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full cell sums from their compact form: cell sums s1 (mc, k, a) and s2 (mc, k, T(a) + a q)
+    from :func:`block_outer` with ``shared``, shared sums w1 (mc, q) and w2 (mc, T(q)) ->
+    (mc, k, a + q) and (mc, k, T(a + q)), as if every cell kept its own copy of the shared sums."""
+    mc, k, a = s1.shape
+    q = w1.shape[-1]
+    full1 = torch.cat([s1, w1[:, None].expand(mc, k, q)], -1)
+    where, _ = _join_index(a, q)
+    both = torch.cat([s2, w2[:, None].expand(mc, k, n_triangle(q))], -1)
+    return full1, both[..., list(where)]
+
+
+def split_shared(full1: torch.Tensor, full2: torch.Tensor,
+                 q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`join_shared`: (s1, s2, w1, w2), the shared sums from the first cell (None
+    without cells)."""
+    a = full1.shape[-1] - q
+    _, back = _join_index(a, q)
+    both = full2[..., list(back)]
+    cut = n_triangle(a) + a * q
+    if not full1.shape[1]:
+        return full1[..., :a], both[..., :cut], None, None
+    return full1[..., :a], both[..., :cut], full1[:, 0, a:], both[:, 0, cut:]
 
 
 def covariance(s1: torch.Tensor, s2: torch.Tensor, n: int, blocks: int | None = None) -> torch.Tensor:

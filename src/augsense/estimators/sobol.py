@@ -18,7 +18,7 @@ import torch
 from augsense.design import Design, DesignBlock
 from augsense.errors import AugsenseError
 from augsense.estimators import _delta
-from augsense.estimators._accumulator import DEAD_TOLERANCE, DesignAccumulator
+from augsense.estimators._accumulator import COMPUTE_CHUNK_ELEMENTS, DEAD_TOLERANCE, DesignAccumulator
 from augsense.estimators.results import SensitivityResult
 
 
@@ -31,10 +31,15 @@ class SobolAccumulator(DesignAccumulator):
     (use it when the rows of a group share a nuisance such as the image); its first-order
     numerator is then mean((f_B - (f_A + f_AB_i)/2)(f_AB_i - f_A)), also unbiased for V_i and
     blind to anything the group's rows share. Second order keeps the global centre.
-    Memory: O(m d) float64 (O(m d^2) with second order), independent of n.
+    Memory: O(m d) float64 (O(m d^2) with second order), independent of n; the denominator's
+    sums, common to every factor and pair, are kept once per output ("w1", "w2"), not per cell
+    (bytes per output: :func:`augsense.estimators.memory.state_bytes_per_output`).
     """
 
     kinds = ("sobol", "sobol2")
+    #: 2: denominator sums stored once per output ("w1", "w2") instead of in every cell of "c"/"p"
+    layout = 2
+    shared_sums = {"c1": "w1", "p1": "w1"}
 
     def __init__(self, design: Design, n_outputs: int, *, denominator: Literal["pooled", "paired"] = "pooled",
                  groups: torch.Tensor | None = None, device: torch.device | str | None = None,
@@ -57,12 +62,14 @@ class SobolAccumulator(DesignAccumulator):
         return i, j
 
     def _new_sums(self) -> dict[str, torch.Tensor]:
-        m, d, G = self.n_outputs, self.design.n_players, self.design.group_size
-        p = 3 + self._n_den
-        sums = {"role": self._zeros(m, G), "c1": self._zeros(m, d, p), "c2": self._zeros(m, d, _delta.n_triangle(p))}
+        m, d, G, q = self.n_outputs, self.design.n_players, self.design.group_size, self._n_den
+        # cells: per factor [f_B D, D, D^2/2] (paired: [e D - D^2/2, D, D^2/2]), per pair [y, t]; all
+        # share the denominator terms w = [q, s] (paired: [e^2/2]); x2 = [own triangle, own x w]
+        sums = {"role": self._zeros(m, G), "w1": self._zeros(m, q), "w2": self._zeros(m, _delta.n_triangle(q)),
+                "c1": self._zeros(m, d, 3), "c2": self._zeros(m, d, _delta.n_triangle(3) + 3 * q)}
         if self._second:
-            pp, n_pairs = 2 + self._n_den, d * (d - 1) // 2
-            sums |= {"p1": self._zeros(m, n_pairs, pp), "p2": self._zeros(m, n_pairs, _delta.n_triangle(pp))}
+            n_pairs = d * (d - 1) // 2
+            sums |= {"p1": self._zeros(m, n_pairs, 2), "p2": self._zeros(m, n_pairs, _delta.n_triangle(2) + 2 * q)}
         if self.groups is not None:
             sums |= {"g1": self._zeros(self.n_groups, d, 3), "g2": self._zeros(self.n_groups, d, 6)}
         return sums
@@ -84,9 +91,10 @@ class SobolAccumulator(DesignAccumulator):
         v = values.permute(2, 0, 1)                                      # (mc, r, G), a view
         a, b = v[..., 0], v[..., 1]
         D = torch.sub(v[..., 2:2 + d], a[..., None])                      # (mc, r, d)
-        atoms = [b, 0.5 * (a * a + b * b), a + b] if self.denominator == "pooled" else [b - a]
         weights, coef = _power_table(self.denominator)
-        self.sums["c1"][sl] += _delta.power_moments(D, atoms, weights, coef.to(values.device))
+        self.sums["c1"][sl] += _delta.power_moments(D, [b if self.denominator == "pooled" else b - a], weights,
+                                                    coef.to(values.device))
+        self.sums["w1"][sl] += torch.stack(self._den_terms(a, b), -1).sum(1)   # (mc, n_den)
         if not (self._second or self.groups is not None):
             return carry
         a, b = values[:, 0], values[:, 1]                                # (r, mc)
@@ -99,7 +107,7 @@ class SobolAccumulator(DesignAccumulator):
             u, w = ba[:, pi], ab[:, pj]                                  # (r, P, mc)
             y = u * w - (a * b)[:, None] - bD[:, pi] - bD[:, pj]
             t = u + w - (a + b)[:, None] - D[:, pi] - D[:, pj]
-            s1 = _delta.row_sums_of([y, t, *(x[:, None] for x in self._den_terms(a, b))])
+            s1 = _delta.row_sums_of([y, t])
             self.sums["p1"][sl] += s1.transpose(0, 1)                    # (mc, P, pp)
         if self.groups is not None:
             # shift-invariant companions for the group intervals (same expectations)
@@ -129,13 +137,21 @@ class SobolAccumulator(DesignAccumulator):
                       rows_per_block: float) -> dict[str, torch.Tensor]:
         sums = dict(sums)
         sums["role"] = sums["role"] + n * delta[:, None]
-        if self.denominator == "pooled":   # the paired cell is shift-invariant
-            M, c = self._shift_map(delta, 3 + self._n_den, 1)
-            sums["c1"], sums["c2"] = _delta.reshift(sums["c1"], sums["c2"], n, M, c, rows_per_block)
-        if self._second:
-            M, c = self._shift_map(delta, 2 + self._n_den, 1)
-            sums["p1"], sums["p2"] = _delta.reshift(sums["p1"], sums["p2"], n, M, c, rows_per_block)
-        return sums
+        q = self._n_den
+        cells = ("c", "p") if self._second else ("c",)
+        new = {k: torch.empty_like(sums[k]) for c in cells for k in (c + "1", c + "2")} | {
+            "w1": sums["w1"].clone(), "w2": sums["w2"].clone()}
+        for sl in self._chunks(4 * self.design.n_players ** 2 * (3 + q) ** 2, COMPUTE_CHUNK_ELEMENTS):
+            w1, w2 = sums["w1"][sl], sums["w2"][sl]
+            for c in cells:
+                full1, full2 = _delta.join_shared(sums[c + "1"][sl], sums[c + "2"][sl], w1, w2)
+                if c == "p" or self.denominator == "pooled":   # the paired first-order cell is shift-invariant
+                    M, shift = self._shift_map(delta[sl], full1.shape[-1], 1)
+                    full1, full2 = _delta.reshift(full1, full2, n, M, shift, rows_per_block)
+                new[c + "1"][sl], new[c + "2"][sl], new_w1, new_w2 = _delta.split_shared(full1, full2, q)
+                if c == "c":   # the shared sums move with the first cells (every cell holds the same copy)
+                    new["w1"][sl], new["w2"][sl] = new_w1, new_w2
+        return sums | new
 
     def _variance(self, mu_den: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Denominator V (...) and its gradient (..., n_den) from the means of its terms."""
@@ -168,9 +184,10 @@ class SobolAccumulator(DesignAccumulator):
         n = self.n
         role = self.sums["role"][sl] / n
         e = role[:, :2].mean(1) if centre == "ab" else role.mean(1)     # centre - K, (mc,)
-        c1 = self.sums["c1"][sl]
+        w1, w2 = self.sums["w1"][sl], self.sums["w2"][sl]
+        c1, c2 = _delta.join_shared(self.sums["c1"][sl], self.sums["c2"][sl], w1, w2)
         mu = c1 / n
-        cov = _delta.covariance(c1, self.sums["c2"][sl], n, self.n_blocks_seen)
+        cov = _delta.covariance(c1, c2, n, self.n_blocks_seen)
         V, dV = self._variance(mu[:, 0, 3:])                            # (mc,), (mc, n_den)
         mean = self.shift[sl] + role[:, :2].mean(1)
         dead = self._dead(V, mean)
@@ -190,16 +207,16 @@ class SobolAccumulator(DesignAccumulator):
                   "total_order_ci": _delta.interval(ST, _delta.standard_error(gT, cov, n), z),
                   "first_order_variance": V1, "total_order_variance": VT}
         if self._second:
-            fields["second_order"], fields["second_order_ci"] = self._second_order(sl, e, Vs, dV, z)
+            fields["second_order"], fields["second_order_ci"] = self._second_order(sl, w1, w2, e, Vs, dV, z)
         return fields
 
-    def _second_order(self, sl: slice, e: torch.Tensor, Vs: torch.Tensor, dV: torch.Tensor,
-                      z: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _second_order(self, sl: slice, w1: torch.Tensor, w2: torch.Tensor, e: torch.Tensor, Vs: torch.Tensor,
+                      dV: torch.Tensor, z: float) -> tuple[torch.Tensor, torch.Tensor]:
         """S2 (mc, d, d) and its interval (2, mc, d, d) of the outputs sl, NaN on the diagonal."""
         n, d = self.n, self.design.n_players
-        p1 = self.sums["p1"][sl]
+        p1, p2 = _delta.join_shared(self.sums["p1"][sl], self.sums["p2"][sl], w1, w2)
         mu = p1 / n
-        cov = _delta.covariance(p1, self.sums["p2"][sl], n, self.n_blocks_seen)
+        cov = _delta.covariance(p1, p2, n, self.n_blocks_seen)
         S2 = (mu[..., 0] - e[:, None] * mu[..., 1]) / Vs                # (mc, P)
         grad = torch.cat([torch.stack([1 / Vs.expand_as(S2), (-e[:, None] / Vs).expand_as(S2)], -1),
                           -(S2 / Vs)[..., None] * dV[:, None]], -1)
@@ -245,14 +262,14 @@ def _power_table(denominator: str) -> tuple[list[tuple[int, ...]], torch.Tensor]
     """Per-row statistic vectors z of one (output, factor) cell as polynomials in D = f_AB_i - f_A
     (their row sums; powers of D up to 2).
 
-    pooled, atoms (f_B, q, s): z = [f_B D, D, D^2/2, q = (f_A^2 + f_B^2)/2, s = f_A + f_B];
-    paired, atom e = f_B - f_A: z = [e D - D^2/2 (= (f_B - (f_A + f_AB_i)/2) D), D, D^2/2, e^2/2].
+    pooled, atom f_B: z = [f_B D, D, D^2/2]; paired, atom e = f_B - f_A: z = [e D - D^2/2
+    (= (f_B - (f_A + f_AB_i)/2) D), D, D^2/2]. The denominator terms ((f_A^2 + f_B^2)/2, f_A + f_B;
+    paired e^2/2) do not depend on the factor and are summed once per output ("w1").
     """
     if denominator == "pooled":
-        zero = (0, 0, 0)
-        z = [[(1.0, (1, 0, 0), 1)], [(1.0, zero, 1)], [(0.5, zero, 2)], [(1.0, (0, 1, 0), 0)], [(1.0, (0, 0, 1), 0)]]
+        z = [[(1.0, (1,), 1)], [(1.0, (0,), 1)], [(0.5, (0,), 2)]]
     else:
-        z = [[(1.0, (1,), 1), (-0.5, (0,), 2)], [(1.0, (0,), 1)], [(0.5, (0,), 2)], [(0.5, (2,), 0)]]
+        z = [[(1.0, (1,), 1), (-0.5, (0,), 2)], [(1.0, (0,), 1)], [(0.5, (0,), 2)]]
     weights, coef = _delta.power_basis(z)   # first moments: second moments are kept per block
     return weights, torch.as_tensor(coef)
 

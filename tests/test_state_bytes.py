@@ -1,0 +1,136 @@
+"""Per-element memory: the bytes-per-output formulas against the real tensors, chunked compute,
+the shared denominator sums (layout 2) through merge and resume, and refusal of older states."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import augsense.estimators._accumulator as accumulator_module
+from augsense.design import make_design
+from augsense.errors import AugsenseError
+from augsense.estimators import make_accumulator
+from augsense.estimators.contrast import ContrastAccumulator
+from augsense.estimators._delta import block_outer, join_shared, split_shared
+from augsense.estimators.memory import bytes_table, result_bytes_per_output, state_bytes_per_output, state_floats
+
+DESIGN_KINDS = [("sobol", "pooled"), ("sobol", "paired"), ("sobol2", "pooled"), ("sobol2", "paired"),
+                ("shapley-exact", "pooled"), ("shapley-permutation", "pooled")]
+
+
+def outputs(block, m: int, seed: int = 0) -> torch.Tensor:
+    """Smooth outputs (r, G, m) with interactions and a large offset (exact shifts matter)."""
+    x = torch.as_tensor(block.points)
+    w = torch.randn(x.shape[-1], m, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.sin(3 * x) @ w + x[..., :1] * x[..., -1:] * torch.arange(1, m + 1) + 1e3
+
+
+def filled(kind: str, denominator: str, d: int, m: int, blocks=None, groups=None):
+    design = make_design(kind, [1] * d, 64, seed=5, block_size=8)
+    acc = make_accumulator(design, m, denominator=denominator, groups=groups)
+    for k in (range(design.n_blocks) if blocks is None else blocks):
+        block = design.block(k)
+        acc.update(block, outputs(block, m))
+    return acc
+
+
+@pytest.mark.parametrize("kind,denominator", DESIGN_KINDS)
+@pytest.mark.parametrize("d", [1, 3, 5])
+def test_state_bytes_formula_equals_the_state_tensors_nbytes(kind, denominator, d):
+    if kind == "sobol2" and d == 1:
+        pytest.skip("second order needs two factors")
+    m = 7
+    acc = filled(kind, denominator, d, m, blocks=[0], groups=torch.arange(m) % 2)
+    per_output = {k: v for k, v in acc.sums.items() if not k.startswith("g")}   # g1, g2: per group
+    assert all(v.shape[0] == m and v.dtype == torch.float64 for v in per_output.values())
+    actual = {k: v[0].numel() for k, v in per_output.items()} | {"shift": acc.shift.numel() // m}
+    assert actual == state_floats(kind, d, denominator=denominator)
+    nbytes = sum(v.nbytes for v in per_output.values()) + acc.shift.nbytes
+    assert state_bytes_per_output(kind, d, denominator=denominator) * m == nbytes
+
+
+@pytest.mark.parametrize("kind,denominator", DESIGN_KINDS)
+def test_result_bytes_formula_equals_the_result_arrays_nbytes(kind, denominator):
+    d, m = 3, 6
+    res = filled(kind, denominator, d, m).compute()
+    arrays = [v for v in vars(res).values() if isinstance(v, np.ndarray)]
+    assert sum(a.nbytes for a in arrays) == result_bytes_per_output(kind, d) * m
+
+
+def test_contrast_bytes_formulas_equal_its_tensors():
+    m = 5
+    acc = ContrastAccumulator(m, keep_differences=False)
+    acc.update(torch.randn(4, m), torch.randn(4, m))
+    state = [v for v in vars(acc).values() if isinstance(v, torch.Tensor)]
+    assert sum(v.nbytes for v in state) == state_bytes_per_output("contrast", 1) * m
+    res = acc.compute()
+    arrays = [v for v in vars(res).values() if isinstance(v, np.ndarray)]
+    assert sum(a.nbytes for a in arrays) == result_bytes_per_output("contrast", 1) * m
+
+
+def test_bytes_table_for_the_paper_run_and_bad_input():
+    rows = {r["estimator"]: r for r in bytes_table(7)}
+    # paper-set1 + order + image: sobol2 keeps 316 float64 per output (451 before the shared denominator)
+    assert rows["sobol2 (pooled)"]["state_bytes"] == 8 * 316
+    assert rows["sobol (paired)"]["state_bytes"] < rows["sobol (pooled)"]["state_bytes"]
+    with pytest.raises(AugsenseError, match="unknown estimator"):
+        state_bytes_per_output("sobol3", 3)
+    with pytest.raises(AugsenseError, match="at least one factor"):
+        state_floats("sobol", 0)
+
+
+def test_join_and_split_of_shared_sums_are_inverse_and_match_the_full_outer_product():
+    g = torch.Generator().manual_seed(1)
+    for a, q, k in ((3, 2, 4), (2, 1, 3), (3, 1, 0)):
+        cells, shared = torch.randn(5, k, a, generator=g, dtype=torch.float64), torch.randn(5, q, generator=g,
+                                                                                                dtype=torch.float64)
+        s2, w2 = block_outer(cells, shared), block_outer(shared)
+        full1, full2 = join_shared(cells, s2, shared, w2)
+        assert torch.equal(full2, block_outer(torch.cat([cells, shared[:, None].expand(5, k, q)], -1)))
+        back = split_shared(full1, full2, q)
+        assert torch.equal(back[0], cells) and torch.equal(back[1], s2)
+        if k:
+            assert torch.equal(back[2], shared) and torch.equal(back[3], w2)
+
+
+@pytest.mark.parametrize("kind,denominator", DESIGN_KINDS)
+def test_compute_in_many_output_chunks_equals_one_chunk(kind, denominator, monkeypatch):
+    m = 11
+    acc = filled(kind, denominator, 3, m, groups=torch.arange(m) % 3)
+    whole = acc.compute()
+    monkeypatch.setattr(accumulator_module, "COMPUTE_CHUNK_ELEMENTS", 1)   # one output per chunk
+    chunked = acc.compute()
+    for name, value in vars(whole).items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, getattr(chunked, name), err_msg=name)
+    np.testing.assert_array_equal(whole.aggregated.variance, chunked.aggregated.variance)
+
+
+@pytest.mark.parametrize("denominator", ["pooled", "paired"])
+def test_shards_with_other_shifts_merge_to_the_whole_through_the_shared_sums(denominator):
+    # each shard's shift is the mean of its first block, so merging re-expresses the shared sums
+    m, d = 4, 4
+    whole = filled("sobol2", denominator, d, m).compute()
+    n_blocks = make_design("sobol2", [1] * d, 64, seed=5, block_size=8).n_blocks
+    parts = [filled("sobol2", denominator, d, m, blocks=range(r, n_blocks, 3)) for r in range(3)]
+    assert not torch.equal(parts[0].shift, parts[1].shift)
+    for part in parts[1:]:
+        parts[0].merge(part)
+    merged = parts[0].compute()
+    for name in ("first_order", "total_order", "second_order", "first_order_ci", "second_order_ci"):
+        np.testing.assert_allclose(getattr(merged, name), getattr(whole, name), rtol=1e-9, atol=1e-12,
+                                   equal_nan=True, err_msg=name)
+
+
+def test_a_state_in_the_earlier_layout_is_refused_by_name():
+    acc = filled("sobol2", "pooled", 3, 2, blocks=[0])
+    state = acc.state_dict()
+    assert state["layout"] == 2
+    old = dict(state)
+    old.pop("layout")   # states of earlier versions carry no layout: layout 1, the denominator in every cell
+    fresh = make_accumulator(acc.design, 2)
+    with pytest.raises(AugsenseError, match="layout 1 of an earlier augsense"):
+        fresh.load_state_dict(old)
+    fresh.load_state_dict(state)
+    assert all(torch.equal(fresh.sums[k], v) for k, v in acc.sums.items())
