@@ -134,3 +134,25 @@ def test_a_state_in_the_earlier_layout_is_refused_by_name():
         fresh.load_state_dict(old)
     fresh.load_state_dict(state)
     assert all(torch.equal(fresh.sums[k], v) for k, v in acc.sums.items())
+
+
+def test_resuming_a_checkpoint_with_sums_of_the_earlier_layout_is_refused_with_its_path(tmp_path):
+    from types import SimpleNamespace
+
+    from augsense.blockset import BlockSet
+    from augsense.io.checkpoints import resume_run_checkpoint, save_checkpoint
+
+    acc = filled("sobol2", "paired", 3, 2, blocks=[0, 1])
+    plan = SimpleNamespace(fingerprint="plan", refusal=lambda other: "another plan")
+    old = acc.state_dict()
+    old.pop("layout")
+    path = tmp_path / "checkpoint.pt"
+    done = BlockSet.from_mask(old["blocks_seen"]).ranges
+    save_checkpoint(path, {"fingerprint": "plan", "plan": {}, "done": done, "accumulator": old, "world_size": 1})
+    fresh = make_accumulator(acc.design, 2, denominator="paired")
+    with pytest.raises(AugsenseError, match=r"checkpoint .* cannot be resumed: state has sums in layout 1"):
+        resume_run_checkpoint(path, plan=plan, accumulator=fresh)
+    save_checkpoint(path, {"fingerprint": "plan", "plan": {}, "done": done, "accumulator": acc.state_dict(),
+                           "world_size": 1})
+    assert resume_run_checkpoint(path, plan=plan, accumulator=fresh) == BlockSet.from_mask(old["blocks_seen"])
+    np.testing.assert_array_equal(fresh.compute().second_order, acc.compute().second_order)

@@ -26,7 +26,11 @@ In a distributed run the checkpoint is collective: every rank's accumulator is m
 (:func:`augsense.parallel.merged_state`), which writes one file. Resuming reads it on rank 0 and
 sends the finished blocks to every rank, so a run may be resumed with a different world size.
 The checkpoint stores the run plan (:mod:`augsense.analyses.plan`); a resume whose plan differs
-is refused naming the differing keys.
+is refused naming the differing keys. The accumulator's state names the layout of its sums
+(``"layout"``; absent = 1): Sobol sums moved to layout 2 (the denominator's sums once per output),
+so a format-2 file written before that holds layout-1 Sobol sums and is refused by name
+("cannot be resumed: state has sums in layout 1 of an earlier augsense"); the file format itself
+is unchanged, and Shapley checkpoints of either version resume.
 """
 
 from __future__ import annotations
@@ -364,6 +368,8 @@ def resume_run_checkpoint(path: str | Path, *, plan: Any, accumulator: Any, shar
             state = _read_run_checkpoint(Path(path), plan)
             try:
                 accumulator.load_state_dict(state["accumulator"])
+            except AugsenseError as error:  # e.g. sums in the layout of an earlier version
+                raise AugsenseError(f"checkpoint {str(path)!r} cannot be resumed: {error}") from None
             except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
                 raise AugsenseError(f"checkpoint {str(path)!r} holds sums that do not fit this run ({error!r}); "
                                     "start afresh without --resume") from None
