@@ -95,23 +95,26 @@ class Layout:
         return slice(0, 1) if reduction == "cls" else slice(self.prefix, None)
 
     def reduce(self, output: torch.Tensor, reduction: str) -> torch.Tensor:
-        """(n, *shape) layer output → (n, units) float32 in the order of :meth:`unit_shape`."""
+        """(n, *shape) layer output → (n, units) float32 in the order of :meth:`unit_shape`.
+
+        ``mean``/``max`` reduce in place of the positions (no copy of a channels-last tensor); ``none``
+        lays the values out channels first.
+        """
         n = output.shape[0]
         if self.kind == "vector":
             return output.reshape(n, -1).float()
-        if self.kind == "nhwc":
-            channels_first = output.movedim(-1, 1)
-        elif self.kind == "tokens":
-            tokens = output[:, self.token_span(reduction)]  # (n, t, C)
+        if self.kind == "tokens":
             if reduction == "cls":
-                return tokens[:, 0].float()
-            channels_first = tokens.transpose(1, 2)  # (n, C, t)
-        else:
-            channels_first = output
+                return output[:, 0].float()
+            patches = output[:, self.prefix:]  # (n, t, C)
+            if reduction == "none":
+                return patches.transpose(1, 2).reshape(n, -1).float()
+            return (patches.mean(dim=1) if reduction == "mean" else patches.amax(dim=1)).float()
+        positions = tuple(range(2, output.ndim)) if self.kind == "nchw" else tuple(range(1, output.ndim - 1))
         if reduction == "none":
-            return channels_first.reshape(n, -1).float()
-        flat = channels_first.reshape(n, self.channels, -1)
-        return (flat.mean(dim=2) if reduction == "mean" else flat.amax(dim=2)).float()
+            first = output if self.kind == "nchw" else output.movedim(-1, 1)
+            return first.reshape(n, -1).float()
+        return (output.mean(dim=positions) if reduction == "mean" else output.amax(dim=positions)).float()
 
 
 # modules that fix the channel axis: (channels first?, channel count in, channel count out)
