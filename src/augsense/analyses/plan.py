@@ -118,6 +118,7 @@ class RunPlan:
                                                   for name in probe.layers],
             "reduction": None if probe is None else config.reduction,
             "output": None if probe is None else config.output,
+            **_probe_extras(probe),
             "factors": [factor.name for factor in space.factors],
             "bounds": bounds,
             "switches": switches,
@@ -226,3 +227,14 @@ def check_ranks_agree(plan: RunPlan, shard: Any) -> None:
             raise AugsenseError(f"the ranks disagree on the run: rank {rank} differs from rank 0 in {', '.join(keys)} "
                                 f"({other.describe_differences(reference, old='rank 0 ', new=f'rank {rank} ')}); "
                                 "give every rank the same config, model and images")
+
+
+def _probe_extras(probe: Any) -> dict[str, Any]:
+    """Channels-last and token layouts, and softmax layers, when a run has them (absent otherwise, so the
+    fingerprints of runs on CNN layers stay as they were)."""
+    if probe is None:
+        return {}
+    layouts = {name: layout.label for name, layout in getattr(probe, "layouts", {}).items()
+               if layout.kind in ("nhwc", "tokens")}
+    softmax = list(getattr(probe, "softmax_layers", []))
+    return {**({"layouts": layouts} if layouts else {}), **({"softmax_layers": softmax} if softmax else {})}
