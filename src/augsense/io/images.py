@@ -256,44 +256,51 @@ def _inside(real: str, root: str) -> bool:
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _walk(root: Path) -> list[tuple[Path, str | None]]:
-    """Files under root, sorted, each with None or the reason it is skipped.
+def _walk(root: Path) -> list[tuple[Path, str | None, tuple[str, ...]]]:
+    """Files under root, sorted, each with None or the reason it is skipped, and its folder below root.
 
     Directory symlinks inside the folder are followed, each real directory visited once (loops
     end). Symlinks, to files or folders, whose target lies outside the folder are not followed:
     they come back with a reason. Hidden files and folders (a leading dot: the decoded cache
-    ``.augsense-cache``, ``.ipynb_checkpoints``) are passed over.
+    ``.augsense-cache``, ``.ipynb_checkpoints``) are passed over. One ``scandir`` per folder and no
+    system call per plain file (1.28 M ImageNet training files are listed in seconds).
     """
-    found: list[tuple[Path, str | None]] = []
+    found: list[tuple[Path, str | None, tuple[str, ...]]] = []
     top = os.path.realpath(root)
     seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
+    pending: list[tuple[str, tuple[str, ...]]] = [(str(root), ())]
+    while pending:  # depth first, sorted: a folder's files, then its sub-folders in name order
+        folder, parts = pending.pop()
+        real = os.path.realpath(folder)
         if real in seen:
-            dirnames[:] = []
             continue
         seen.add(real)
-        dirnames.sort()
-        kept = []
-        for name in dirnames:
-            if name.startswith("."):
-                continue
-            target = os.path.realpath(os.path.join(dirpath, name))
-            if _inside(target, top):
-                kept.append(name)
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError:  # unreadable folder: passed over, as os.walk does
+            continue
+        folders, files = [], []
+        for entry in entries:
+            try:
+                is_folder = entry.is_dir()  # follows links; a dangling link is a file (and fails to decode)
+            except OSError:
+                is_folder = False
+            target = os.path.realpath(entry.path) if entry.is_symlink() else None
+            outside = target is not None and not _inside(target, top)
+            if is_folder:
+                if outside:
+                    found.append((Path(entry.path), f"symlink to a folder outside the image folder ({target}): "
+                                                    "not followed", parts))
+                else:
+                    folders.append((entry.path, parts + (entry.name,)))
+            elif outside:
+                files.append((Path(entry.path), f"symlink to a file outside the image folder ({target}): not followed",
+                              parts))
             else:
-                found.append((Path(dirpath) / name, f"symlink to a folder outside the image folder ({target}): "
-                                                    "not followed"))
-        dirnames[:] = kept
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            target = os.path.realpath(path) if path.is_symlink() else None  # one lstat per plain file
-            if target is not None and not _inside(target, top):
-                found.append((path, f"symlink to a file outside the image folder ({target}): not followed"))
-            else:
-                found.append((path, None))
+                files.append((Path(entry.path), None, parts))
+        found.extend(files)
+        pending.extend(reversed(folders))
     return found
 
 
@@ -348,15 +355,15 @@ def list_folder(root: str | Path, *, class_names: Sequence[str] | None = None,
     labelling = folder_labels(root, label_files, class_names)
     label_paths = {p.name for p in find_label_files(root, label_files)} | {"meta.mat"}
     files, skipped, parts_of = [], [], []
-    for path, refusal in _walk(root):
+    for path, refusal, parts in _walk(root):
         if refusal is not None:
             skipped.append((str(path), refusal))
-        elif path.suffix.lower() not in IMAGE_SUFFIXES:
-            if not (path.parent == root and path.name in label_paths):
+        elif os.path.splitext(path.name)[1].lower() not in IMAGE_SUFFIXES:
+            if not (not parts and path.name in label_paths):
                 skipped.append((str(path), "not an image file"))
         else:
             files.append(path)
-            parts_of.append(path.parent.relative_to(root).parts)
+            parts_of.append(parts)
     classes = labelling.classes
     tops = {parts[0] for parts in parts_of if parts}
     if tops and all(WNID.match(t) for t in tops) and (classes is None or classes.wnids is None):
