@@ -31,7 +31,7 @@ from augsense.io.results import load_run
 from planted import PLANTED_CONFIG, planted_bundle, planted_images
 
 TESTS = Path(__file__).parent
-N, BATCH = 64, 20  # sobol, 3 factors: group 5, one forward pass per block
+N, BATCH = 64, 10  # sobol, 3 factors: group 5, blocks of 2 rows (32 blocks): one forward pass per block
 
 PLANTED_CLI = TESTS / "planted_cli.py"  # augsense on the planted network, with GATE/PAUSE_AT/START
 

@@ -3,9 +3,12 @@
 A run folder holds
 - ``indices.parquet``: one row per (layer, unit, factor[, factor2], quantity) with estimate, CI and
   a dead-unit flag (quantities: mean, variance, cv, first_order, total_order, second_order,
-  shapley, interactions);
+  shapley, interactions), for the layers with one unit per channel (reduced) and the output;
+  per-element layers (reduction none: a unit per channel × position) are arrays only, since their
+  long rows were 40-odd per unit (:func:`map_rows` / ``RunFolder.indices`` rebuild them);
 - ``layers.parquet``: the layer-aggregated indices Σ_c V_i^(c) / Σ_c V^(c) with CIs;
-- ``maps.npz``: ``<layer>/<quantity>`` arrays shaped (*unit_shape, d) (CIs (2, *unit_shape, d));
+- ``maps.npz`` (uncompressed): ``<layer>/<quantity>`` arrays shaped (*unit_shape, d) (CIs
+  (2, *unit_shape, d)), pairs (*unit_shape, d, d), and ``<layer>/dead``, for every layer;
 - ``run.json``: config, factors with bounds, design, versions, device, world size, timings, and
   ``status``: "running" (written at the start, with start time, host and PID), "interrupted"
   (SIGINT/SIGTERM; a checkpoint is kept), "failed" (with ``reason``), "partial" (stopped early on
@@ -59,28 +62,68 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
+def per_element_layers(unit_shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """Layers with one unit per channel × position (a unit shape of more than one axis): their indices are
+    kept as arrays in ``maps.npz`` only, not as rows of ``indices.parquet``."""
+    return [layer for layer, shape in unit_shapes.items() if len(tuple(shape)) > 1]
+
+
+def _output_subset(result: Any, keep: np.ndarray) -> Any:
+    """The result restricted to the outputs ``keep`` (m' indices), without the layer aggregates."""
+    import dataclasses
+
+    m = result.n_outputs
+    changes: dict[str, Any] = {"aggregated": None}
+    for f in dataclasses.fields(result):
+        value = getattr(result, f.name)
+        if not isinstance(value, np.ndarray):
+            continue
+        if f.name.endswith("_ci") and value.ndim >= 2 and value.shape[1] == m:
+            changes[f.name] = value[:, keep]
+        elif value.ndim >= 1 and value.shape[0] == m:
+            changes[f.name] = value[keep]
+    return dataclasses.replace(result, **changes)
+
+
 def write_result_tables(result: Any, out: str | Path, *, players: list[str], layers: list[str],
                         slices: dict[str, slice], unit_shapes: dict[str, tuple[int, ...]]) -> None:
     """Write a SensitivityResult as ``indices.parquet``, ``layers.parquet`` and ``maps.npz`` in ``out``.
 
     ``slices`` give each layer's columns among the result's m outputs, ``unit_shapes`` their shape.
+    Per-element layers (:func:`per_element_layers`) are written to ``maps.npz`` only; the tidy table
+    holds the other layers' units (:func:`map_rows` rebuilds the rest, and :func:`load_run` does it
+    on demand). ``maps.npz`` is stored uncompressed: float64 indices barely compress, and zlib took
+    longer than the rest of the writing.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    m = result.n_outputs
-    layer_of = np.empty(m, dtype=object)
-    unit_of = np.empty(m, dtype=np.int64)
-    for layer, cols in slices.items():
-        layer_of[cols] = layer
-        unit_of[cols] = np.arange(cols.stop - cols.start)
-    frame = result.to_dataframe(output_names=np.arange(m).astype(str), factor_names=players, group_names=layers)
-    units = frame[frame["level"] == "output"]
-    index = units["output"].astype(np.int64).to_numpy()
-    tidy = pd.DataFrame({"layer": layer_of[index], "unit": unit_of[index]})
-    for column in ("factor", "factor2", "quantity", "estimate", "ci_low", "ci_high", "dead"):
-        tidy[column] = units[column].to_numpy()
+    arrays_only = set(per_element_layers({layer: unit_shapes[layer] for layer in slices}))
+    tabled = [layer for layer in slices if layer not in arrays_only]
+    keep = (np.concatenate([np.arange(slices[layer].start, slices[layer].stop) for layer in tabled])
+            if tabled else np.zeros(0, dtype=np.int64))
+    layer_of = np.concatenate([np.full(slices[layer].stop - slices[layer].start, layer, dtype=object)
+                               for layer in tabled]) if tabled else np.zeros(0, dtype=object)
+    unit_of = np.concatenate([np.arange(slices[layer].stop - slices[layer].start) for layer in tabled]) \
+        if tabled else np.zeros(0, dtype=np.int64)
+    columns = ["layer", "unit", "factor", "factor2", "quantity", "estimate", "ci_low", "ci_high", "dead"]
+    if len(keep):
+        units = _output_subset(result, keep).to_dataframe(output_names=np.arange(len(keep)).astype(str),
+                                                           factor_names=players)
+        units = units[units["level"] == "output"]
+        index = units["output"].astype(np.int64).to_numpy()
+        tidy = pd.DataFrame({"layer": layer_of[index], "unit": unit_of[index]})
+        for column in columns[2:]:
+            tidy[column] = units[column].to_numpy()
+    else:
+        tidy = pd.DataFrame({c: pd.Series(dtype=float if c in ("estimate", "ci_low", "ci_high") else
+                                          (bool if c == "dead" else (np.int64 if c == "unit" else object)))
+                             for c in columns})
     _atomic_write(out / "indices.parquet", lambda p: tidy.to_parquet(p, index=False))
-    grouped = frame[frame["level"] == "group"].rename(columns={"output": "layer"}).drop(columns=["level", "dead"])
+    if result.aggregated is not None:
+        grouped = result.aggregated.to_dataframe(output_names=layers, factor_names=players)
+        grouped = grouped.rename(columns={"output": "layer"}).drop(columns=["level", "dead"])
+    else:
+        grouped = pd.DataFrame(columns=["layer", "factor", "factor2", "quantity", "estimate", "ci_low", "ci_high"])
     _atomic_write(out / "layers.parquet", lambda p: grouped.reset_index(drop=True).to_parquet(p, index=False))
 
     arrays: dict[str, np.ndarray] = {}
@@ -97,11 +140,77 @@ def write_result_tables(result: Any, out: str | Path, *, players: list[str], lay
                 else:
                     part = value[cols]
                     arrays[f"{layer}/{name}"] = part.reshape(shape + part.shape[1:])
+
     def write_maps(path: Path) -> None:
         with open(path, "wb") as handle:  # a handle, so numpy does not append ".npz" to the temporary name
-            np.savez_compressed(handle, **arrays)
+            np.savez(handle, **arrays)
 
     _atomic_write(out / "maps.npz", write_maps)
+
+
+#: per-unit quantities of the tidy table, in its order: (name, per factor?, per pair?)
+_TABLE_QUANTITIES = (("mean", False, False), ("variance", False, False), ("cv", False, False),
+                     ("first_order", True, False), ("total_order", True, False), ("shapley", True, False),
+                     ("second_order", False, True), ("interactions", False, True))
+
+
+def map_rows(maps: dict[str, np.ndarray], layer: str, players: list[str],
+             quantities: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The tidy rows of one layer rebuilt from its arrays in ``maps`` (the rows a per-element layer
+    would have in ``indices.parquet``): layer, unit (flat index), factor, factor2, quantity, estimate,
+    ci_low, ci_high, dead. ``quantities`` restricts them (default: every one the maps hold)."""
+    dead_map = maps.get(f"{layer}/dead")
+    parts: list[pd.DataFrame] = []
+    if dead_map is None:
+        return pd.DataFrame(columns=["layer", "unit", "factor", "factor2", "quantity", "estimate", "ci_low",
+                                     "ci_high", "dead"])
+    dead = np.asarray(dead_map).reshape(-1).astype(bool)
+    m, d = dead.size, len(players)
+    facs = np.asarray(players, dtype=object)
+    units = np.arange(m)
+    for name, per_factor, per_pair in _TABLE_QUANTITIES:
+        if quantities is not None and name not in quantities:
+            continue
+        value = maps.get(f"{layer}/{name}")
+        if value is None:
+            continue
+        ci = maps.get(f"{layer}/{name}_ci")
+        if per_pair:
+            iu, ju = np.triu_indices(d, 1)
+            k = iu.size
+            est = value.reshape(m, d, d)[:, iu, ju].ravel()
+            low, high = ((ci[0].reshape(m, d, d)[:, iu, ju].ravel(), ci[1].reshape(m, d, d)[:, iu, ju].ravel())
+                         if ci is not None else (np.full(m * k, np.nan),) * 2)
+            parts.append(pd.DataFrame({"unit": np.repeat(units, k), "factor": np.tile(facs[iu], m),
+                                       "factor2": np.tile(facs[ju], m), "quantity": name, "estimate": est,
+                                       "ci_low": low, "ci_high": high, "dead": np.repeat(dead, k)}))
+        elif per_factor:
+            low, high = ((ci[0].reshape(-1), ci[1].reshape(-1)) if ci is not None else (np.full(m * d, np.nan),) * 2)
+            parts.append(pd.DataFrame({"unit": np.repeat(units, d), "factor": np.tile(facs, m), "factor2": None,
+                                       "quantity": name, "estimate": value.reshape(-1), "ci_low": low,
+                                       "ci_high": high, "dead": np.repeat(dead, d)}))
+        else:
+            nan = np.full(m, np.nan)
+            parts.append(pd.DataFrame({"unit": units, "factor": None, "factor2": None, "quantity": name,
+                                       "estimate": value.reshape(-1), "ci_low": nan, "ci_high": nan, "dead": dead}))
+    frame = pd.concat(parts, ignore_index=True) if parts else map_rows({}, layer, players)
+    frame.insert(0, "layer", layer)
+    return frame
+
+
+def with_map_rows(indices: pd.DataFrame | None, maps: dict[str, np.ndarray], info: dict[str, Any]) -> pd.DataFrame | None:
+    """``indices`` (the stored tidy table) plus the rows of the per-element layers rebuilt from ``maps``
+    (those run.json lists with a unit shape of more than one axis and the table lacks)."""
+    entries = info.get("layers") if isinstance(info.get("layers"), dict) else {}
+    shapes = {layer: tuple(entry.get("unit_shape", ())) for layer, entry in entries.items() if isinstance(entry, dict)}
+    stored = set(indices["layer"].astype(str).unique()) if indices is not None and "layer" in indices else set()
+    missing = [layer for layer in per_element_layers(shapes) if layer not in stored and f"{layer}/dead" in maps]
+    if not missing:
+        return indices
+    players = [str(p) for p in info.get("players", [])]
+    frames = ([indices] if indices is not None and len(indices) else []) + [map_rows(maps, layer, players)
+                                                                             for layer in missing]
+    return pd.concat(frames, ignore_index=True)
 
 
 #: The files of one run's result set, in commit order (run.json last: it says the set is whole).
@@ -307,10 +416,31 @@ class RunFolder:
 
     path: Path
     info: dict[str, Any]
-    indices: pd.DataFrame | None = None
+    stored_indices: pd.DataFrame | None = None  # indices.parquet as stored (no per-element layers)
     layers: pd.DataFrame | None = None
     maps: dict[str, np.ndarray] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    _indices: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def indices(self) -> pd.DataFrame | None:
+        """The tidy table of every unit: the stored rows plus the per-element layers' rows rebuilt from
+        the maps (built on first use; :meth:`unit_rows` reads one layer without building it all)."""
+        if self._indices is None:
+            self._indices = with_map_rows(self.stored_indices, self.maps, self.info)
+        return self._indices
+
+    @indices.setter
+    def indices(self, table: pd.DataFrame | None) -> None:
+        self.stored_indices, self._indices = table, None
+
+    def unit_rows(self, layer: str, quantities: tuple[str, ...] | None = None) -> pd.DataFrame:
+        """The tidy rows of one layer (from the table, or rebuilt from the maps of a per-element layer)."""
+        table = self.stored_indices
+        if table is not None and "layer" in table and (table["layer"] == layer).any():
+            rows = table[table["layer"] == layer]
+            return rows if quantities is None else rows[rows["quantity"].isin(quantities)]
+        return map_rows(self.maps, layer, self.players, quantities)
 
     @property
     def players(self) -> list[str]:
@@ -353,7 +483,7 @@ def load_run(path: str | Path) -> RunFolder:
         raise AugsenseError(f"run.json in {str(path)!r} is malformed: {key} must be {expected}, got "
                             f"{json.dumps(info[key], default=str)[:60]}")
     folder = RunFolder(path, info)
-    for name, attribute in (("indices.parquet", "indices"), ("layers.parquet", "layers")):
+    for name, attribute in (("indices.parquet", "stored_indices"), ("layers.parquet", "layers")):
         try:
             setattr(folder, attribute, pd.read_parquet(path / name))
         except (OSError, ValueError) as error:

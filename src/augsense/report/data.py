@@ -259,6 +259,10 @@ def read_report_data(path: str | Path) -> ReportData:
     except Exception as error:  # noqa: BLE001 - a truncated zip raises BadZipFile, EOFError, ValueError …
         notices.append(f"maps.npz could not be read ({type(error).__name__}: {error}); unit heat maps, spatial "
                        "maps and interaction matrices are omitted.")
+    if data.maps:  # per-element layers are stored as arrays only: their tidy rows come from the maps
+        from augsense.io.results import with_map_rows
+
+        data.indices = with_map_rows(data.indices, data.maps, info)
     from augsense.report.extras import COMPANIONS
 
     for name in EXTRA_RESULTS + tuple(c for names in COMPANIONS.values() for c in names):
