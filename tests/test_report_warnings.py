@@ -75,3 +75,13 @@ def test_a_large_run_of_enough_images_raises_no_input_warning():
     assert wide_interval_warning([("L", "f", "total_order", 0.1, 0.35)]) is None
     line = wide_interval_warning([("L", "f", "total_order", 0.1, 0.5), ("L", "g", "total_order", 0.0, 0.2)])
     assert line is not None and "f at L" in line and "g at L" not in line
+
+
+def test_report_command_prints_the_banner_on_the_console(unlabelled_run, capsys):
+    from augsense.cli import main
+
+    out, _ = unlabelled_run
+    assert main(["report", str(out)]) == 0
+    err = capsys.readouterr().err
+    for text in EXPECTED:
+        assert text in err, text

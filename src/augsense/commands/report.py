@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ def register(subparsers: Any) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from augsense.report.html import write_report
 
-    path = write_report(Path(args.run_dir))
+    warnings: list[str] = []
+    path = write_report(Path(args.run_dir), warnings)
+    for line in warnings:  # the page's banner, on the console too
+        print(f"augsense: warning: {line}", file=sys.stderr)
     print(f"report: {path}")
     return 0

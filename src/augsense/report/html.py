@@ -30,8 +30,10 @@ REPORT_NAME = "report.html"
 FIGURE_FOLDER = "figures"
 
 
-def write_report(run_dir: Path) -> Path:
+def write_report(run_dir: Path, warnings: list[str] | None = None) -> Path:
     """Write ``run_dir/report.html`` (and ``run_dir/figures/*.png|svg``); return the page's path.
+
+    ``warnings``: a list that receives the banner's warnings (for the console).
 
     Tolerates partial and damaged run folders (a visible notice says what is missing); raises
     ``AugsenseError`` only when ``run_dir`` is not a run folder at all.
@@ -52,6 +54,8 @@ def write_report(run_dir: Path) -> Path:
     elapsed = time.perf_counter() - started
     path = run_dir / REPORT_NAME
     tmp = run_dir / f".{REPORT_NAME}.tmp"
+    if warnings is not None:
+        warnings.extend(banner_warnings(data))
     tmp.write_text(_document(data, page, elapsed), encoding="utf-8")
     tmp.replace(path)
     _remove_stale_figures(page)
