@@ -303,3 +303,9 @@ def _apply(view: torch.Tensor, multiplier: torch.Tensor, layout: Layout, reducti
     if stop < tokens:
         pieces.append(view[:, :, stop:].expand(k, n, tokens - stop, channels))
     return torch.cat(pieces, dim=2)
+
+
+def layout_options(run_info: Mapping) -> dict:
+    """``layouts`` (declared) and ``reduction`` of a run folder's config (run.json), for :class:`MaskedForward`."""
+    config = run_info.get("config", {}) if isinstance(run_info, Mapping) else {}
+    return {"layouts": dict(config.get("layouts") or {}), "reduction": str(config.get("reduction", "mean"))}
