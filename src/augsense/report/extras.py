@@ -281,7 +281,10 @@ def single_class_figure(table: pd.DataFrame, players: Sequence[str]) -> Figure |
 
 
 def contrast_figure(table: pd.DataFrame, players: Sequence[str]) -> Figure | None:
-    """Share of units with a significant treatment–control effect, per layer and factor (after FDR)."""
+    """Share of units with a significant treatment–control effect, per layer and factor (after FDR).
+
+    Whiskers: 95 % Wilson intervals of the share over the layer's units.
+    """
     factor, layer = _column(table, "factor"), _column(table, "layer")
     significant = _column(table, "significant", "rejected", "reject")
     q_value = _column(table, "q_value", "p_adjusted", "p_fdr", "qvalue")
@@ -290,16 +293,23 @@ def contrast_figure(table: pd.DataFrame, players: Sequence[str]) -> Figure | Non
     flags = table[significant].astype(bool) if significant else pd.to_numeric(table[q_value], errors="coerce") < 0.05
     frame = pd.DataFrame({"factor": table[factor].astype(str), "layer": table[layer].astype(str) if layer else "all",
                           "significant": flags})
-    shares = frame.groupby(["layer", "factor"], sort=False)["significant"].mean().unstack("factor")
+    grouped = frame.groupby(["layer", "factor"], sort=False)["significant"]
+    shares = grouped.mean().unstack("factor")
     names = [p for p in players if p in shares.columns] + [f for f in shares.columns if f not in players]
     shares = shares[names]
+    hits = grouped.sum().unstack("factor").reindex(index=shares.index, columns=names)
+    units = grouped.count().unstack("factor").reindex(index=shares.index, columns=names)
     colours = factor_colours(list(players) + [f for f in names if f not in players])
     fig = Figure(figsize=(max(4.5, 0.25 * len(names) * len(shares) + 2.5), 3.2), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(1, len(names))
     for k, name in enumerate(names):
-        ax.bar(np.arange(len(shares)) + (k - (len(names) - 1) / 2) * width, shares[name].to_numpy(), width,
-               color=colours[name], label=name)
+        x = np.arange(len(shares)) + (k - (len(names) - 1) / 2) * width
+        y = shares[name].to_numpy(dtype=float)
+        low, high = wilson(hits[name].to_numpy(dtype=float), units[name].to_numpy(dtype=float))
+        ax.bar(x, y, width, color=colours[name], label=name)
+        ax.errorbar(x, y, yerr=np.clip(np.vstack([y - low, high - y]), 0, None), fmt="none", ecolor="black",
+                    elinewidth=0.8, capsize=1.5)
     ax.set_xticks(np.arange(len(shares)), list(shares.index), rotation=30, ha="right")
     ax.set_ylabel("share of units significant (FDR)")
     ax.set_xlabel("layer")
