@@ -129,7 +129,7 @@ def test_cli_writes_tables_and_refuses_circular_or_bad_input(replicated, tmp_pat
         ([str(first), "--replicate", str(first)], "independent"),
         ([str(first), "--quantities", "shapley"], "no 'shapley' maps"),
         ([str(first), "--layers", "nope"], "no layer 'nope'"),
-        ([str(first), "--replicate", str(second), "--folds", "1"], "n_splits"),
+        ([str(first), "--replicate", str(second), "--folds", "1"], "--folds ≥ 2"),
     ]:
         code = main(["maps", *args])
         err = capsys.readouterr().err

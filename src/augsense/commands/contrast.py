@@ -14,7 +14,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "contrast", help="treatment–control contrast: each factor alone vs the clean image, per unit (Wilcoxon, BY-FDR)",
         description="Pairs every image with several draws of each factor alone and tests, per unit, whether the "
-                    "factor moves it (mean difference, Cohen's d_z, Wilcoxon signed-rank, rank-biserial r), with "
+                    "factor moves it (mean difference, Cohen's d_z, Wilcoxon signed-rank, rank-biserial and point-biserial r), with "
                     "Benjamini–Yekutieli FDR across all units, layers and factors. Writes OUT/contrast.parquet.")
     parser.add_argument("config", nargs="?", help="TOML config file (as for `augsense run`)")
     parser.add_argument("--out", default="runs/contrast", help="folder for contrast.parquet (a run folder is fine)")

@@ -130,7 +130,8 @@ def dendrogram_figure(pairs: pd.DataFrame, linkage: pd.DataFrame) -> Figure:
 def decay_figure(table: pd.DataFrame, players: list[str]) -> Figure:
     """One panel per factor (and α): share of predictions in each candidate class vs masked fraction."""
     table, _ = _one_quantity(table)
-    keys = [(f, a) for f, a in table[table["kind"] != "none"][["factor", "alpha"]].drop_duplicates().itertuples(index=False)]
+    masked = table[table["kind"] != "none"][["factor", "alpha"]].drop_duplicates()
+    keys = [(f, a) for f, a in masked.itertuples(index=False)]
     keys = keys[:12]
     columns = min(3, len(keys))
     rows = math.ceil(len(keys) / columns)
@@ -176,9 +177,11 @@ def segments_figure(table: pd.DataFrame) -> Figure:
                           aspect="auto", interpolation="nearest")
         ax.set_yticks(np.arange(len(matrix.index)), [c.upper() for c in matrix.index])
         ax.set_xticks(np.arange(len(matrix.columns)), matrix.columns, rotation=45, ha="right", fontsize=7)
-        for (i, j), value in np.ndenumerate(matrix.to_numpy(float)):
+        values = matrix.to_numpy(float)
+        for (i, j), value in np.ndenumerate(values):
             if np.isfinite(value):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white" if value < 0.5 * np.nanmax(matrix) else "black")
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if value < 0.5 * np.nanmax(values) else "black")
         ax.set_title(f"segment layer {layer}: mean {quantity or 'index'} per input channel", fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=list(axes), shrink=0.8)
