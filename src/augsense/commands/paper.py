@@ -47,7 +47,7 @@ class PaperOptions:
     steps: tuple[str, ...] = STEPS
     spatial_layers: list[str] | None = None
     max_spatial_units: int = 40_000
-    spatial_n: int = 64
+    spatial_n: int = 32
     lda_repeats: int = 10
     quantiles: tuple[float, ...] = (0.5, 0.9)
     alphas: tuple[float, ...] = (0.0, 1.5)
@@ -134,7 +134,7 @@ def run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, model
                   file=sys.stderr)
         else:
             spatial = dataclasses.replace(config, layers=layers, reduction="none", n=options.spatial_n, report=False,
-                                          output="logits", device=options.device)
+                                          output="logits", device=options.device, checkpoint_every=0.0)
             run_sensitivity(spatial, model=bundle, images=image_set, out_dir=run_dir / "paper_spatial",
                             progress=progress, overwrite=True)
             tables = map_statistics_of_run(run_dir / "paper_spatial", quantities=["total_order"],
@@ -168,7 +168,7 @@ def run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, model
         started = time.perf_counter()
         segment = options.segment or _default_segment(bundle)
         segment_config = dataclasses.replace(config, n=options.segment_n, report=False, layers=[segment.split(",")[-1]],
-                                             device=options.device)
+                                             device=options.device, checkpoint_every=0.0)
         channels: Any = options.segment_channels if options.segment_channels in ("all", "subsets") else \
             [c for c in options.segment_channels.split(",") if c]
         run_segments(segment_config, segment, channels=channels, model=bundle, images=image_set,
