@@ -263,3 +263,25 @@ def test_timm_model_by_name_with_its_pretrained_configuration():
         load_model("timm:vit_tiny_patch16_224", weights="augreg_in21k")
     with pytest.raises(AugsenseError, match="did you mean timm:vit_tiny_patch16_224"):
         load_model("timm:vit_tiny_patch16_22", weights="random")
+
+
+def test_the_run_plan_tells_layouts_and_softmax_apart():
+    """A resume with another declared layout or softmax must be refused: both change the plan's fingerprint."""
+    from augsense.analyses.plan import RunPlan
+    from augsense.analyses.sensitivity import build_factor_space, design_for
+
+    def fingerprint(layouts=None, softmax=()) -> str:
+        config = SensitivityConfig(**dict(BASE, n=8, layers=["mix"], layouts=layouts or {}))
+        space = build_factor_space(config)
+        probe = ActivationProbe(Folded(), ["mix"], input_size=32, layouts=layouts, softmax_layers=softmax)
+        return RunPlan.build(config, space=space, design=design_for(config, space), images=planted_images(4),
+                             bundle=bundle("cnn"), probe=probe).fingerprint
+
+    assert fingerprint({"mix": "nhwc"}) != fingerprint({"mix": "nchw"})
+    cnn = SensitivityConfig(**dict(BASE, n=8, layers=["head"]))
+    space = build_factor_space(cnn)
+    plans = [RunPlan.build(cnn, space=space, design=design_for(cnn, space), images=planted_images(4),
+                           bundle=bundle("cnn"), probe=ActivationProbe(bundle("cnn").module, ["head"], input_size=SIZE,
+                                                                       softmax_layers=softmax)).fingerprint
+             for softmax in ((), ["head"])]
+    assert plans[0] != plans[1]

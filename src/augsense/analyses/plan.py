@@ -115,10 +115,9 @@ class RunPlan:
                                                   "mean": [float(v) for v in bundle.mean],
                                                   "std": [float(v) for v in bundle.std]},
             "layers": None if probe is None else [[name, [int(s) for s in probe.unit_shapes[name]]]
-                                                  for name in probe.layers],
+                                                  + _probe_extras(probe, name) for name in probe.layers],
             "reduction": None if probe is None else config.reduction,
             "output": None if probe is None else config.output,
-            **_probe_extras(probe),
             "factors": [factor.name for factor in space.factors],
             "bounds": bounds,
             "switches": switches,
@@ -229,12 +228,9 @@ def check_ranks_agree(plan: RunPlan, shard: Any) -> None:
                                 "give every rank the same config, model and images")
 
 
-def _probe_extras(probe: Any) -> dict[str, Any]:
-    """Channels-last and token layouts, and softmax layers, when a run has them (absent otherwise, so the
-    fingerprints of runs on CNN layers stay as they were)."""
-    if probe is None:
-        return {}
-    layouts = {name: layout.label for name, layout in getattr(probe, "layouts", {}).items()
-               if layout.kind in ("nhwc", "tokens")}
-    softmax = list(getattr(probe, "softmax_layers", []))
-    return {**({"layouts": layouts} if layouts else {}), **({"softmax_layers": softmax} if softmax else {})}
+def _probe_extras(probe: Any, name: str) -> list[str]:
+    """A layer's channels-last or token layout and its softmax, when it has them (nothing for NCHW and vector
+    layers, so the fingerprints of CNN runs stay as they were)."""
+    layout = getattr(probe, "layouts", {}).get(name)
+    extras = [layout.label] if layout is not None and layout.kind in ("nhwc", "tokens") else []
+    return extras + (["softmax"] if name in getattr(probe, "softmax_layers", ()) else [])
