@@ -164,3 +164,23 @@ def test_two_ranks_share_one_decoded_cache(tmp_path):
     assert growth("RssAnon", "touched") < 0.1 * set_bytes, memory  # read in full: file-backed shared pages only
     # without the cache the same process holds the whole set privately: the measurement tells the two apart
     assert growth("RssAnon", "private", since="touched") > 0.9 * set_bytes, memory
+
+
+def test_an_interrupted_build_leaves_no_file_and_the_next_run_builds(tmp_path, monkeypatch):
+    write_set(tmp_path, 6)
+    decode = images_module._decode_one
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(images_module, "_decode_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_folder(tmp_path, 16, cache="auto", workers=1)
+    cache = tmp_path / image_cache.CACHE_NAME
+    assert sorted(p.suffix for p in cache.iterdir()) == [".lock"]  # no pixels, no index, no temporary file
+    monkeypatch.setattr(images_module, "_decode_one", decode)
+    assert len(load_folder(tmp_path, 16, cache="auto")) == 6

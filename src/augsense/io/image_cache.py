@@ -176,11 +176,14 @@ def load_or_build(directory: Path, key: str, paths: Sequence[Path],
         found = _open(directory, key, paths)  # another builder may have finished while we waited
         if found is not None:
             return found
+        for left in directory.glob(f".{key}-*.tmp"):  # files of a builder killed mid-way (we hold the lock)
+            left.unlink(missing_ok=True)
         stats = [_stat(path) for path in paths]  # before decoding: a file changed meanwhile makes the cache stale
         build = f"{os.getpid()}-{os.urandom(4).hex()}"
         data = directory / f"{key}-{build}.u8"
         temporary = directory / f".{key}-{build}.u8.tmp"
         shape = (rows, 3, size, size)
+        committed = False
         try:
             if rows:
                 sink = np.memmap(temporary, dtype=np.uint8, mode="w+", shape=shape)
@@ -203,10 +206,15 @@ def load_or_build(directory: Path, key: str, paths: Sequence[Path],
             staged.write_text(json.dumps(index), encoding="utf-8")
             previous = _previous_data(directory / f"{key}.json")
             os.replace(staged, directory / f"{key}.json")  # the commit: readers now see the new set
+            committed = True
         except OSError as error:
-            temporary.unlink(missing_ok=True)
             raise AugsenseError(f"cannot write the decoded image cache in {str(directory)!r}: {error}; free space, "
                                 "choose another image_cache folder, or set image_cache = 'off'") from None
+        finally:  # interrupted or failed: no half-written or uncommitted file stays behind
+            temporary.unlink(missing_ok=True)
+            if not committed:
+                data.unlink(missing_ok=True)
+                (directory / f".{key}-{build}.json.tmp").unlink(missing_ok=True)
         if previous is not None and previous != data.name:
             (directory / previous).unlink(missing_ok=True)  # processes still mapping it keep its pages
         return Decoded(_map(data, final), filled, failed, digest, reused=False)
