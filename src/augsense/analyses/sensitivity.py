@@ -42,6 +42,10 @@ from augsense.probe.hooks import ActivationProbe
 from augsense.progress import Progress
 
 
+#: images augmented at once inside a forward batch (their temporaries are several copies of the images)
+AUGMENT_CHUNK = 128
+
+
 def build_factor_space(config: SensitivityConfig) -> FactorSpace:
     """The factors of a config: presets expanded, bounds narrowed, switches added."""
     factors = []
@@ -378,6 +382,11 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
     feed = ImageFeed(image_set, device)
     per_batch = max(1, config.batch_size // (design.block_size * design.group_size))  # whole blocks per forward
 
+    def augmented(index: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Augmented (and, with the paper's preprocessing, stretched) images, not yet normalised."""
+        x = space.apply(feed.batch(index), u)
+        return stretch(x) if stretch is not None else x
+
     def forward(blocks: list[DesignBlock], layout: torch.memory_format) -> dict[int, tuple[DesignBlock, torch.Tensor]]:
         """One forward pass (in chunks) over several blocks: {block index: (block, (rows, G, m) outputs)}."""
         nonlocal chunk
@@ -391,14 +400,22 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
             index = space.image_index(u, n_images)
         total = sum(sizes)
         outputs = torch.empty(total, probe.n_units, device=device)
+
+        def model_inputs(part: slice, layout: torch.memory_format) -> torch.Tensor:
+            """The normalised inputs of ``part`` in ``layout``, augmented AUGMENT_CHUNK images at a time into
+            one buffer, so the augmentation's temporaries scale with the sub-chunk, not the forward batch."""
+            n, size = part.stop - part.start, feed.images.size
+            x = torch.empty((n, 3, size, size), device=device).contiguous(memory_format=layout)
+            for low in range(0, n, AUGMENT_CHUNK):
+                sub = slice(part.start + low, min(part.start + low + AUGMENT_CHUNK, part.stop))
+                x[low:low + sub.stop - sub.start] = bundle.normalise(augmented(index[sub], u[sub]))
+            return x
+
         start = 0
         while start < total:  # forward chunks; halve them when the device runs out of memory
             part = slice(start, min(start + chunk, total))
             try:
-                x = space.apply(feed.batch(index[part]), u[part])
-                if stretch is not None:
-                    x = stretch(x)
-                outputs[part] = probe(bundle.normalise(x).contiguous(memory_format=layout))
+                outputs[part] = probe(model_inputs(part, layout))
             except RuntimeError as error:
                 if not is_out_of_memory(error):
                     raise
@@ -412,12 +429,15 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
                 for b, piece in zip(blocks, pieces)}
 
     ready: dict[int, tuple[DesignBlock, torch.Tensor]] = {}
+    accumulating = 0.0  # seconds in the accumulator's updates (on CUDA: their launch time only)
     with probe, torch.inference_mode(), allocator, channels_last(bundle.module) as layout:
         for k in schedule:
             if k not in ready:  # forward the blocks of k's group together (a resumed run: the same groups)
                 ready = forward([design.block(j) for j in group_of(my_blocks, per_batch, k)], layout)
             block, outputs = ready.pop(k)
+            updating = time.perf_counter()
             accumulator.update(block, outputs)
+            accumulating += time.perf_counter() - updating
             rows, group = outputs.shape[:2]
             evaluated += rows * group
             bar.update(rows * group)
@@ -435,6 +455,7 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
         raise RunInterrupted(signum, done=finished, total=design.n_blocks, checkpoint=checkpoint is not None,
                              rank=shard.rank)
     timings["loop_s"] = time.perf_counter() - loop_started
+    timings["accumulate_s"] = accumulating
     timings["images_per_s"] = evaluated / timings["loop_s"] if timings["loop_s"] > 0 else float("nan")
     accumulator = gather_states(accumulator, shard)
     result = accumulator.compute(confidence=config.confidence) if accumulator is not None else None
