@@ -285,3 +285,18 @@ def test_the_run_plan_tells_layouts_and_softmax_apart():
                                                                        softmax_layers=softmax)).fingerprint
              for softmax in ((), ["head"])]
     assert plans[0] != plans[1]
+
+
+def test_layers_command_shows_layouts_and_takes_declarations(capsys):
+    from augsense.cli import main
+
+    assert main(["layers", "resnet18", "--depth", "1", "--layouts", "layer1=nhwc"]) == 0
+    out = capsys.readouterr().out
+    assert "layout" in out.splitlines()[0]
+    row = next(line for line in out.splitlines() if line.startswith("layer1 "))
+    assert row.split()[3:6] == ["nhwc", "56", "200704"]  # declared: 64×56×56 read as H=64, W=56, C=56
+    assert next(line for line in out.splitlines() if line.startswith("layer2 ")).split()[3:5] == ["nchw", "128"]
+    for flag, message in (("layer1=hwc", "not one of nchw, nhwc"), ("layr1=nhwc", "did you mean layer1"),
+                          ("layer1", "write LAYER=LAYOUT")):
+        assert main(["layers", "resnet18", "--depth", "1", "--layouts", flag]) == 2
+        assert message in capsys.readouterr().err
