@@ -249,8 +249,9 @@ def test_a_weights_mismatch_is_one_line_with_counts(tmp_path):
         ";")[1]
 
 
-def test_timm_model_by_name_with_its_pretrained_configuration():
-    pytest.importorskip("timm")
+def test_timm_model_by_name_with_its_pretrained_configuration(tmp_path):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
     loaded = load_model("timm:vit_tiny_patch16_224", weights="random", seed=3)
     assert loaded.mean == (0.5, 0.5, 0.5) and loaded.input_size == 224 and loaded.resize_size == 248
     assert loaded.interpolation == "bicubic" and loaded.weights == "random, seed 3"
@@ -261,6 +262,13 @@ def test_timm_model_by_name_with_its_pretrained_configuration():
         load_model("timm:vit_tiny_patch16_224", weights="augreg_in21k")
     with pytest.raises(AugsenseError, match="did you mean timm:vit_tiny_patch16_224"):
         load_model("timm:vit_tiny_patch16_22", weights="random")
+    # a local .safetensors file with a 10-class head: the class count follows the file's classifier
+    ten = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10)
+    save_file(ten.state_dict(), str(tmp_path / "vit_tiny_10.safetensors"))
+    from_file = load_model("timm:vit_tiny_patch16_224", weights=str(tmp_path / "vit_tiny_10.safetensors"))
+    assert from_file.module.head.out_features == 10 and from_file.class_names is None
+    torch.testing.assert_close(from_file.module.head.weight, ten.head.weight)
+    assert from_file.weights.startswith("vit_tiny_10.safetensors sha256:")
 
 
 def test_the_run_plan_tells_layouts_and_softmax_apart():

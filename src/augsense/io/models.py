@@ -170,9 +170,10 @@ def classifier_name(module: nn.Module) -> str | None:
     return last
 
 
-def file_classes(module: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
-    """The class count of a weights file whose classifier differs from ``module``'s, else None."""
-    head = classifier_name(module)
+def file_classes(module: nn.Module, state: dict[str, torch.Tensor], head: str | None = None) -> int | None:
+    """The class count of a weights file whose classifier (``head``, default the last Linear) differs from
+    ``module``'s, else None."""
+    head = head or classifier_name(module)
     if head is None or f"{head}.weight" not in state:
         return None
     rows = int(state[f"{head}.weight"].shape[0])
@@ -360,7 +361,7 @@ def _timm(name: str, weights: str | Path | None, seed: int) -> ModelBundle:
     elif _is_file_weights(weights):
         state = read_state(Path(weights))
         module = timm.create_model(arch, pretrained=False)
-        classes = file_classes(module, state)
+        classes = file_classes(module, state, (getattr(module, "pretrained_cfg", None) or {}).get("classifier"))
         if classes is not None:
             module = timm.create_model(arch, pretrained=False, num_classes=classes)
         _load_state(module, Path(weights), name, state)
