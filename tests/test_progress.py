@@ -81,3 +81,24 @@ def test_resume_of_a_finished_run_says_it_is_finished_and_how_to_overwrite(tmp_p
         inspect_run_folder(tmp_path, resume=True, overwrite=False)
     (tmp_path / "checkpoint.pt").write_bytes(b"")  # an --overwrite run that died: resuming it is right
     assert inspect_run_folder(tmp_path, resume=True, overwrite=False) == "complete"
+
+
+@pytest.mark.parametrize("augmentations", ["own", "all"])
+def test_masking_bar_reaches_its_total_with_on_off_factors_and_several_draws(recorder, tmp_path, augmentations):
+    import torch
+
+    from augsense.analyses.masking import MaskingOptions, run_masking
+    from augsense.analyses.sensitivity import run_sensitivity
+    from augsense.io.images import ImageSet
+
+    run_sensitivity(_config(layers=["readout", "output"], n=32), model=planted_bundle(), images=planted_images(),
+                    out_dir=tmp_path / "run", progress=False)
+    bundle, base = planted_bundle(), planted_images(n=6)
+    with torch.inference_mode():
+        predicted = bundle.module(base.batch(torch.arange(len(base)))).argmax(1)
+    recorder.bars.clear()
+    run_masking(tmp_path / "run", MaskingOptions(quantiles=(0.9,), alphas=(0.0,), n_random=2, n_draws=3,
+                                                 augmentations=augmentations),  # hflip: on/off, drawn 3 times
+                model=bundle, images=ImageSet(base.pixels, predicted, base.sources), write=False, progress=True)
+    (bar,) = recorder.bars
+    assert bar.closed and bar.count == bar.total > 0
