@@ -245,7 +245,8 @@ def _unit_section(page: Page, data: ReportData) -> None:
     section = page.section("units", "Units × factors")
     page.text(section, f"Each row is a unit ({'channel, pooled over positions' if _per_position(data) else 'channel'}"
                        f"), coloured by its {QUANTITY_LABELS[quantity]}; the strip on the left shows the dominant "
-                       "factor. Dead units (zero variance) are grey with a black strip.")
+                       "factor, with the unit IDs beside it. Dead units (zero variance) are grey with a black strip; "
+                       "estimates are not clipped: below 0 pink, above 1 red (counts on the colour bar).")
     page.group(section, True)
     drawn = 0
     for layer in data.layer_names:
