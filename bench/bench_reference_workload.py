@@ -111,7 +111,7 @@ def main() -> None:
           f"({evaluations / last:.0f} img/s)  [before/after the run: {before['nchw']:.2f}/{after['nchw']:.2f}, "
           f"{before['channels_last']:.2f}/{after['channels_last']:.2f} s]")
     print(f"run: {wall:.2f} s wall ({evaluations / wall:.0f} img/s); loop {timings.get('loop_s', float('nan')):.2f} s "
-          f"({timings.get('images_per_s', float('nan')):.0f} img/s), setup {timings.get('setup_s', float('nan')):.2f} s, "
+          f"({timings.get('images_per_s', float('nan')):.0f} img/s; accumulator {timings.get('accumulate_s', float('nan')):.2f} s), setup {timings.get('setup_s', float('nan')):.2f} s, "
           f"in-process total {timings.get('total_s', float('nan')):.2f} s")
     print("files (MB): " + ", ".join(f"{name} {size:.1f}" for name, size in sizes.items()))
     print(f"ratio to the faster floor: {wall / floor:.2f}x  (to NCHW {wall / nchw:.2f}x, to channels-last "
