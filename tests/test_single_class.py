@@ -91,3 +91,19 @@ def test_class_decay_matches_the_oracle_for_the_planted_units(planted_run):
 def test_class_decay_refuses_an_empty_grid(planted_run):
     with pytest.raises(AugsenseError, match="at least one quantile"):
         class_decay(planted_run, ClassDecayOptions(quantiles=()), model=planted_bundle(), images=planted_images())
+
+
+def test_class_decay_of_the_most_predicted_classes(planted_run):
+    """classes="predicted": the k classes the unmasked model predicts most often, for every factor."""
+    plain = _predictions_with_unit_scaled(0, 1.0)
+    counts = torch.bincount(plain, minlength=3)
+    expected = sorted(range(3), key=lambda c: (-int(counts[c]), c))[:2]
+    options = ClassDecayOptions(k=2, quantiles=(0.9,), n_random=1, classes="predicted", device="cpu")
+    table = class_decay(planted_run, options, model=planted_bundle(), images=planted_images(), write=False)
+    for factor in ("brightness", "saturation", "hflip"):
+        none = table[(table.factor == factor) & (table.kind == "none")].sort_values("rank")
+        assert list(none["class"]) == expected
+        assert list(none["share"]) == pytest.approx([float(counts[c]) / len(plain) for c in expected])
+    assert (table.classes == "predicted").all()
+    with pytest.raises(AugsenseError, match="classes must be"):
+        class_decay(planted_run, ClassDecayOptions(classes="nope"), model=planted_bundle())

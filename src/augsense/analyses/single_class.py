@@ -196,8 +196,8 @@ def run_single_class(run_dir: str | Path | RunFolder, options: SingleClassOption
     return table
 
 
-DECAY_COLUMNS = ["factor", "quantity", "kind", "alpha", "q", "masked_fraction", "n_draws", "augmentation", "rank",
-                 "class", "class_name", "n_images", "share", "share_sd", "n_labelled", "top1"]
+DECAY_COLUMNS = ["factor", "quantity", "kind", "alpha", "q", "masked_fraction", "n_draws", "augmentation", "classes",
+                 "rank", "class", "class_name", "n_images", "share", "share_sd", "n_labelled", "top1"]
 
 
 @dataclass
@@ -206,7 +206,9 @@ class ClassDecayOptions:
 
     ``quantiles``: the units ≥ each q-quantile of the factor's map are masked (masked fraction ≈ 1 − q
     of each layer's live units); ``alphas``: their multiplier (0 damages); ``n_random``: random masks
-    of the same size per quantile.
+    of the same size per quantile. ``classes``: ``"candidates"`` (each factor's k most sensitive
+    outputs) or ``"predicted"`` (the k classes the unmasked model predicts most often on these
+    images, the same for every factor: on a few images the candidates are rarely predicted at all).
     """
 
     factors: list[str] | None = None
@@ -217,6 +219,7 @@ class ClassDecayOptions:
     quantiles: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95)
     alphas: Sequence[float] = (0.0,)
     n_random: int = 2
+    classes: str = "candidates"
     seed: int = 0
     batch_size: int = 32
     max_batch: int = 256
@@ -246,6 +249,8 @@ def class_decay(run_dir: str | Path | RunFolder, options: ClassDecayOptions | No
         raise AugsenseError("class decay needs at least one quantile (e.g. 0.5,0.7,0.9)")
     if not isinstance(options.k, int) or options.k < 1:
         raise AugsenseError(f"k must be a positive integer (candidate classes per factor), got {options.k!r}")
+    if options.classes not in ("candidates", "predicted"):
+        raise AugsenseError(f"classes must be 'candidates' or 'predicted', got {options.classes!r}")
     class_layer = candidates_layer(folder, options.candidates_layer)
     layers = mask_layers(folder, options.layers, options.quantity, exclude=(class_layer,))
     factors = check_factors(folder, options.factors)
@@ -267,6 +272,9 @@ def class_decay(run_dir: str | Path | RunFolder, options: ClassDecayOptions | No
     names = bundle.class_names
     predicted, reference = tally.class_predicted[0], tally.reference_class_predicted[0]  # type: ignore[index]
     n_images = float(tally.reference_n[0])
+    if options.classes == "predicted":  # most often predicted first; ties by class id
+        frequent = np.lexsort((np.arange(len(reference)), -reference))[:options.k]
+        chosen = {factor: frequent for factor in factors}
 
     def class_top1(hits: np.ndarray, counts: np.ndarray, c: int) -> tuple[int, float]:
         n = int(counts[c]) if c < counts.shape[-1] else 0
@@ -276,7 +284,8 @@ def class_decay(run_dir: str | Path | RunFolder, options: ClassDecayOptions | No
     for factor in factors:
         for rank, c in enumerate(chosen[factor]):
             c = int(c)
-            base = {"factor": factor, "quantity": options.quantity, "augmentation": CLEAN, "rank": rank, "class": c,
+            base = {"factor": factor, "quantity": options.quantity, "augmentation": CLEAN, "classes": options.classes,
+                    "rank": rank, "class": c,
                     "class_name": names[c] if names and c < len(names) else str(c)}
             n_lab, top1 = class_top1(tally.reference_class_top1[0], tally.reference_class_n[0], c)
             for alpha in options.alphas:

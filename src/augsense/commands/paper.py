@@ -14,6 +14,8 @@ After ``augsense demo`` (or ``run``), this adds to the run folder what the paper
 4. **segments** — the network's stem fed H, S, V and their subsets at the input size
    (``RUN_DIR/segments/``, with ``segments_indices.parquet``);
 
+masked forwards run in chunks of ``max_batch`` = 64 images × configurations (memory),
+
 then rewrites ``RUN_DIR/report.html`` with the section "The paper's figures".
 """
 
@@ -53,6 +55,8 @@ class PaperOptions:
     alphas: tuple[float, ...] = (0.0, 1.5)
     n_random: int = 1
     decay_quantiles: tuple[float, ...] = (0.5, 0.8, 0.95)
+    decay_classes: str = "predicted"
+    max_batch: int = 64
     k: int = 5
     segment: str | None = None
     segment_channels: str = "subsets"
@@ -153,16 +157,19 @@ def run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, model
             print("augsense paper: masking skipped (the images have no labels)", file=sys.stderr)
         else:
             run_masking(folder, MaskingOptions(quantiles=options.quantiles, alphas=options.alphas, n_random=options.n_random,
-                                               least=False, augmentations="own", device=options.device, seed=options.seed),
+                                               least=False, augmentations="own", device=options.device, seed=options.seed,
+                                               max_batch=options.max_batch),
                         model=bundle, images=image_set, progress=progress)
         timings["masking"] = time.perf_counter() - started
     if step("single-class"):
         started = time.perf_counter()
-        run_single_class(folder, SingleClassOptions(k=options.k, device=options.device, seed=options.seed),
+        run_single_class(folder, SingleClassOptions(k=options.k, device=options.device, seed=options.seed,
+                                                    max_batch=options.max_batch),
                          model=bundle, images=image_set, progress=progress)
         class_decay(folder, ClassDecayOptions(k=min(options.k, 3), quantiles=options.decay_quantiles, alphas=(0.0,),
-                                              n_random=max(1, options.n_random), device=options.device,
-                                              seed=options.seed), model=bundle, images=image_set, progress=progress)
+                                              n_random=max(1, options.n_random), classes=options.decay_classes,
+                                              device=options.device, seed=options.seed, max_batch=options.max_batch),
+                    model=bundle, images=image_set, progress=progress)
         timings["single-class"] = time.perf_counter() - started
     if step("segments"):
         started = time.perf_counter()

@@ -210,8 +210,10 @@ def paper_sections(page: Page, data: ReportData) -> None:
                       "factor) pairs.", "masking_pairs"))
     if "class_decay" in tables and len(tables["class_decay"]):
         drawn.append(("paper-class-decay", lambda: decay_figure(tables["class_decay"], data.players),
-                      "Class decay: each factor's candidate classes' share of top-1 predictions as more of the "
-                      "factor's units are masked (solid) and as many random units (dashed, ± SD over draws).",
+                      "Class decay: a class's share of top-1 predictions as more of the factor's units are masked "
+                      "(solid) and as many random units (dashed, ± SD over draws); classes: "
+                      + ", ".join(sorted(set(tables["class_decay"].get("classes", pd.Series(["candidates"])).astype(str))))
+                      + ".",
                       "class_decay"))
     if "segments_indices" in tables and len(tables["segments_indices"]):
         drawn.append(("paper-segment-indices", lambda: segments_figure(tables["segments_indices"]),
