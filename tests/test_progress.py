@@ -102,3 +102,20 @@ def test_masking_bar_reaches_its_total_with_on_off_factors_and_several_draws(rec
                 model=bundle, images=ImageSet(base.pixels, predicted, base.sources), write=False, progress=True)
     (bar,) = recorder.bars
     assert bar.closed and bar.count == bar.total > 0
+
+
+def test_single_class_says_when_no_configuration_is_confirmed(monkeypatch, capsys, tmp_path):
+    import pandas as pd
+
+    import augsense.analyses.single_class as single_class
+    from augsense.cli import main
+
+    table = pd.DataFrame({"factor": ["hue", "hflip"], "q": [0.9, 0.9], "alpha": [0.0, 1.5],
+                          "mean_jaccard": [0.004, 0.0], "unmasked_jaccard": [0.004, 0.0], "threshold": 0.011,
+                          "n_images": 25, "confirmed": [False, False], "candidate_names": [["a"], ["b"]]})
+    monkeypatch.setattr(single_class, "run_single_class", lambda *args, **kwargs: table)
+    assert main(["single-class", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "none of the 2 (factor, mask) configurations biases the network" in out
+    assert "the highest: hue q=0.9 α=0, Jaccard 0.004" in out
+    assert not out.rstrip().endswith(":")
