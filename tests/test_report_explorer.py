@@ -145,6 +145,11 @@ def test_explorer_filters_selects_and_shows_what_the_arrays_hold(big_report, tmp
                                      "() => document.getElementById('ex-root').dataset.lastMs !== undefined")
             first = int(page.locator(".ex-row").first.get_attribute("data-unit"))
             assert _f16(total[first, 1]) == _f16(total[expected, 1]).max()
+            second = int(page.locator(".ex-row").nth(1).get_attribute("data-unit"))
+            page.click(".ex-row >> nth=0")
+            page.press("#ex-list", "ArrowDown")  # the keyboard walks the filtered, sorted list
+            page.wait_for_function(f"() => document.querySelector('.ex-row.sel')?.dataset.unit === '{second}'")
+            assert page.get_attribute("#ex-title", "data-unit") == f"{second // 4096} ({second % 4096 // 64}, {second % 64})"
 
             page.locator("#ex-list").evaluate("l => { l.scrollTop = 20000 * 22; l.dispatchEvent(new Event('scroll')); }")
             page.wait_for_function("() => [...document.querySelectorAll('.ex-row')].some(r => "

@@ -264,6 +264,17 @@ EXPLORER_JS = r"""
     const row = event.target.closest(".ex-row");
     if (row) select(Number(row.dataset.unit));
   });
+  list.addEventListener("keydown", (event) => {  // arrow keys walk the filtered list
+    if (event.key !== "ArrowDown" && event.key !== "ArrowUp") return;
+    event.preventDefault();
+    if (!matches.length) return;
+    let i = matches.indexOf(selected);
+    i = i < 0 ? 0 : Math.max(0, Math.min(matches.length - 1, i + (event.key === "ArrowDown" ? 1 : -1)));
+    const top = i * ROW;
+    if (top < list.scrollTop) list.scrollTop = top;
+    else if (top + ROW > list.scrollTop + list.clientHeight) list.scrollTop = top + ROW - list.clientHeight;
+    select(matches[i]);
+  });
   apply();
   root.dataset.ready = "1";
 })();

@@ -286,7 +286,9 @@ def _interaction_section(page: Page, data: ReportData) -> None:
                              "shapley-exact (pairwise Shapley interactions) to see them.")
         return
     page.figure(section, fig, "interactions", f"Layer-aggregated {QUANTITY_LABELS[quantity]} of each pair of "
-                                              "factors (variance-weighted over units; red: synergy, blue: redundancy).")
+                                              "factors (variance-weighted over units; red: synergy, blue: redundancy). "
+                                              "The run aggregates pairwise indices without intervals; each unit's "
+                                              "pairwise indices with intervals are in indices.parquet.")
 
 
 def _specialist_section(page: Page, data: ReportData) -> None:
