@@ -149,9 +149,11 @@ def test_explorer_filters_selects_and_shows_what_the_arrays_hold(big_report, tmp
             page.click(".ex-row >> nth=0")
             page.press("#ex-list", "ArrowDown")  # the keyboard walks the filtered, sorted list
             page.wait_for_function(f"() => document.querySelector('.ex-row.sel')?.dataset.unit === '{second}'")
-            assert page.get_attribute("#ex-title", "data-unit") == f"{second // 4096} ({second % 4096 // 64}, {second % 64})"
+            channel, row, column = np.unravel_index(second, SHAPE)
+            assert page.get_attribute("#ex-title", "data-unit") == f"{channel} ({row}, {column})"
 
-            page.locator("#ex-list").evaluate("l => { l.scrollTop = 20000 * 22; l.dispatchEvent(new Event('scroll')); }")
+            page.locator("#ex-list").evaluate("l => { l.scrollTop = 20000 * 22; "
+                                              "l.dispatchEvent(new Event('scroll')); }")
             page.wait_for_function("() => [...document.querySelectorAll('.ex-row')].some(r => "
                                    "parseFloat(r.style.top) >= 20000 * 22)")
 
