@@ -60,7 +60,7 @@ def _layer_order(data: ReportData, layers: list[str]) -> list[str]:
 def lda_figure(table: pd.DataFrame, data: ReportData) -> Figure:
     """Held-out accuracy ± SD per layer, one line per index, with the chance level."""
     layers = _layer_order(data, list(dict.fromkeys(table["layer"].astype(str))))
-    fig = Figure(figsize=(max(4.0, 0.9 * len(layers) + 2), 3.2), layout="constrained")
+    fig = Figure(figsize=(max(5.5, 0.9 * len(layers) + 2), 3.2), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(layers))
     for quantity, part in table.groupby("quantity", sort=False):
@@ -73,7 +73,7 @@ def lda_figure(table: pd.DataFrame, data: ReportData) -> Figure:
     ax.set_ylabel("held-out accuracy")
     repeats = table["n_repeats"].iloc[0] if "n_repeats" in table else "?"
     splits = table["n_splits"].iloc[0] if "n_splits" in table else "?"
-    ax.set_title(f"LDA: factor of each (factor, channel) map, {splits} × {repeats} folds")
+    ax.set_title(f"LDA of (factor, channel) maps, {splits} × {repeats} folds", fontsize=9)
     ax.legend(loc="best")
     return fig
 
