@@ -156,3 +156,14 @@ def test_resuming_a_checkpoint_with_sums_of_the_earlier_layout_is_refused_with_i
                            "world_size": 1})
     assert resume_run_checkpoint(path, plan=plan, accumulator=fresh) == BlockSet.from_mask(old["blocks_seen"])
     np.testing.assert_array_equal(fresh.compute().second_order, acc.compute().second_order)
+
+
+def test_the_closed_forms_in_docs_scale_equal_the_formulas():
+    for d in range(1, 11):
+        P = d * (d - 1) // 2
+        closed = {("sobol", "pooled"): 16 * d + 8, ("sobol", "paired"): 13 * d + 5,
+                  ("sobol2", "pooled"): 17 * d + 9 * P + 8, ("sobol2", "paired"): 14 * d + 7 * P + 5,
+                  ("shapley-exact", "pooled"): 5 * d + 5 * P + 2 ** d + 2, ("shapley-permutation", "pooled"): 5 * d + 2,
+                  ("contrast", "pooled"): 6}
+        for (kind, denominator), floats in closed.items():
+            assert sum(state_floats(kind, d, denominator=denominator).values()) == floats, (kind, denominator, d)
