@@ -253,6 +253,8 @@ def single_class_figure(table: pd.DataFrame, players: Sequence[str]) -> Figure |
         ax.bar(x, values, width * 0.92, color=[colours[n] for n in names], hatch=hatches[k % len(hatches)],
                edgecolor=[colours[n] for n in names], linewidth=1.2, alpha=0.85)
         ax.bar(x, values, width * 0.92, fill=False, edgecolor="#333333", linewidth=0.6)
+        ax.hlines(np.nan_to_num(values), x - width * 0.46, x + width * 0.46, color=[colours[n] for n in names],
+                  linewidth=2.2, zorder=3)  # each bar's top, visible at 0 too
         for xi, v in zip(x, values):
             if np.isfinite(v):
                 ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=6, rotation=90)
@@ -272,7 +274,9 @@ def single_class_figure(table: pd.DataFrame, players: Sequence[str]) -> Figure |
         if np.isfinite(value):
             ax.axhline(value, color="black", linestyle="--", linewidth=1, label=f"null threshold {value:.4f}")
             top = max(top, value)
-    ax.set_ylim(0, max(top * 1.25, 0.01))
+    upper = max(top * 1.25, 0.01)
+    ax.set_ylim(-0.04 * upper, upper)  # below 0, so a bar of height 0 shows as its outline above the frame
+    ax.axhline(0.0, color="#999999", linewidth=0.6, zorder=0)
     ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right")
     ax.set_ylabel("mean Jaccard, best configuration")
     ax.set_xlabel("factor whose units were masked")
