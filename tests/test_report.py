@@ -509,3 +509,32 @@ def test_heat_map_marks_values_outside_the_unit_interval_and_profile_bands_are_w
     table = pd.DataFrame({"estimate": [0.2, -0.08], "ci_low": [0.1, -0.62], "ci_high": [0.3, 1.3]})
     bottom, top, cut = _profile_limits(table)
     assert bottom <= -0.62 and top >= 1.3 and not cut
+
+
+def test_masking_figure_has_a_panel_per_alpha_with_q_on_the_x_axis_and_binomial_whiskers():
+    from matplotlib.container import ErrorbarContainer
+
+    from augsense.report.extras import masking_figure, wilson
+
+    factors = ["brightness", "hflip"]
+    rows = [{"factor": f, "kind": kind, "draw": draw, "mask": "quantile", "q": q, "alpha": alpha,
+             "augmentation": "clean", "n_images": 20, "top1": (10 + draw) / 20}
+            for f in factors for kind, draws in (("guided", 1), ("random", 2)) for draw in range(draws)
+            for q in (0.5, 0.9) for alpha in (0.0, 1.5)]
+    rows.append({"factor": None, "kind": "none", "draw": 0, "mask": "none", "q": np.nan, "alpha": np.nan,
+                 "augmentation": "clean", "n_images": 20, "top1": 0.85})
+    fig = masking_figure(pd.DataFrame(rows), factors)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title().split(";")[0] for ax in panels] == ["α = 0 (damage)", "α = 1.5 (amplify)"]
+    for ax in panels:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "0.9"]
+        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert len(bars) == 4  # guided and random per factor, each with whiskers
+        random = next(c for c in bars if c.lines[0].get_linestyle() == "--")
+        y = random.lines[0].get_ydata()
+        np.testing.assert_allclose(y, [21 / 40, 21 / 40])  # draws pooled: (10 + 11) / 40
+        low, high = wilson(np.array([21]), np.array([40]))
+        segments = random.lines[2][0].get_segments()
+        np.testing.assert_allclose([segments[0][0][1], segments[0][1][1]], [low[0], high[0]])
+        assert any(abs(line.get_ydata()[0] - 0.85) < 1e-9 for line in ax.get_lines() if len(line.get_ydata()) == 2
+                   and line.get_ydata()[0] == line.get_ydata()[1])  # the unmasked reference
