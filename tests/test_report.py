@@ -538,3 +538,24 @@ def test_masking_figure_has_a_panel_per_alpha_with_q_on_the_x_axis_and_binomial_
         np.testing.assert_allclose([segments[0][0][1], segments[0][1][1]], [low[0], high[0]])
         assert any(abs(line.get_ydata()[0] - 0.85) < 1e-9 for line in ax.get_lines() if len(line.get_ydata()) == 2
                    and line.get_ydata()[0] == line.get_ydata()[1])  # the unmasked reference
+
+
+def test_layer_bars_draw_negative_estimates_as_negative_and_label_values_above_one(sobol_run, tmp_path):
+    from augsense.report.figures import layer_indices
+
+    data = read_report_data(_copy(sobol_run, tmp_path))
+    table = data.layers
+    first = table.index[(table["quantity"] == "first_order") & table["factor"].notna()]
+    table.loc[first[0], ["estimate", "ci_low", "ci_high"]] = [-0.08, -0.2, 0.04]
+    table.loc[first[1], ["estimate", "ci_low", "ci_high"]] = [1.12, 0.9, 1.3]
+    fig = layer_indices(data)
+    bars = {p.get_gid(): p for ax in fig.axes for p in ax.patches if p.get_gid()}
+    negative, above = table.loc[first[0]], table.loc[first[1]]
+    bar = bars[f"bar-first_order-{negative.layer}-{negative.factor}"]
+    assert bar.get_width() == pytest.approx(-0.08)  # drawn left of 0, not as 0
+    whiskers = {line.get_gid(): line for ax in fig.axes for line in ax.get_lines() if line.get_gid()}
+    np.testing.assert_allclose(whiskers[f"ci-first_order-{negative.layer}-{negative.factor}"].get_xdata(),
+                               [-0.2, 0.04])
+    labels = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert "1.12 > 1" in " ".join(labels) and bars[f"bar-first_order-{above.layer}-{above.factor}"].get_width() > 1
+    assert fig.axes[0].get_xlim()[0] <= -0.2 and fig.axes[0].get_xlim()[1] >= 1.3  # whole intervals
