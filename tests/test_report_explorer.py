@@ -200,3 +200,21 @@ def test_explorer_colours_follow_the_palette(big_report):
     assert payload["colours"] == [colours[p] for p in PLAYERS]
     assert payload["units"] == int(np.prod(SHAPE)) + FC
     assert payload["quantities"] == ["total_order", "first_order"] and payload["notes"] == []
+
+
+def test_explorer_leaves_out_what_does_not_fit_the_page_and_says_so(tmp_path):
+    from augsense.report.data import read_report_data
+    from augsense.report.explorer import explorer_payload
+
+    build_run(tmp_path)
+    data = read_report_data(tmp_path)
+    units = int(np.prod(SHAPE)) + FC
+    full = explorer_payload(data)
+    assert full["intervals"] == ["total_order", "first_order"]
+    fewer = explorer_payload(data, budget=units * 3 * 2 * 4 + units * 5)  # room for 4 float16 arrays
+    assert fewer["quantities"] == ["total_order", "first_order"] and fewer["intervals"] == ["total_order"]
+    trimmed = explorer_payload(data, budget=units * 3 * 2 * 3 + units * 5)  # room for 3
+    assert trimmed["quantities"] == ["total_order"] and trimmed["intervals"] == ["total_order"]
+    assert [n.split(" (")[0] for n in trimmed["notes"]] == ["intervals of first-order S left out",
+                                                           "first-order S left out"]
+    assert "too_large" in explorer_payload(data, budget=units)

@@ -46,7 +46,8 @@ def explorer_payload(data: ReportData, budget: int = BUDGET_BYTES) -> dict[str, 
     Arrays, units of all layers concatenated (M units, d factors): ``<q>`` (M, d) float16 estimates
     and ``<q>_low`` / ``<q>_high`` bounds for each quantity q; ``variance`` (M,) float32; ``dead``
     (M,) uint8; ``dominant`` (M,) uint8 (the factor with the largest main-quantity estimate, 255 for a
-    dead unit). ``notes`` say what was left out to stay within ``budget`` bytes.
+    dead unit). ``notes`` say what was left out to stay within ``budget`` bytes; when even the main
+    quantity's estimates exceed it, the payload is only ``{"too_large": reason}``.
     """
     quantities = [q for q in FACTOR_QUANTITIES if any(f"{layer}/{q}" in data.maps for layer in data.layer_names)]
     main = data.main_quantity()
@@ -92,6 +93,14 @@ def explorer_payload(data: ReportData, budget: int = BUDGET_BYTES) -> dict[str, 
             break
         kept.remove(q)
         notes.append(f"{QUANTITY_LABELS[q]} left out (page size)")
+    if size(kept, with_ci) > budget:
+        with_ci.discard(main)
+        notes.append(f"intervals of {QUANTITY_LABELS[main]} left out (page size): indices.parquet and maps.npz "
+                     "have them")
+    if size(kept, with_ci) > budget:
+        return {"too_large": f"{total} units × {d} factors do not fit the page ({size(kept, with_ci) / 2**20:.0f} MB "
+                             f"> {budget / 2**20:.0f} MB); read indices.parquet and maps.npz instead, or report "
+                             "fewer layers"}
     arrays: dict[str, str] = {}
     main_values = np.concatenate(parts[main]).astype(np.float32)
     for q in kept:

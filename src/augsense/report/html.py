@@ -325,6 +325,9 @@ def _explorer_section(page: Page, data: ReportData) -> None:
     if payload is None:
         return
     section = page.section("explorer", "Unit explorer")
+    if "too_large" in payload:
+        page.notice(section, f"No unit explorer: {payload['too_large']}.")
+        return
     page.text(section, f"Every unit of every layer ({payload['units']} units): filter by layer, dominant factor and "
                        f"a threshold on the {QUANTITY_LABELS[payload['main']]}, or type a unit (\"12\", or \"12 3 4\" "
                        "for channel 12 at row 3, column 4); select one to see every factor's indices with their "
