@@ -167,3 +167,44 @@ def test_the_closed_forms_in_docs_scale_equal_the_formulas():
                   ("contrast", "pooled"): 6}
         for (kind, denominator), floats in closed.items():
             assert sum(state_floats(kind, d, denominator=denominator).values()) == floats, (kind, denominator, d)
+
+
+@pytest.mark.parametrize("denominator", ["pooled", "paired"])
+def test_without_second_order_intervals_the_estimates_stay_and_merge_and_the_pair_moments_go(denominator):
+    m, d = 3, 4
+    design = make_design("sobol2", [1] * d, 64, seed=5, block_size=8)
+    full = filled("sobol2", denominator, d, m)
+
+    def lean(blocks):
+        acc = make_accumulator(design, m, denominator=denominator, second_order_intervals=False)
+        for k in blocks:
+            acc.update(design.block(k), outputs(design.block(k), m))
+        return acc
+
+    parts = [lean(range(r, design.n_blocks, 3)) for r in range(3)]   # other shifts: the reshift without p2
+    for part in parts[1:]:
+        parts[0].merge(part)
+    assert "p2" not in parts[0].sums
+    assert parts[0].sums["p1"].nbytes + sum(v.nbytes for k, v in parts[0].sums.items() if k != "p1") + \
+        parts[0].shift.nbytes == m * state_bytes_per_output("sobol2", d, denominator=denominator,
+                                                            second_order_intervals=False)
+    a, b = full.compute(), parts[0].compute()
+    for name in ("first_order", "total_order", "second_order", "first_order_ci", "total_order_ci"):
+        np.testing.assert_allclose(b.__dict__[name], a.__dict__[name], rtol=1e-9, atol=1e-12, equal_nan=True)
+    assert np.isnan(b.second_order_ci).all() and np.isfinite(a.second_order_ci[:, :, 0, 1]).all()
+    with pytest.raises(AugsenseError, match="options"):
+        full.merge(parts[0])
+    with pytest.raises(AugsenseError, match="true or false"):
+        make_accumulator(design, m, second_order_intervals="no")
+
+
+def test_sobol_indices_without_second_order_intervals():
+    from augsense.estimators.api import sobol_indices
+
+    def f(x):
+        return x[:, 0] + 2 * x[:, 1] * x[:, 2]
+
+    kept = sobol_indices(f, [[0, 1]] * 3, 256, second_order=True)
+    lean = sobol_indices(f, [[0, 1]] * 3, 256, second_order=True, second_order_intervals=False)
+    np.testing.assert_array_equal(lean.second_order, kept.second_order)
+    assert np.isnan(lean.second_order_ci).all() and kept.second_order_ci[0, 0, 1, 2] < kept.second_order[0, 1, 2]

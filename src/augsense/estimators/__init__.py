@@ -21,11 +21,12 @@ from augsense.estimators.sobol import SobolAccumulator
 
 def make_accumulator(design: Design, n_outputs: int, *, denominator: Literal["pooled", "paired"] = "pooled",
                      groups: torch.Tensor | None = None, device: torch.device | str | None = None,
-                     dead_tolerance: float = DEAD_TOLERANCE) -> DesignAccumulator:
-    """The accumulator for ``design.kind``; ``denominator`` applies to Sobol designs only."""
+                     dead_tolerance: float = DEAD_TOLERANCE, second_order_intervals: bool = True) -> DesignAccumulator:
+    """The accumulator for ``design.kind``; ``denominator`` and ``second_order_intervals`` apply to Sobol
+    designs only."""
     if design.kind in ("sobol", "sobol2"):
         return SobolAccumulator(design, n_outputs, denominator=denominator, groups=groups, device=device,
-                                dead_tolerance=dead_tolerance)
+                                dead_tolerance=dead_tolerance, second_order_intervals=second_order_intervals)
     cls = ShapleyExactAccumulator if design.kind == "shapley-exact" else ShapleyPermutationAccumulator
     return cls(design, n_outputs, groups=groups, device=device, dead_tolerance=dead_tolerance)
 

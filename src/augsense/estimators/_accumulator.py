@@ -229,11 +229,11 @@ class DesignAccumulator:
         if state.get("class") != type(self).__name__ or Design.from_dict(state["design"]) != self.design:
             raise AugsenseError(f"state was saved by {state.get('class')} on design {state.get('design')}, "
                                 f"not {type(self).__name__} on {self.design!r}")
-        if state["n_outputs"] != self.n_outputs or state["config"] != self._config():
-            raise AugsenseError("state has a different number of outputs or options")
         if state.get("layout", 1) != self.layout:
             raise AugsenseError(f"state has sums in layout {state.get('layout', 1)} of an earlier augsense; this version "
                                 f"keeps {type(self).__name__} sums in layout {self.layout} and cannot read it: start afresh")
+        if state["n_outputs"] != self.n_outputs or state["config"] != self._config():
+            raise AugsenseError("state has a different number of outputs or options")
         g = state["groups"]
         if (g is None) != (self.groups is None) or (g is not None and not torch.equal(g.to(self.device), self.groups)):
             raise AugsenseError("state has different output groups")

@@ -53,14 +53,14 @@ def _evaluate(func: Model, x: np.ndarray, m: int | None) -> torch.Tensor:
 
 
 def _run(func: Model, b: np.ndarray, design: Design, confidence: float, dead_tolerance: float,
-         **compute: Any) -> SensitivityResult:
+         options: dict[str, Any] | None = None, **compute: Any) -> SensitivityResult:
     low, width = b[:, 0], b[:, 1] - b[:, 0]
     acc = None
     for block in design.blocks():
         r, G, d = block.points.shape
         y = _evaluate(func, low + width * block.points.reshape(r * G, d), None if acc is None else acc.n_outputs)
         if acc is None:
-            acc = make_accumulator(design, y.shape[1])
+            acc = make_accumulator(design, y.shape[1], **(options or {}))
             acc.dead_tolerance = dead_tolerance
         acc.update(block, y.reshape(r, G, -1))
     return acc.compute(confidence, **compute)
@@ -75,21 +75,24 @@ def _block_size(batch_size: int, group_size: int) -> int:
 
 def sobol_indices(func: Model, bounds: Sequence[Sequence[float]], n: int, *, seed: int = 0,
                   second_order: bool = False, confidence: float = 0.95, batch_size: int = 65536,
-                  centre: Literal["ab", "all"] = "ab", dead_tolerance: float = DEAD_TOLERANCE) -> SensitivityResult:
+                  centre: Literal["ab", "all"] = "ab", dead_tolerance: float = DEAD_TOLERANCE,
+                  second_order_intervals: bool = True) -> SensitivityResult:
     """First/total (and second) order Sobol indices of every output of ``func``.
 
     Cost n (d + 2) evaluations, or n (2d + 2) with ``second_order``; n must be a power of two.
     First order: Saltelli et al. 2010; total: Jansen 1999; second: Saltelli 2002. Result fields
     ``first_order``, ``total_order`` (m, d), ``second_order`` (m, d, d) or None, ``*_ci`` (2, ...).
     ``batch_size`` caps the rows per call of func. Outputs with variance <= (dead_tolerance *
-    |mean|)**2 are flagged ``dead`` with NaN indices.
+    |mean|)**2 are flagged ``dead`` with NaN indices. ``second_order_intervals=False`` keeps no second
+    moments for the pairs (less memory for many outputs): ``second_order_ci`` is then NaN.
     """
     b = _bounds(bounds)
     kind = "sobol2" if second_order else "sobol"
     d = b.shape[0]
     G = 2 * d + 2 if second_order else d + 2
     design = make_design(kind, [1] * d, n, seed=seed, block_size=_block_size(batch_size, G))
-    return _run(func, b, design, confidence, dead_tolerance, centre=centre)
+    return _run(func, b, design, confidence, dead_tolerance, {"second_order_intervals": second_order_intervals},
+                centre=centre)
 
 
 def shapley_effects(func: Model, bounds: Sequence[Sequence[float]], n: int, *,

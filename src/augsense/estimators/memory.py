@@ -22,8 +22,11 @@ def _triangle(k: int) -> int:
     return k * (k + 1) // 2
 
 
-def state_floats(kind: str, d: int, *, denominator: str = "pooled") -> dict[str, int]:
+def state_floats(kind: str, d: int, *, denominator: str = "pooled",
+                 second_order_intervals: bool = True) -> dict[str, int]:
     """float64 values per output of each per-output state tensor (name -> count), shift included.
+
+    ``second_order_intervals=False`` (sobol2): no second moments of the pairs ("p2").
 
     Per-group sums ("g1", "g2": one set per layer, not per output) and the int64 output-to-group
     index (8 bytes per output in a run) are not included.
@@ -43,7 +46,9 @@ def state_floats(kind: str, d: int, *, denominator: str = "pooled") -> dict[str,
         floats = {"shift": 1, "role": 2 * d + 2 if second else d + 2, "w1": q, "w2": _triangle(q),
                   "c1": 3 * d, "c2": d * (_triangle(3) + 3 * q)}
         if second:
-            floats |= {"p1": 2 * pairs, "p2": pairs * (_triangle(2) + 2 * q)}
+            floats["p1"] = 2 * pairs
+            if second_order_intervals:
+                floats["p2"] = pairs * (_triangle(2) + 2 * q)
         return floats
     floats = {"shift": 1, "level": 1, "c1": 2 * d, "c2": 3 * d}
     if kind == "shapley-exact":
@@ -51,9 +56,11 @@ def state_floats(kind: str, d: int, *, denominator: str = "pooled") -> dict[str,
     return floats
 
 
-def state_bytes_per_output(kind: str, d: int, *, denominator: str = "pooled") -> int:
+def state_bytes_per_output(kind: str, d: int, *, denominator: str = "pooled",
+                           second_order_intervals: bool = True) -> int:
     """Bytes of accumulator state per output (see :func:`state_floats`)."""
-    return FLOAT64 * sum(state_floats(kind, d, denominator=denominator).values())
+    return FLOAT64 * sum(state_floats(kind, d, denominator=denominator,
+                                      second_order_intervals=second_order_intervals).values())
 
 
 def result_bytes_per_output(kind: str, d: int) -> int:
@@ -75,12 +82,16 @@ def result_bytes_per_output(kind: str, d: int) -> int:
 
 
 def bytes_table(d: int) -> list[dict[str, object]]:
-    """One row per estimator (pooled; paired Sobol too): state and result bytes per output at d factors."""
+    """One row per estimator (pooled; paired Sobol too; sobol2 also without S2 intervals): state and
+    result bytes per output at d factors."""
     rows = []
     for kind in KINDS:
         for denominator in (("pooled", "paired") if kind.startswith("sobol") else ("pooled",)):
-            name = kind if not kind.startswith("sobol") else f"{kind} ({denominator})"
-            rows.append({"estimator": name, "d": d,
-                         "state_bytes": state_bytes_per_output(kind, d, denominator=denominator),
-                         "result_bytes": result_bytes_per_output(kind, d)})
+            for intervals in ((True, False) if kind == "sobol2" else (True,)):
+                name = kind if not kind.startswith("sobol") else f"{kind} ({denominator})"
+                name += "" if intervals else ", no S2 CI"
+                rows.append({"estimator": name, "d": d,
+                             "state_bytes": state_bytes_per_output(kind, d, denominator=denominator,
+                                                                   second_order_intervals=intervals),
+                             "result_bytes": result_bytes_per_output(kind, d)})
     return rows

@@ -31,6 +31,8 @@ class SobolAccumulator(DesignAccumulator):
     (use it when the rows of a group share a nuisance such as the image); its first-order
     numerator is then mean((f_B - (f_A + f_AB_i)/2)(f_AB_i - f_A)), also unbiased for V_i and
     blind to anything the group's rows share. Second order keeps the global centre.
+    ``second_order_intervals=False`` keeps no second moments for the pairs (their P (3 + 2q)
+    values per output, 58 % of the state at d = 7): S2 estimates stay, their intervals are NaN.
     Memory: O(m d) float64 (O(m d^2) with second order), independent of n; the denominator's
     sums, common to every factor and pair, are kept once per output ("w1", "w2"), not per cell
     (bytes per output: :func:`augsense.estimators.memory.state_bytes_per_output`).
@@ -43,15 +45,21 @@ class SobolAccumulator(DesignAccumulator):
 
     def __init__(self, design: Design, n_outputs: int, *, denominator: Literal["pooled", "paired"] = "pooled",
                  groups: torch.Tensor | None = None, device: torch.device | str | None = None,
-                 dead_tolerance: float = DEAD_TOLERANCE) -> None:
+                 dead_tolerance: float = DEAD_TOLERANCE, second_order_intervals: bool = True) -> None:
         if denominator not in ("pooled", "paired"):
             raise AugsenseError(f"denominator must be 'pooled' or 'paired', got {denominator!r}")
+        if not isinstance(second_order_intervals, bool):
+            raise AugsenseError(f"second_order_intervals must be true or false, got {second_order_intervals!r}")
         self.denominator = denominator
+        self.second_order_intervals = second_order_intervals
         self._n_den = 2 if denominator == "pooled" else 1
         super().__init__(design, n_outputs, groups=groups, device=device, dead_tolerance=dead_tolerance)
 
     def _config(self) -> dict[str, Any]:
-        return {"denominator": self.denominator}
+        config: dict[str, Any] = {"denominator": self.denominator}
+        if not self.second_order_intervals:   # absent when true: states of earlier versions keep their config
+            config["second_order_intervals"] = False
+        return config
 
     @property
     def _second(self) -> bool:
@@ -69,7 +77,9 @@ class SobolAccumulator(DesignAccumulator):
                 "c1": self._zeros(m, d, 3), "c2": self._zeros(m, d, _delta.n_triangle(3) + 3 * q)}
         if self._second:
             n_pairs = d * (d - 1) // 2
-            sums |= {"p1": self._zeros(m, n_pairs, 2), "p2": self._zeros(m, n_pairs, _delta.n_triangle(2) + 2 * q)}
+            sums["p1"] = self._zeros(m, n_pairs, 2)
+            if self.second_order_intervals:
+                sums["p2"] = self._zeros(m, n_pairs, _delta.n_triangle(2) + 2 * q)
         if self.groups is not None:
             sums |= {"g1": self._zeros(self.n_groups, d, 3), "g2": self._zeros(self.n_groups, d, 6)}
         return sums
@@ -139,11 +149,16 @@ class SobolAccumulator(DesignAccumulator):
         sums["role"] = sums["role"] + n * delta[:, None]
         q = self._n_den
         cells = ("c", "p") if self._second else ("c",)
-        new = {k: torch.empty_like(sums[k]) for c in cells for k in (c + "1", c + "2")} | {
+        new = {k: torch.empty_like(sums[k]) for c in cells for k in (c + "1", c + "2") if k in sums} | {
             "w1": sums["w1"].clone(), "w2": sums["w2"].clone()}
         for sl in self._chunks(4 * self.design.n_players ** 2 * (3 + q) ** 2, COMPUTE_CHUNK_ELEMENTS):
             w1, w2 = sums["w1"][sl], sums["w2"][sl]
             for c in cells:
+                if c + "2" not in sums:   # no second moments (second_order_intervals=False): first moments only
+                    full1 = torch.cat([sums[c + "1"][sl], w1[:, None].expand(-1, sums[c + "1"].shape[1], q)], -1)
+                    M, shift = self._shift_map(delta[sl], full1.shape[-1], 1)
+                    new[c + "1"][sl] = ((M @ full1[..., None])[..., 0] + n * shift)[..., :-q]
+                    continue
                 full1, full2 = _delta.join_shared(sums[c + "1"][sl], sums[c + "2"][sl], w1, w2)
                 if c == "p" or self.denominator == "pooled":   # the paired first-order cell is shift-invariant
                     M, shift = self._shift_map(delta[sl], full1.shape[-1], 1)
@@ -214,13 +229,16 @@ class SobolAccumulator(DesignAccumulator):
                       dV: torch.Tensor, z: float) -> tuple[torch.Tensor, torch.Tensor]:
         """S2 (mc, d, d) and its interval (2, mc, d, d) of the outputs sl, NaN on the diagonal."""
         n, d = self.n, self.design.n_players
-        p1, p2 = _delta.join_shared(self.sums["p1"][sl], self.sums["p2"][sl], w1, w2)
-        mu = p1 / n
-        cov = _delta.covariance(p1, p2, n, self.n_blocks_seen)
+        mu = self.sums["p1"][sl] / n
         S2 = (mu[..., 0] - e[:, None] * mu[..., 1]) / Vs                # (mc, P)
-        grad = torch.cat([torch.stack([1 / Vs.expand_as(S2), (-e[:, None] / Vs).expand_as(S2)], -1),
-                          -(S2 / Vs)[..., None] * dV[:, None]], -1)
-        ci = _delta.interval(S2, _delta.standard_error(grad, cov, n), z)
+        if self.second_order_intervals:
+            p1, p2 = _delta.join_shared(self.sums["p1"][sl], self.sums["p2"][sl], w1, w2)
+            cov = _delta.covariance(p1, p2, n, self.n_blocks_seen)
+            grad = torch.cat([torch.stack([1 / Vs.expand_as(S2), (-e[:, None] / Vs).expand_as(S2)], -1),
+                              -(S2 / Vs)[..., None] * dV[:, None]], -1)
+            ci = _delta.interval(S2, _delta.standard_error(grad, cov, n), z)
+        else:
+            ci = torch.full((2,) + S2.shape, torch.nan, dtype=torch.float64, device=self.device)
         pi, pj = self._pairs()
         mc = S2.shape[0]
         full = torch.full((mc, d, d), torch.nan, dtype=torch.float64, device=self.device)
