@@ -330,10 +330,7 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
                                    else "pooled", groups=groups, device=device)
     stretch = minmax_stretch if config.preprocessing == "paper" else None
     timings: dict[str, float] = {"setup_s": time.perf_counter() - started}
-    notices = image_set.notices + run_warnings(config, bundle, len(image_set))  # once the run is known to be valid
-    if shard.rank == 0:
-        for line in notices:
-            print(f"augsense: warning: {line}", file=sys.stderr)
+    notices = image_set.notices + run_warnings(config, bundle, len(image_set))
 
     checkpoint = checkpoint_path(out) if out is not None else None
     done = BlockSet()
@@ -341,6 +338,9 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
         if checkpoint is None:
             raise AugsenseError("--resume needs the run folder (--out DIR) of the killed run")
         done = resume_run_checkpoint(checkpoint, plan=plan, accumulator=accumulator, shard=shard)
+    if shard.rank == 0:  # once the run is known to be valid: a refused run prints its one error line only
+        for line in notices:
+            print(f"augsense: warning: {line}", file=sys.stderr)
     if out is not None:  # rank 0, before the forward passes: free space, then config.toml + run.json "running"
         def start() -> None:
             from augsense.io.results import check_free_space, expected_bytes, write_run_start
@@ -387,6 +387,18 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
         x = space.apply(feed.batch(index), u)
         return stretch(x) if stretch is not None else x
 
+    buffers: dict[str, torch.Tensor] = {}
+
+    def reused(name: str, shape: tuple[int, ...], layout: torch.memory_format) -> torch.Tensor:
+        """A float32 buffer of ``shape`` (in ``layout``) kept across forward passes: the first rows of the
+        largest one asked for. Allocating them afresh per group fragmented the CPU heap (+0.5 GB RSS)."""
+        held = buffers.get(name)
+        if held is None or held.shape[0] < shape[0] or held.shape[1:] != shape[1:] or \
+                not held.is_contiguous(memory_format=layout):
+            buffers.pop(name, None)
+            held = buffers[name] = torch.empty(shape, device=device, memory_format=layout)
+        return held[:shape[0]]
+
     def forward(blocks: list[DesignBlock], layout: torch.memory_format) -> dict[int, tuple[DesignBlock, torch.Tensor]]:
         """One forward pass (in chunks) over several blocks: {block index: (block, (rows, G, m) outputs)}."""
         nonlocal chunk
@@ -399,13 +411,13 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
         else:
             index = space.image_index(u, n_images)
         total = sum(sizes)
-        outputs = torch.empty(total, probe.n_units, device=device)
+        outputs = reused("outputs", (total, probe.n_units), torch.contiguous_format)
 
         def model_inputs(part: slice, layout: torch.memory_format) -> torch.Tensor:
             """The normalised inputs of ``part`` in ``layout``, augmented AUGMENT_CHUNK images at a time into
-            one buffer, so the augmentation's temporaries scale with the sub-chunk, not the forward batch."""
+            one buffer, so the augmentation's temporaries scale with the sub-chunk, not the batch."""
             n, size = part.stop - part.start, feed.images.size
-            x = torch.empty((n, 3, size, size), device=device).contiguous(memory_format=layout)
+            x = reused("inputs", (n, 3, size, size), layout)
             for low in range(0, n, AUGMENT_CHUNK):
                 sub = slice(part.start + low, min(part.start + low + AUGMENT_CHUNK, part.stop))
                 x[low:low + sub.stop - sub.start] = bundle.normalise(augmented(index[sub], u[sub]))
@@ -423,6 +435,7 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
             else:
                 start, failure = part.stop, ""
             if failure:  # outside the handler, so the failed batch's tensors are already freed
+                buffers.pop("inputs", None)  # sized for the failed chunk
                 chunk = smaller_chunk(chunk, failure, device)
         pieces = outputs.split(sizes)
         return {b.index: (b, piece.view(b.points.shape[0], b.points.shape[1], probe.n_units))
@@ -441,7 +454,9 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
             rows, group = outputs.shape[:2]
             evaluated += rows * group
             bar.update(rows * group)
+            del outputs
         ready.clear()
+        buffers.clear()
     bar.close()
     complete = schedule.complete
     signum = _signal_on_any_rank(stop, shard) if not complete else 0
