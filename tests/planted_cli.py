@@ -51,7 +51,7 @@ if __name__ == "__main__":
         while os.path.exists(start):
             time.sleep(0.01)
     sensitivity.load_model = load_model
-    sensitivity.load_images = lambda *args, **kwargs: planted_images()
+    sensitivity.images_for = lambda *args, **kwargs: planted_images()
     from augsense.cli import main
 
     sys.exit(main(argv))

@@ -94,7 +94,7 @@ def test_a_damaged_checkpoint_is_refused_with_a_clear_message(tmp_path, damage, 
     from augsense.cli import main
 
     monkeypatch.setattr(sensitivity, "load_model", lambda name, weights=None, **kwargs: planted_bundle())
-    monkeypatch.setattr(sensitivity, "load_images", lambda *args, **kwargs: planted_images())
+    monkeypatch.setattr(sensitivity, "images_for", lambda *args, **kwargs: planted_images())
     checkpoint = partial_run(tmp_path / "run")
     data = bytearray(checkpoint.read_bytes())
     if damage == "flip":
@@ -107,6 +107,7 @@ def test_a_damaged_checkpoint_is_refused_with_a_clear_message(tmp_path, damage, 
         data = bytearray(b"PK\x03\x04 a zip file that is not ours")
     checkpoint.write_bytes(bytes(data))
     config = write_config(tmp_path / "run.toml")
+    capsys.readouterr()  # the partial run's own warnings
     code = main(["run", str(config), "--out", str(tmp_path / "run"), "--resume", "--quiet"])
     error = capsys.readouterr().err
     assert code == 2, error
@@ -240,8 +241,9 @@ def cli_resume(tmp_path: Path, monkeypatch, capsys, **changes) -> tuple[int, str
     from augsense.cli import main
 
     monkeypatch.setattr(sensitivity, "load_model", lambda name, weights=None, **kwargs: planted_bundle())
-    monkeypatch.setattr(sensitivity, "load_images", lambda *args, **kwargs: planted_images())
+    monkeypatch.setattr(sensitivity, "images_for", lambda *args, **kwargs: planted_images())
     config = write_config(tmp_path / "run.toml", **changes)
+    capsys.readouterr()  # whatever the partial run before printed (its warnings)
     code = main(["run", str(config), "--out", str(tmp_path / "run"), "--resume", "--quiet"])
     return code, capsys.readouterr().err
 
@@ -329,7 +331,7 @@ def test_a_full_disk_during_a_run_stops_it_with_one_line(tmp_path, monkeypatch, 
     from augsense.cli import main
 
     monkeypatch.setattr(sensitivity, "load_model", lambda name, weights=None, **kwargs: planted_bundle())
-    monkeypatch.setattr(sensitivity, "load_images", lambda *args, **kwargs: planted_images())
+    monkeypatch.setattr(sensitivity, "images_for", lambda *args, **kwargs: planted_images())
     monkeypatch.setattr(checkpoints, "open", FailingOpen("ENOSPC"), raising=False)
     config = write_config(tmp_path / "run.toml", checkpoint_every=1e-6)  # a checkpoint after the first round
     code = main(["run", str(config), "--out", str(tmp_path / "run"), "--quiet"])
