@@ -223,8 +223,16 @@ def cmd_paper(args: argparse.Namespace) -> int:
             raise AugsenseError(f"--limit-images must be at least 2, got {args.limit_images}")
         changes["limit_images"] = args.limit_images
     options = PaperOptions.full(**changes) if args.full else PaperOptions(**changes)
+    from augsense.interrupts import RunInterrupted
+
     started = time.perf_counter()
-    timings = run_paper(args.run_dir, options, progress=not args.quiet)
+    try:
+        timings = run_paper(args.run_dir, options, progress=not args.quiet)
+    except RunInterrupted as stop:  # the sub-runs are not resumable from here: say so, not `--resume`
+        if stop.rank == 0:
+            print(f"augsense: {stop.describe()}; run `augsense paper {args.run_dir}` again (its steps start over)",
+                  file=sys.stderr)
+        return stop.exit_code
     print("augsense paper: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
           + f"; total {time.perf_counter() - started:.0f} s")
     print(f"report: {Path(args.run_dir) / 'report.html'} (section \"The paper's figures\")")
