@@ -621,7 +621,8 @@ def load_inputs(folder: RunFolder, model: Any = None, images: Any = None, device
                                 bundle.resize_size, class_names=bundle.class_names,
                                 limit=limit_images if limit_images is not None else config.limit_images,
                                 per_class=config.per_class, seed=config.seed, label_files=config.label_files,
-                                cache=config.image_cache)  # the run's subset (its seed and per_class)
+                                cache=config.image_cache, partition=config.images_partition,
+                                interpolation=bundle.interpolation)  # the run's subset (its seed and per_class)
     space = FactorSpace.from_dict(folder.info["factors"])
     transform = minmax_stretch if config.preprocessing == "paper" else None
     return bundle, image_set, space, chosen, transform

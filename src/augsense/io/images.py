@@ -136,7 +136,22 @@ def pixels_sha256(pixels: torch.Tensor, chunk: int = 256) -> str:
     return digest.hexdigest()
 
 
-def prepare(image: Image.Image, size: int, resize: int | None = None) -> torch.Tensor:
+def resampling(interpolation: str) -> TF.InterpolationMode:
+    """torchvision's mode for a model's interpolation name (timm's ``pretrained_cfg``); AugsenseError if unknown."""
+    modes = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC,
+             "nearest": TF.InterpolationMode.NEAREST}
+    if interpolation not in modes:
+        raise AugsenseError(f"unknown interpolation {interpolation!r}: use one of {', '.join(modes)}")
+    return modes[interpolation]
+
+
+def _resize(tensor: torch.Tensor, short_side: int, interpolation: str) -> torch.Tensor:
+    """(3, H, W) uint8 with the shorter side resized to ``short_side`` (antialiased when downscaling)."""
+    mode = resampling(interpolation)
+    return TF.resize(tensor, [short_side], interpolation=mode, antialias=mode != TF.InterpolationMode.NEAREST)
+
+
+def prepare(image: Image.Image, size: int, resize: int | None = None, interpolation: str = "bilinear") -> torch.Tensor:
     """Decode a PIL image to (3, size, size) uint8: upright, 8-bit RGB, shorter side resized, centre crop.
 
     EXIF orientation is applied; the long side is centre-cropped to :data:`MAX_ASPECT` × the short
@@ -152,8 +167,7 @@ def prepare(image: Image.Image, size: int, resize: int | None = None) -> torch.T
     if image.mode != "RGB":
         image = image.convert("RGB")
     tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
-    tensor = TF.resize(tensor, [resize or size], antialias=True)
-    return TF.center_crop(tensor, [size, size])
+    return TF.center_crop(_resize(tensor, resize or size, interpolation), [size, size])
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -228,7 +242,7 @@ def to_eight_bit(image: Image.Image) -> Image.Image:
     return image
 
 
-def _read(path: Path, size: int, resize: int | None) -> torch.Tensor:
+def _read(path: Path, size: int, resize: int | None, interpolation: str = "bilinear") -> torch.Tensor:
     """One image file as (3, size, size) uint8; ValueError/OSError say why it cannot be used.
 
     The header is checked before anything is decoded: more than :data:`MAX_SOURCE_PIXELS` pixels
@@ -249,7 +263,7 @@ def _read(path: Path, size: int, resize: int | None) -> torch.Tensor:
         if min(width, height) < 8:
             raise ValueError(f"too small ({width}×{height} px)")
         image.load()
-        return prepare(image, size, resize)
+        return prepare(image, size, resize, interpolation)
 
 
 def _inside(real: str, root: str) -> bool:
@@ -459,15 +473,16 @@ def decode_workers(requested: int | None = None) -> int:
     return max(1, min(16, cores))
 
 
-def _decode_one(path: Path, size: int, resize: int | None) -> tuple[np.ndarray | None, str | None]:
+def _decode_one(path: Path, size: int, resize: int | None,
+                interpolation: str = "bilinear") -> tuple[np.ndarray | None, str | None]:
     try:
-        return _read(path, size, resize).numpy(), None
+        return _read(path, size, resize, interpolation).numpy(), None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         return None, f"unreadable: {error}"
 
 
 def decode_selection(paths: Sequence[Path], selection: Selection, sink: np.ndarray, size: int, resize: int | None,
-                     workers: int = 1) -> tuple[list[int], list[tuple[int, str]]]:
+                     workers: int = 1, interpolation: str = "bilinear") -> tuple[list[int], list[tuple[int, str]]]:
     """Decode the selected files into ``sink`` (rows, 3, S, S) uint8, in parallel threads.
 
     Slots are filled group by group in queue order; a file that fails is replaced by the next in its
@@ -489,7 +504,7 @@ def decode_selection(paths: Sequence[Path], selection: Selection, sink: np.ndarr
     if workers > 1:  # one torch thread per decoding thread: nested OpenMP teams oversubscribe the cores
         torch.set_num_threads(1)
     try:
-        _fill(paths, selection, sink, size, resize, workers, heads, row_of, failed, next_position)
+        _fill(paths, selection, sink, size, resize, interpolation, workers, heads, row_of, failed, next_position)
     finally:
         torch.set_num_threads(threads)
     filled = [s for s, index in enumerate(row_of) if index is not None]
@@ -499,7 +514,8 @@ def decode_selection(paths: Sequence[Path], selection: Selection, sink: np.ndarr
     return [row_of[s] for s in filled], failed  # type: ignore[misc]
 
 
-def _fill(paths: Sequence[Path], selection: Selection, sink: np.ndarray, size: int, resize: int | None, workers: int,
+def _fill(paths: Sequence[Path], selection: Selection, sink: np.ndarray, size: int, resize: int | None,
+          interpolation: str, workers: int,
           heads: list[tuple[int, int, int]], row_of: list[int | None], failed: list[tuple[int, str]],
           next_position: list[int]) -> None:
     """Decode the pending (slot, group, queue position) items in a thread pool, retrying failed slots."""
@@ -510,7 +526,7 @@ def _fill(paths: Sequence[Path], selection: Selection, sink: np.ndarray, size: i
             def work(item: tuple[int, int, int]) -> tuple[int, int, str | None]:
                 s, g, position = item
                 index = selection.queues[g][position]
-                array, error = _decode_one(paths[index], size, resize)
+                array, error = _decode_one(paths[index], size, resize, interpolation)
                 if array is not None:
                     sink[s] = array
                 return s, index, error
@@ -537,7 +553,7 @@ class Pool:
 def load_folder(root: str | Path, size: int, resize: int | None = None, *, class_names: Sequence[str] | None = None,
                 limit: int | None = None, per_class: int | None = None, seed: int = 0,
                 label_files: Sequence[str] = (), cache: str | None = "off", workers: int | None = None,
-                partition: str | Path | None = None) -> ImageSet:
+                partition: str | Path | None = None, interpolation: str = "bilinear") -> ImageSet:
     """Images from a folder (and a second pool ``partition``): class sub-folders or a ground-truth file give labels.
 
     A sub-folder name is read as a class index when it is an integer, or matched against the class
@@ -546,8 +562,10 @@ def load_folder(root: str | Path, size: int, resize: int | None = None, *, class
     out of the folder are skipped and listed with the reason. ``per_class`` and ``limit`` pick a
     seeded subset (:func:`select`). Decoding runs in ``workers`` threads (default: the cores); with
     ``cache`` (``"auto"``, a folder, or ``"off"``) the pixels go to a memory-mapped file that later
-    runs and other ranks reuse (:mod:`augsense.io.image_cache`).
+    runs and other ranks reuse (:mod:`augsense.io.image_cache`). ``interpolation`` is the model's
+    resampling for the shorter-side resize (bilinear, bicubic or nearest).
     """
+    resampling(interpolation)  # an unknown name fails before anything is listed
     roots = [Path(root)] + ([Path(partition)] if partition is not None else [])
     pools = []
     for stream, folder in enumerate(roots):
@@ -569,14 +587,14 @@ def load_folder(root: str | Path, size: int, resize: int | None = None, *, class
     directory = image_cache.cache_folder(roots[0], cache)
     if directory is not None:
         decoded = image_cache.load_or_build(
-            directory, image_cache.cache_key(key_files, _preprocessing_key(size, resize),
+            directory, image_cache.cache_key(key_files, _preprocessing_key(size, resize, interpolation),
                                              [[q, w] for q, w in zip(selection.queues, selection.wanted)]),
-            paths, lambda sink: decode_selection(paths, selection, sink, size, resize, workers),
+            paths, lambda sink: decode_selection(paths, selection, sink, size, resize, workers, interpolation),
             rows=int(sum(selection.wanted)), size=size)
         pixels, rows, failed, digest = decoded.pixels, decoded.rows, decoded.failed, decoded.digest
     else:
         sink = np.empty((int(sum(selection.wanted)), 3, size, size), dtype=np.uint8)
-        rows, failed = decode_selection(paths, selection, sink, size, resize, workers)
+        rows, failed = decode_selection(paths, selection, sink, size, resize, workers, interpolation)
         pixels, digest = torch.from_numpy(sink[:len(rows)]), None
     if not rows:
         skipped = [item for pool in pools for item in pool.listing.skipped] + [(str(paths[i]), r) for i, r in failed]
@@ -601,10 +619,14 @@ def load_folder(root: str | Path, size: int, resize: int | None = None, *, class
                     torch.from_numpy(pool_of[rows].astype(np.int64)) if len(pools) > 1 else None, notices, digest)
 
 
-def _preprocessing_key(size: int, resize: int | None) -> dict[str, object]:
+def _preprocessing_key(size: int, resize: int | None, interpolation: str = "bilinear") -> dict[str, object]:
     """What decides a file's decoded pixels besides its bytes (the cache is rebuilt when it changes)."""
-    return {"decoder": DECODER_VERSION, "size": int(size), "resize": int(resize or size), "max_aspect": MAX_ASPECT,
-            "max_source_pixels": MAX_SOURCE_PIXELS, "pillow": Image.__version__, "torchvision": _torchvision_version()}
+    key: dict[str, object] = {"decoder": DECODER_VERSION, "size": int(size), "resize": int(resize or size),
+                              "max_aspect": MAX_ASPECT, "max_source_pixels": MAX_SOURCE_PIXELS,
+                              "pillow": Image.__version__, "torchvision": _torchvision_version()}
+    if interpolation != "bilinear":  # named only when not the default, so caches of bilinear runs stay valid
+        key["interpolation"] = interpolation
+    return key
 
 
 def _torchvision_version() -> str:
@@ -621,7 +643,8 @@ def _package_folder(package: str, sub: str) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def load_bundled(size: int, resize: int | None = None, *, include_unlabelled: bool = True) -> ImageSet:
+def load_bundled(size: int, resize: int | None = None, *, include_unlabelled: bool = True,
+                 interpolation: str = "bilinear") -> ImageSet:
     """The sample photos bundled with installed packages, read in place (nothing is downloaded).
 
     20 ImageNet validation-style photos with labels from the ``foolbox`` wheel
@@ -631,14 +654,14 @@ def load_bundled(size: int, resize: int | None = None, *, include_unlabelled: bo
     foolbox = _package_folder("foolbox", "data")
     if foolbox is not None:
         for path in sorted(foolbox.glob("imagenet_*.jpg")):
-            pixels.append(_read(path, size, resize))
+            pixels.append(_read(path, size, resize, interpolation))
             labels.append(int(path.stem.split("_")[2]))
             sources.append(f"foolbox:{path.name}")
     skimage = _package_folder("skimage", "data")
     if include_unlabelled and skimage is not None:
         for name in SKIMAGE_PHOTOS:
             if (skimage / name).exists():
-                pixels.append(_read(skimage / name, size, resize))
+                pixels.append(_read(skimage / name, size, resize, interpolation))
                 labels.append(-1)
                 sources.append(f"skimage:{name}")
     if not pixels:
@@ -647,7 +670,7 @@ def load_bundled(size: int, resize: int | None = None, *, include_unlabelled: bo
 
 
 def load_dataset(dataset: torch.utils.data.Dataset, size: int, resize: int | None = None,
-                 limit: int | None = None) -> ImageSet:
+                 limit: int | None = None, interpolation: str = "bilinear") -> ImageSet:
     """Images from a torch Dataset yielding (image, label) or image; PIL images or (3,H,W) tensors."""
     pixels, labels, sources = [], [], []
     count = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
@@ -664,9 +687,9 @@ def load_dataset(dataset: torch.utils.data.Dataset, size: int, resize: int | Non
             box = _aspect_box(int(tensor.shape[-1]), int(tensor.shape[-2]))
             if box is not None:
                 tensor = tensor[:, box[1]:box[3], box[0]:box[2]]
-            tensor = TF.center_crop(TF.resize(tensor, [resize or size], antialias=True), [size, size])
+            tensor = TF.center_crop(_resize(tensor, resize or size, interpolation), [size, size])
         else:
-            tensor = prepare(image, size, resize)
+            tensor = prepare(image, size, resize, interpolation)
         pixels.append(tensor)
         labels.append(int(label))
         sources.append(f"dataset[{i}]")
@@ -679,7 +702,7 @@ def load_dataset(dataset: torch.utils.data.Dataset, size: int, resize: int | Non
 def load_images(source: str | Path | torch.utils.data.Dataset | None, size: int, resize: int | None = None, *,
                 class_names: Sequence[str] | None = None, limit: int | None = None, per_class: int | None = None,
                 seed: int = 0, label_files: Sequence[str] = (), cache: str | None = "off", workers: int | None = None,
-                partition: str | Path | None = None) -> ImageSet:
+                partition: str | Path | None = None, interpolation: str = "bilinear") -> ImageSet:
     """Images from ``"bundled"`` (or None), a folder path, or a torch Dataset.
 
     Folders take every option of :func:`load_folder`. The bundled photos and a Dataset take ``limit``
@@ -691,23 +714,25 @@ def load_images(source: str | Path | torch.utils.data.Dataset | None, size: int,
         if per_class is not None:
             raise AugsenseError("per_class picks images from class folders: set images to a folder")
     if source is None or (isinstance(source, str) and source == "bundled"):
-        images = load_bundled(size, resize)
+        images = load_bundled(size, resize, interpolation=interpolation)
         if limit is not None:
             images = ImageSet(images.pixels[:limit], images.labels[:limit] if images.labels is not None else None,
                               images.sources[:limit])
         return images
     if isinstance(source, (str, Path)):
         return load_folder(source, size, resize, class_names=class_names, limit=limit, per_class=per_class, seed=seed,
-                           label_files=label_files, cache=cache, workers=workers, partition=partition)
-    return load_dataset(source, size, resize, limit)
+                           label_files=label_files, cache=cache, workers=workers, partition=partition,
+                           interpolation=interpolation)
+    return load_dataset(source, size, resize, limit, interpolation)
 
 
 def images_for(config: Any, bundle: Any, source: Any = None) -> ImageSet:
     """The images of a run: ``source`` (default ``config.images``) with the config's subset, labels and cache options.
 
-    config: a SensitivityConfig; bundle: the ModelBundle (input size, resize, class names).
+    config: a SensitivityConfig; bundle: the ModelBundle (input size, resize, interpolation, class names).
     """
     return load_images(source if source is not None else config.images, bundle.input_size, bundle.resize_size,
                        class_names=bundle.class_names, limit=config.limit_images, per_class=config.per_class,
                        seed=config.seed, label_files=config.label_files, cache=config.image_cache,
-                       workers=config.decode_workers, partition=config.images_partition)
+                       workers=config.decode_workers, partition=config.images_partition,
+                       interpolation=getattr(bundle, "interpolation", "bilinear"))

@@ -52,7 +52,7 @@ class ModelBundle:
             with its SHA-256, a torchvision weights name, "random, seed s", or "as given" for a module
             passed from Python.
         interpolation: the resampling the model was trained with (timm's pretrained configuration);
-            recorded with the run. Images are decoded with antialiased bilinear resizing whatever it says.
+            the shorter-side resize of the images uses it (bilinear, bicubic or nearest; antialiased).
     """
 
     module: nn.Module
