@@ -62,6 +62,18 @@ def test_single_class_writes_its_table(run_dir, capsys):
     assert (table.confirmed == (table.mean_jaccard > table.threshold)).all()
 
 
+def test_single_class_decay_from_the_command_line(run_dir, capsys):
+    code, stdout, stderr = run(["single-class", run_dir, "--device", "cpu", "--k", "2", "--decay", "0.5,0.9",
+                                "--decay-draws", "2", "--quiet"], capsys)
+    assert code == 0, stderr
+    decay = pd.read_parquet(run_dir / "class_decay.parquet")
+    assert set(decay.factor) == {"hue", "hflip"} and set(decay.kind) == {"none", "guided", "random"}
+    assert set(decay[decay.kind == "guided"].q) == {0.5, 0.9} and (decay[decay.kind == "random"].n_draws == 2).all()
+    assert decay.share.between(0, 1).all() and "class_decay.parquet" in stdout
+    code, _, stderr = run(["single-class", run_dir, "--device", "cpu", "--decay", "x"], capsys)
+    assert code == 2 and "--decay expects comma-separated numbers" in stderr
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--factors", "rotation"], "factor 'rotation' is not in the run"),
     (["--alphas", "-1"], "α must lie in"),

@@ -39,7 +39,21 @@ def cmd_single_class(args: argparse.Namespace) -> int:
     for _, row in confirmed.iterrows():
         print(f"  {row['factor']:<20} q={row['q']:.1f} α={row['alpha']:g}  Jaccard {row['mean_jaccard']:.3f} "
               f"(unmasked {row['unmasked_jaccard']:.3f})  → {', '.join(row['candidate_names'])}")
-    print(f"results: {args.run_dir}/single_class.parquet")
+    written = f"{args.run_dir}/single_class.parquet"
+    if args.decay is not None:
+        from augsense.analyses.single_class import ClassDecayOptions, class_decay
+
+        decay = class_decay(args.run_dir, ClassDecayOptions(
+            factors=names(args.factors), quantity=args.quantity, k=args.k, layers=names(args.layers),
+            candidates_layer=args.candidates_layer, quantiles=parse_floats(args.decay, "--decay"),
+            n_random=args.decay_draws, classes=args.decay_classes, seed=args.seed, batch_size=args.batch_size,
+            max_batch=args.max_batch, device=args.device, limit_images=args.limit_images),
+            images=args.images, progress=not args.quiet)
+        guided = decay[decay["kind"] == "guided"]
+        print(f"class decay: {decay['class'].nunique()} classes × {guided['q'].nunique()} masked fractions, "
+              f"guided vs {args.decay_draws} random mask(s) each")
+        written += f", {args.run_dir}/class_decay.parquet"
+    print(f"results: {written}")
     return 0
 
 
@@ -54,4 +68,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--alphas", default="0,1.5", help="multipliers: 0 damages, 1.5 amplifies")
     parser.add_argument("--augmentations", default="clean", help="clean, own, all or comma-separated factors")
     parser.add_argument("--draws", type=int, default=1, help="parameter draws per augmentation")
+    parser.add_argument("--decay", default=None, metavar="Q,Q,…",
+                        help="also write class_decay.parquet: each class's share of top-1 predictions as the units ≥ "
+                        "these quantiles are zeroed, guided vs random masks (e.g. 0.5,0.7,0.8,0.9,0.95)")
+    parser.add_argument("--decay-classes", default="candidates", choices=("candidates", "predicted"),
+                        help="classes followed by --decay: each factor's candidates, or the k most predicted")
+    parser.add_argument("--decay-draws", type=int, default=2, help="random masks per quantile for --decay")
     parser.set_defaults(func=cmd_single_class)
