@@ -40,7 +40,7 @@ PLAYERS = 7  # five paper-set1 factors, order, image
 def run_command(out: Path, args: argparse.Namespace) -> list[str]:
     augsense = str(Path(sys.executable).with_name("augsense"))
     return [augsense, "run", "--model", "alexnet", "--weights", "random", "--layers", "features.5,output",
-            "--reduction", "none", "--output", "softmax", "--factors", "paper-set1", "--random-order",
+            "--reduction", args.reduction, "--output", "softmax", "--factors", "paper-set1", "--random-order",
             "--image-mode", "joint", "--preprocessing", "paper", "--estimator", "sobol2", "--n", str(args.n),
             "--batch-size", str(args.batch_size), "--device", args.device, "--no-report", "--checkpoint-every", "0",
             "--quiet", "--overwrite", "--out", str(out)]
@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards per floor measurement")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--keep", help="run folder to keep (default: a temporary folder)")
+    parser.add_argument("--reduction", default="none", help="none (the workload) or mean: isolates the loop from "
+                        "the per-element accumulator and writing")
     args = parser.parse_args()
     evaluations = args.n * (2 * PLAYERS + 2)
     load = os.getloadavg()[0]
