@@ -1,7 +1,7 @@
 """Peak memory of the paper's eight-checkpoint AlexNet run per element (sobol2), at two N.
 
 The run: AlexNet (random weights: no downloads), every unit of ``features.2, features.5,
-features.7, features.9, avgpool, classifier.2, classifier.5`` plus the softmax output (205 672
+features.7, features.9, avgpool, classifier.2, classifier.5`` and the softmax ``output`` (205 672
 outputs, reduction ``none``), paper-set1 with the order factor and the image as a factor
 (d = 7), sobol2, the bundled images. Each N runs as its own ``augsense run`` subprocess, started
 by a small intermediate process that reports ``getrusage(RUSAGE_CHILDREN).ru_maxrss``, so each
@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-LAYERS = "features.2,features.5,features.7,features.9,avgpool,classifier.2,classifier.5"
+LAYERS = "features.2,features.5,features.7,features.9,avgpool,classifier.2,classifier.5,output"
 ARGS = ["--model", "alexnet", "--weights", "random", "--layers", LAYERS, "--reduction", "none",
         "--estimator", "sobol2", "--factors", "paper-set1", "--random-order", "--image-mode", "joint"]
 D = 7  # paper-set1's five factors + order + image
