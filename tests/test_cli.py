@@ -130,3 +130,18 @@ def test_cli_only_parses_and_dispatches():
     cli = ast.parse(Path(build_parser.__code__.co_filename).read_text(encoding="utf-8"))
     handlers = [node.name for node in cli.body if isinstance(node, ast.FunctionDef) and node.name.startswith("cmd_")]
     assert handlers == [], f"sub-command handlers left in cli.py: {handlers}"
+
+
+def test_a_constant_layer_says_why_it_has_no_indices(folder, tmp_path, capsys):
+    model = torchvision.models.resnet18(weights=None)
+    torch.nn.init.zeros_(model.fc.weight)
+    torch.nn.init.zeros_(model.fc.bias)  # an untrained head initialised to zero, as torchvision's ViT head is
+    weights = tmp_path / "zero_head.pth"
+    torch.save(model.state_dict(), weights)
+    code, stdout, stderr = run(["run", "--images", folder, "--out", tmp_path / "run", *SMALL, "--weights", weights],
+                               capsys)
+    assert code == 0, stderr
+    fc = next(line for line in stdout.splitlines() if line.strip().startswith("fc "))
+    assert "no variance" in fc and "nan" not in fc
+    layer1 = next(line for line in stdout.splitlines() if line.strip().startswith("layer1 "))
+    assert "nan" not in layer1 and "no variance" not in layer1

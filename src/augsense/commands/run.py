@@ -36,6 +36,10 @@ def print_summary(run: Any, out: Path | None) -> None:
     quantity = "shapley" if run.config.estimator.startswith("shapley") else "total_order"
     print(f"dominant factors per layer (aggregated {quantity.replace('_', ' ')} share of variance):")
     for layer, ranking in run.dominant_factors(quantity).items():
+        if all(value != value for _, value in ranking):  # every share NaN: no unit of the layer varied at all
+            print(f"  {layer:<16} no variance: every unit is constant under the augmentations (a constant layer, "
+                  "e.g. an untrained head initialised to zero), so it has no indices")
+            continue
         top = ", ".join(f"{name} {value:.2f}" for name, value in ranking[:3])
         print(f"  {layer:<16} {top}")
     warnings = summary_warnings(run)
