@@ -32,7 +32,7 @@ class SobolAccumulator(DesignAccumulator):
     numerator is then mean((f_B - (f_A + f_AB_i)/2)(f_AB_i - f_A)), also unbiased for V_i and
     blind to anything the group's rows share. Second order keeps the global centre.
     ``second_order_intervals=False`` keeps no second moments for the pairs (their P (3 + 2q)
-    values per output, 58 % of the state at d = 7): S2 estimates stay, their intervals are NaN.
+    values per output, 47 % of the state at d = 7): S2 estimates stay, their intervals are NaN.
     Memory: O(m d) float64 (O(m d^2) with second order), independent of n; the denominator's
     sums, common to every factor and pair, are kept once per output ("w1", "w2"), not per cell
     (bytes per output: :func:`augsense.estimators.memory.state_bytes_per_output`).
