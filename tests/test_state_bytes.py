@@ -208,3 +208,23 @@ def test_sobol_indices_without_second_order_intervals():
     lean = sobol_indices(f, [[0, 1]] * 3, 256, second_order=True, second_order_intervals=False)
     np.testing.assert_array_equal(lean.second_order, kept.second_order)
     assert np.isnan(lean.second_order_ci).all() and kept.second_order_ci[0, 0, 1, 2] < kept.second_order[0, 1, 2]
+
+
+def test_a_run_with_second_order_intervals_off_keeps_s2_and_drops_its_intervals(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from planted import PLANTED_CONFIG, planted_bundle, planted_images
+
+    from augsense.analyses.sensitivity import run_sensitivity
+    from augsense.config import SensitivityConfig
+
+    values = {k: v for k, v in PLANTED_CONFIG.items() if k not in ("model", "images")}
+    config = SensitivityConfig(**values, estimator="sobol2", n=32, second_order_intervals=False)
+    assert "second_order_intervals = false" in config.to_toml()
+    runs = [run_sensitivity(c, model=planted_bundle(), images=planted_images(16), progress=False)
+            for c in (config, SensitivityConfig(**values, estimator="sobol2", n=32))]
+    lean, kept = (run.result for run in runs)
+    np.testing.assert_array_equal(lean.second_order, kept.second_order)
+    assert np.isnan(lean.second_order_ci).all() and np.isfinite(kept.second_order_ci[:, ~kept.dead, 0, 1]).all()

@@ -59,6 +59,8 @@ class SensitivityConfig:
         image_mode: ``"within"`` (indices of augmentation variance within each image) or
             ``"joint"`` (the image is a factor too).
         estimator: ``"sobol"`` (S1, ST), ``"sobol2"`` (+ S2), ``"shapley-exact"``, ``"shapley-permutation"``.
+        second_order_intervals: false keeps no second moments for sobol2's pairs (about half its
+            per-output memory): S2 estimates stay, their intervals are NaN.
         n: base rows N of the design (a power of two); evaluations = N × group size.
         seed: seed of the scrambled Sobol' design.
         batch_size: images per forward pass.
@@ -102,6 +104,7 @@ class SensitivityConfig:
     random_order: bool = False
     image_mode: str = "within"
     estimator: str = "sobol"
+    second_order_intervals: bool = True
     n: int = 256
     seed: int = 0
     batch_size: int = 32

@@ -327,7 +327,8 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
     groups = torch.cat([torch.full((s.stop - s.start,), g, dtype=torch.long)
                         for g, s in enumerate(probe.slices.values())]).to(device)
     accumulator = make_accumulator(design, probe.n_units, denominator="paired" if config.image_mode == "within"
-                                   else "pooled", groups=groups, device=device)
+                                   else "pooled", groups=groups, device=device,
+                                   second_order_intervals=config.second_order_intervals)
     stretch = minmax_stretch if config.preprocessing == "paper" else None
     timings: dict[str, float] = {"setup_s": time.perf_counter() - started}
     notices = image_set.notices + run_warnings(config, bundle, len(image_set))
