@@ -85,6 +85,24 @@ CHANGED = {
 }
 
 
+def test_sobol2_without_second_order_intervals_is_its_own_plan():
+    from augsense.analyses.plan import RunPlan
+
+    def plan(**changes):
+        cfg = config(estimator="sobol2", **changes)
+        space = build_factor_space(cfg)
+        return RunPlan.build(cfg, space=space, design=design_for(cfg, space), images=planted_images())
+
+    kept, dropped = plan(), plan(second_order_intervals=False)
+    assert kept.differences(dropped) == ["estimator"]
+    assert dropped.entries["estimator"] == "sobol2 without second-order intervals"
+    # for first/total-order Sobol' the switch changes no sums, so it changes no plan
+    sobol = config(second_order_intervals=False)
+    space = build_factor_space(sobol)
+    assert RunPlan.build(sobol, space=space, design=design_for(sobol, space), images=planted_images()).fingerprint \
+        == RunPlan.build(config(), space=space, design=design_for(config(), space), images=planted_images()).fingerprint
+
+
 @pytest.mark.parametrize("what", list(CHANGED))
 def test_a_resume_that_changes_the_numbers_is_refused_naming_the_key(what, stopped, tmp_path):
     changes, model, images, keys = CHANGED[what]

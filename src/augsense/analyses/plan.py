@@ -9,8 +9,9 @@ the design and the probe (:meth:`RunPlan.build`). Its entries (JSON values, in t
 - ``factors`` (names in order), ``bounds`` (every parameter's [low, high], + "log" if log-scaled), ``switches``
   (factor → p), ``order`` (composition order), ``random_order``, ``image_mode``;
 - ``images`` (count, side in pixels, SHA-256 of the decoded (n, 3, S, S) uint8 pixels in order);
-- ``preprocessing``, ``estimator``, ``n``, ``seed``, ``block_size`` and ``generator`` (the design's
-  versions: Sobol' generator, within-image assignment of images to base rows).
+- ``preprocessing``, ``estimator`` (sobol2 says "without second-order intervals" when they are not
+  kept: the sums differ), ``n``, ``seed``, ``block_size`` and ``generator`` (the design's versions: Sobol'
+  generator, within-image assignment of images to base rows).
 
 What does not change the accumulated sums is left out on purpose, so changing it never blocks a
 resume: ``confidence`` (used only when the indices are computed from the sums), ``checkpoint_every``,
@@ -128,7 +129,8 @@ class RunPlan:
                        "sha256": images.pixels_sha256() if hasattr(images, "pixels_sha256") else
                        pixels_digest(images.pixels), **_strata_entry(space, images)},
             "preprocessing": None if bundle is None else config.preprocessing,
-            "estimator": design.kind,
+            "estimator": design.kind + (" without second-order intervals" if design.kind == "sobol2"
+                                        and not getattr(config, "second_order_intervals", True) else ""),
             "n": int(design.n),
             "seed": int(design.seed),
             "block_size": int(design.block_size),
