@@ -79,6 +79,10 @@ def test_per_position_maps_of_tokens_and_channels_last_match_the_cnn(tmp_path):
                for kind in ("cnn", "swin", "vit")}
     html = write_report(tmp_path / "vit").read_text(encoding="utf-8")
     assert "block" in html and 'id="spatial"' in html  # token maps on the 4×4 patch grid, drawn as a CNN's
+    import json
+
+    layers = json.loads((tmp_path / "vit" / "run.json").read_text())["layers"]
+    assert layers["block"]["layout"] == f"tokens 1+{GRID}×{GRID}"  # run.json says how the units were read
     for kind, r in results.items():
         assert r.unit_shapes["block"] == (CHANNELS, GRID, GRID), kind
     reference = results["cnn"].result

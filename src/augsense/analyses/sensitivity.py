@@ -155,6 +155,9 @@ class SensitivityRun:
     device: str = "cpu"
     warnings: list[str] = field(default_factory=list)
     plan: RunPlan | None = None
+    #: each layer's output layout as `augsense layers` names it ("nchw", "nhwc", "tokens 1+14×14", …),
+    #: with " + softmax" for a softmax layer
+    layouts: dict[str, str] = field(default_factory=dict)
 
     def dominant_factors(self, quantity: str = "total_order") -> dict[str, list[tuple[str, float]]]:
         """Per layer, the factors ranked by their aggregated share of variance."""
@@ -168,6 +171,14 @@ class SensitivityRun:
             order = sorted(range(len(values)), key=lambda i: -float(values[i]) if math.isfinite(values[i]) else 0.0)
             ranking[layer] = [(self.players[i], float(values[i])) for i in order]
         return ranking
+
+
+def layer_layouts(probe: ActivationProbe) -> dict[str, str]:
+    """Each probed layer's layout label (see :class:`SensitivityRun`), for run.json."""
+    softmax = set(getattr(probe, "softmax_layers", ()))
+    layouts = getattr(probe, "layouts", {})
+    return {name: (layouts[name].label if name in layouts else "vector") + (" + softmax" if name in softmax else "")
+            for name in probe.layers}
 
 
 def clean_top1(bundle: ModelBundle, images: ImageSet, device: torch.device, batch_size: int,
@@ -357,7 +368,7 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
                                                slices=dict(probe.slices), space=space, design=design,
                                                images=image_set, bundle=bundle, timings=timings, shard=shard,
                                                complete=False, out_dir=out, device=str(device), warnings=notices,
-                                               plan=plan), out)
+                                               plan=plan, layouts=layer_layouts(probe)), out)
                 folder.started = True
 
         _on_every_rank(start, shard)
@@ -478,7 +489,7 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
     timings["total_s"] = time.perf_counter() - started
     run = SensitivityRun(config, result, list(space.players), list(config.layers), dict(probe.unit_shapes),
                          dict(probe.slices), space, design, image_set, bundle, accuracy, timings, shard, complete, out,
-                         str(device), notices, plan)
+                         str(device), notices, plan, layer_layouts(probe))
     if out is not None and shard.rank == 0 and result is not None:
         from augsense.io.results import write_run
 

@@ -230,7 +230,8 @@ def run_info(run: Any, status: str) -> dict[str, Any]:
         "warnings": list(run.warnings),
         "players": run.players,
         "factors": run.space.to_dict(),
-        "layers": {layer: {"unit_shape": list(run.unit_shapes[layer]), "units": math.prod(run.unit_shapes[layer])}
+        "layers": {layer: {"unit_shape": list(run.unit_shapes[layer]), "units": math.prod(run.unit_shapes[layer]),
+                           **({"layout": run.layouts[layer]} if layer in getattr(run, "layouts", {}) else {})}
                    for layer in run.layers},
         "plan": run.plan.to_dict() if getattr(run, "plan", None) is not None else None,
         "design": {**run.design.to_dict(), "fingerprint": run.design.fingerprint(), "group_size": run.design.group_size,
