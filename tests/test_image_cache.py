@@ -184,3 +184,35 @@ def test_an_interrupted_build_leaves_no_file_and_the_next_run_builds(tmp_path, m
     assert sorted(p.suffix for p in cache.iterdir()) == [".lock"]  # no pixels, no index, no temporary file
     monkeypatch.setattr(images_module, "_decode_one", decode)
     assert len(load_folder(tmp_path, 16, cache="auto")) == 6
+
+
+@pytest.mark.parametrize("craft", ["outside file", "absolute path", "other key", "wrong shape", "rows mismatch"])
+def test_a_crafted_index_is_never_mapped_and_the_cache_is_rebuilt(tmp_path, craft):
+    """An index naming a file outside the cache folder, another key's file, or a shape that does not fit is stale."""
+    import json
+
+    images = tmp_path / "images"
+    write_set(images, 6)
+    first = load_folder(images, 16, cache="auto")
+    folder = images / image_cache.CACHE_NAME
+    index_path = next(folder.glob("*.json"))
+    index = json.loads(index_path.read_text())
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(bytes(range(256)) * (int(np.prod(index["shape"])) // 256 + 1))
+    secret.write_bytes(secret.read_bytes()[:int(np.prod(index["shape"]))])  # the size the index claims
+    if craft == "outside file":
+        index["data"] = "../../secret.bin"
+    elif craft == "absolute path":
+        index["data"] = str(secret)
+    elif craft == "other key":
+        other = folder / ("0" * 32 + "-1-2.u8")
+        other.write_bytes(secret.read_bytes())
+        index["data"] = other.name
+    elif craft == "wrong shape":
+        n, c, h, w = index["shape"]
+        index["shape"] = [n, c, h * w, 1]
+    else:
+        index["rows"] = index["rows"][:-1]
+    index_path.write_text(json.dumps(index))
+    again = load_folder(images, 16, cache="auto")
+    assert torch.equal(again.pixels, first.pixels)  # rebuilt from the images, not read from the crafted file

@@ -144,8 +144,12 @@ def _open(directory: Path, key: str, paths: Sequence[Path]) -> Decoded | None:
         return None
     try:
         shape = tuple(int(s) for s in index["shape"])
-        data = directory / str(index["data"])
-        if shape[0] and data.stat().st_size != int(np.prod(shape)):
+        name = str(index["data"])
+        if Path(name).name != name or not (name.startswith(f"{key}-") and name.endswith(".u8")):
+            return None  # only a pixel file of this key, inside the cache folder (a crafted index names others)
+        data = directory / name
+        if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3] or min(shape) < 0 \
+                or len(index["rows"]) != shape[0] or (shape[0] and data.stat().st_size != int(np.prod(shape))):
             return None
         for i, size, mtime in index["files"]:
             if not 0 <= i < len(paths) or _stat(paths[i]) != [size, mtime]:
