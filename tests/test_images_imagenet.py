@@ -233,3 +233,14 @@ def test_all_1000_wordnet_folders_without_a_mapping_are_numbered_in_sorted_order
         (tmp_path / wnid / "a.JPEG").write_bytes(b"")  # listing reads no pixels
     listing = list_folder(tmp_path)
     assert listing.labels == list(range(1000)) and listing.label_names[:2] == wnids[:2]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"garbage,,,\n", "expected the header 'ImageId,PredictionString'"),
+    (b"ImageId,PredictionString\nILSVRC2012_val_00000001,\xff\xfe\n", "cannot read label file"),
+])
+def test_a_malformed_ground_truth_file_is_one_clear_error(tmp_path, content, message):
+    data = kaggle_tree(tmp_path)
+    (tmp_path / "LOC_val_solution.csv").write_bytes(content)
+    with pytest.raises(AugsenseError, match=message):
+        load_folder(data / "val", 16)

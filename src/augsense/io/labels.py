@@ -149,22 +149,25 @@ def read_ground_truth(path: Path, classes: ClassList | None) -> dict[str, int]:
 
 
 def _read_loc_solution(path: Path, classes: ClassList | None) -> dict[str, int]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise AugsenseError(f"cannot read label file {str(path)!r}: {error}") from None
+    header = rows[0] if rows else None
+    if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
+        raise AugsenseError(f"{path}: expected the header 'ImageId,PredictionString' of LOC_val_solution.csv")
     if classes is None or classes.wnids is None:
         raise AugsenseError(f"{path} names classes by WordNet ID: put LOC_synset_mapping.txt beside it (or name it in "
                             "label_files) to number them")
     truth: dict[str, int] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
-            raise AugsenseError(f"{path}: expected the header 'ImageId,PredictionString'")
-        for number, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            words = row[1].split() if len(row) > 1 else []
-            if not words:
-                raise AugsenseError(f"{path}: line {number} has no WordNet ID")
-            truth[_file_key(row[0])] = _label_of(words[0], classes, path, number)
+    for number, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        words = row[1].split() if len(row) > 1 else []
+        if not words:
+            raise AugsenseError(f"{path}: line {number} has no WordNet ID")
+        truth[_file_key(row[0])] = _label_of(words[0], classes, path, number)
     return truth
 
 
