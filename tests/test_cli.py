@@ -66,6 +66,13 @@ def test_bad_options_give_one_clear_line(extra, message, folder, tmp_path, capsy
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("command", ["run", "demo"])
+def test_a_bad_config_leaves_no_out_folder_behind(command, tmp_path, capsys):
+    code, _, stderr = run([command, "--out", tmp_path / "new" / "run", "--n", "6", "--quiet"], capsys)
+    assert code == 2 and "power of two" in stderr
+    assert not (tmp_path / "new").exists()
+
+
 def test_wrong_layer_suggests_close_matches(folder, tmp_path, capsys):
     code, _, stderr = run(["run", "--images", folder, "--out", tmp_path / "x", *SMALL, "--layers", "layer9"], capsys)
     assert code == 2 and "did you mean layer4, layer3, layer2, layer1" in stderr and "augsense layers MODEL" in stderr

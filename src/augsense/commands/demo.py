@@ -19,13 +19,14 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    preflight(args)
-    from augsense.analyses.sensitivity import run_sensitivity
     from augsense.config import DEMO_LAYERS
 
     base = {"model": "efficientnet-lite0", "images": "bundled", "layers": list(DEMO_LAYERS),
             "factors": ["paper-set1", "paper-set2"], "estimator": "sobol", "n": 256, "batch_size": 32}
-    config = load_config(None, args, base)
+    config = load_config(None, args, base)  # a bad option fails before --out is created
+    preflight(args)
+    from augsense.analyses.sensitivity import run_sensitivity
+
     out = Path(args.out)
     print(f"augsense demo: {config.model} on the bundled photos, {len(config.layers)} layers, "
           f"factors {' + '.join(config.factors)}; writing to {out}", file=sys.stderr)

@@ -86,10 +86,10 @@ def finish(run: Any, out: Path | None, report: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args)  # a bad config fails before --out is created
     preflight(args)
     from augsense.analyses.sensitivity import run_sensitivity
 
-    config = load_config(args.config, args)
     out = Path(args.out)
     if config.segment is not None:
         from augsense.commands.segments import print_segments
