@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from augsense.analyses.sensitivity import run_sensitivity
@@ -193,6 +194,8 @@ def test_a_fresh_run_over_a_checkpoint_or_a_finished_run_needs_overwrite(tmp_pat
     assert_equal_indices(first, uninterrupted)
 
     (out / "report.html").write_text("<p>report of the finished run</p>")
+    pd.DataFrame({"factor": ["brightness"], "accuracy": [0.5]}).to_parquet(out / "masking.parquet")
+    (out / "paper_spatial").mkdir()  # what augsense mask / paper computed from the first set
     assert planted_cli(["run", str(config_file), "--out", str(out), "--quiet", "--seed", "3"]) == 2
     assert "results of a finished run" in capsys.readouterr().err
     assert load_run(out).info == first.info
@@ -201,6 +204,7 @@ def test_a_fresh_run_over_a_checkpoint_or_a_finished_run_needs_overwrite(tmp_pat
     second = load_run(out)
     assert second.info["status"] == "complete" and second.info["config"]["seed"] == 3
     assert not (out / "report.html").exists()  # the old set's report went with it
+    assert not (out / "masking.parquet").exists() and not (out / "paper_spatial").exists()  # and its analyses
     assert not np.array_equal(second.map("readout", "total_order"), first.map("readout", "total_order"),
                               equal_nan=True)  # another seed: the new set, not the old one
     assert planted_cli(["run", str(config_file), "--out", str(out), "--resume", "--overwrite"]) == 2

@@ -217,6 +217,14 @@ def with_map_rows(indices: pd.DataFrame | None, maps: dict[str, np.ndarray], inf
 RESULT_FILES = ("indices.parquet", "layers.parquet", "maps.npz", "config.toml", "run.json")
 #: Files derived from a result set; a newly committed set removes them (``augsense report`` redraws).
 DERIVED = ("report.html", "figures")
+#: what the other analyses write into a run folder from its results (augsense mask, single-class, maps,
+#: paper): removed with DERIVED when a new result set replaces the one they were computed from, so no
+#: report or reader mixes the tables of two runs
+ANALYSIS_OUTPUTS = ("masking.parquet", "masking_gap.parquet", "masking_spearman.parquet", "masking_classes.parquet",
+                    "masking_pairs.parquet", "masking_pair_rho.parquet", "masking_linkage.parquet",
+                    "single_class.parquet", "class_decay.parquet", "map_lda.parquet", "map_lda_confusion.parquet",
+                    "map_lda_paper.parquet", "map_lda_paper_confusion.parquet", "map_pixel_correlations.parquet",
+                    "map_lda_projection.parquet", "map_statistics.parquet", "paper_spatial", "segments")
 
 
 def run_info(run: Any, status: str) -> dict[str, Any]:
@@ -403,7 +411,7 @@ def write_run(run: Any, out: str | Path, *, status: str | None = None) -> None:
                             "says 'failed'; run again, with --resume if the folder has a checkpoint)") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for name in DERIVED:
+    for name in DERIVED + ANALYSIS_OUTPUTS:
         stale = out / name
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
