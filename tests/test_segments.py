@@ -192,3 +192,14 @@ def test_subset_runs_write_one_folder_per_subset(tmp_path):
     assert list(result.runs) == ["hs", "hsv"]
     assert (tmp_path / "hs" / "run.json").exists() and (tmp_path / "hsv" / "maps.npz").exists()
     assert set(pd.read_parquet(tmp_path / "segments_indices.parquet").channel) == {"hs", "hsv"}
+
+
+def test_the_run_warnings_are_printed_once_not_once_per_channel(tmp_path, capsys):
+    code = main(["segments", "--model", "resnet18", "--weights", "random", "--limit-images", "2", "--device", "cpu",
+                 "--quiet", "--segment", "conv1,bn1", "--n", "4", "--factors", "hue,brightness",
+                 "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("augsense: warning:")]
+    assert any("few images" in line for line in warnings)
+    assert len(warnings) == len(set(warnings)), err  # the h, s and v runs share them: said once

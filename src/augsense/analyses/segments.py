@@ -196,7 +196,7 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
                  model: nn.Module | ModelBundle | None = None, images: ImageSet | str | None = None,
                  out_dir: str | Path | None = None, layers: Sequence[str] | None = None,
                  scaling: tuple[float, float] | None = None, progress: bool = True,
-                 overwrite: bool = False, resize: bool = False) -> SegmentRuns:
+                 overwrite: bool = False, resize: bool = False, warn: bool = True) -> SegmentRuns:
     """Run the sensitivity analysis on a network segment fed one HSV channel at a time.
 
     Args:
@@ -214,6 +214,7 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
         overwrite: replace finished runs in the channel folders (see :func:`run_sensitivity`).
         resize: area-average the input to the segment's resolution inside the network; default
             False: the image's own resolution, as the paper.
+        warn: print the run warnings (once, with the first channel: they are the same for every channel).
 
     Returns:
         :class:`SegmentRuns` with the per-channel runs and the attribution table
@@ -247,13 +248,13 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
     run_config = dataclasses.replace(config, layers=probe_layers, output="logits", report=False)
     out = Path(out_dir) if out_dir is not None else None
     runs: dict[str, SensitivityRun] = {}
-    for channel in chosen:
+    for k, channel in enumerate(chosen):
         module = HSVSegment(bundle.module, parsed, channel, shift=shift, scale=scale, resize=resize)
         segment_bundle = ModelBundle(module, f"{bundle.name}[{segment}]:{channel}", bundle.input_size,
                                      bundle.resize_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         runs[channel] = run_sensitivity(run_config, model=segment_bundle, images=unlabelled,
                                         out_dir=out / channel if out is not None else None, progress=progress,
-                                        overwrite=overwrite)
+                                        overwrite=overwrite, warn=warn and k == 0)  # the same for every channel
     attribution = attribute_channels(runs)
     indices = segment_indices(runs)
     if out is not None:

@@ -255,7 +255,7 @@ def _open_run_folder(out: Path, *, resume: bool, overwrite: bool) -> tuple[Any, 
 def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module | ModelBundle | None = None,
                     images: ImageSet | torch.utils.data.Dataset | None = None, out_dir: str | Path | None = None,
                     resume: bool = False, progress: bool = True, stop_after_blocks: int | None = None,
-                    overwrite: bool = False) -> SensitivityRun:
+                    overwrite: bool = False, warn: bool = True) -> SensitivityRun:
     """Run a sensitivity analysis and (with ``out_dir``) write its results.
 
     With ``out_dir``, rank 0 first checks the folder (a folder, writable), takes its lock
@@ -274,6 +274,8 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
         stop_after_blocks: stop early after this many blocks of this process (for tests of resume).
         overwrite: replace the finished run or the checkpoint in ``out_dir`` (the old results stay
             whole until the new set is committed).
+        warn: print the run's warnings on stderr (they are in ``run.warnings`` and run.json either way;
+            a caller running several sub-runs prints them once).
     Returns:
         A :class:`SensitivityRun`; ``run.result`` holds indices and CIs for every unit.
     """
@@ -291,7 +293,7 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
                     held, folder = opened
             return _run_sensitivity(config, model=model, images=images, out=out, resume=resume, progress=progress,
                                     stop_after_blocks=stop_after_blocks, overwrite=overwrite, stop=stop,
-                                    folder=folder)
+                                    folder=folder, warn=warn)
         except BaseException as error:
             if out is not None and shard.rank == 0 and folder.started and not isinstance(error, RunInterrupted):
                 mark_run(out, "failed", reason=f"{type(error).__name__}: {error}"[:500])
@@ -306,7 +308,7 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
 def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundle | None,
                      images: ImageSet | torch.utils.data.Dataset | None, out: Path | None, resume: bool, progress: bool,
                      stop_after_blocks: int | None, overwrite: bool, stop: StopRequest,
-                     folder: RunFolderState) -> SensitivityRun:
+                     folder: RunFolderState, warn: bool = True) -> SensitivityRun:
     """The run itself (see :func:`run_sensitivity`); the run folder is already checked and locked.
 
     ``stop`` is the SIGINT/SIGTERM request (true: stop at the next block round), ``folder`` what rank 0
@@ -350,7 +352,7 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
         if checkpoint is None:
             raise AugsenseError("--resume needs the run folder (--out DIR) of the killed run")
         done = resume_run_checkpoint(checkpoint, plan=plan, accumulator=accumulator, shard=shard)
-    if shard.rank == 0:  # once the run is known to be valid: a refused run prints its one error line only
+    if shard.rank == 0 and warn:  # once the run is valid: a refused run prints its one error line only
         for line in notices:
             print(f"augsense: warning: {line}", file=sys.stderr)
     if out is not None:  # rank 0, before the forward passes: free space, then config.toml + run.json "running"

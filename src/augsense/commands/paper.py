@@ -122,6 +122,10 @@ def run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, model
     config = SensitivityConfig.from_dict(dict(folder.info.get("config", {})))
     bundle, image_set, _, device, _ = load_inputs(folder, model, images, options.device, options.limit_images)
     timings: dict[str, float] = {}
+    if min(options.spatial_n, options.segment_n) < 128 and {"maps", "segments"} & set(options.steps):
+        print(f"augsense paper: note: the per-unit and segment sub-runs use quick sizes (N = {options.spatial_n} "
+              f"and {options.segment_n}, {len(image_set)} images): wide intervals, for the figures' shape only; "
+              "--full for the paper's sizes", file=sys.stderr)
 
     def step(name: str) -> bool:
         if name in options.steps:
@@ -140,7 +144,7 @@ def run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, model
             spatial = dataclasses.replace(config, layers=layers, reduction="none", n=options.spatial_n, report=False,
                                           output="logits", device=options.device, checkpoint_every=0.0)
             run_sensitivity(spatial, model=bundle, images=image_set, out_dir=run_dir / "paper_spatial",
-                            progress=progress, overwrite=True)
+                            progress=progress, overwrite=True, warn=False)  # quick sizes, said once below
             tables = map_statistics_of_run(run_dir / "paper_spatial", quantities=["total_order"],
                                            paper_repeats=options.lda_repeats, seed=options.seed)
             for name, table in (("map_pixel_correlations", tables.pixel), ("map_lda_paper", tables.paper_lda),
@@ -179,7 +183,7 @@ def run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, model
         channels: Any = options.segment_channels if options.segment_channels in ("all", "subsets") else \
             [c for c in options.segment_channels.split(",") if c]
         run_segments(segment_config, segment, channels=channels, model=bundle, images=image_set,
-                     out_dir=run_dir / "segments", progress=progress, overwrite=True)
+                     out_dir=run_dir / "segments", progress=progress, overwrite=True, warn=False)
         timings["segments"] = time.perf_counter() - started
     if report:
         from augsense.report.html import write_report
