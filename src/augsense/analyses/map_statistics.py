@@ -198,8 +198,22 @@ def map_correlations(
     )
 
 
+class FoldAccuracies:
+    """Mean and SD of a cross-validation's held-out accuracies (``fold_accuracies``, one per fold)."""
+
+    fold_accuracies: FloatArray
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.fold_accuracies.mean())
+
+    @property
+    def accuracy_sd(self) -> float:
+        return float(self.fold_accuracies.std(ddof=1)) if self.fold_accuracies.size > 1 else float("nan")
+
+
 @dataclass(frozen=True)
-class FactorDiscrimination:
+class FactorDiscrimination(FoldAccuracies):
     """Cross-validated LDA predicting a unit's factor from its map.
 
     ``fold_accuracies`` has n_repeats·n_splits entries; ``confusion`` (n_classes, n_classes) counts
@@ -217,14 +231,6 @@ class FactorDiscrimination:
     n_splits: int
     n_repeats: int
     dropped_factors: list[str] = field(default_factory=list)
-
-    @property
-    def accuracy(self) -> float:
-        return float(self.fold_accuracies.mean())
-
-    @property
-    def accuracy_sd(self) -> float:
-        return float(self.fold_accuracies.std(ddof=1)) if self.fold_accuracies.size > 1 else float("nan")
 
     def to_dataframe(self) -> pd.DataFrame:
         """One summary row: accuracy mean and SD, chance, samples, classes, folds."""
@@ -436,7 +442,7 @@ def pixel_correlations(maps: ArrayLike, factor_names: Sequence[str]) -> PixelCor
 
 
 @dataclass(frozen=True)
-class PaperDiscrimination:
+class PaperDiscrimination(FoldAccuracies):
     """The paper's LDA: which factor's map is this (factor, channel) map?
 
     ``fold_accuracies`` / ``train_accuracies``: n_repeats·n_splits held-out and training accuracies;
@@ -454,14 +460,6 @@ class PaperDiscrimination:
     n_splits: int
     n_repeats: int
     n_dropped_samples: int
-
-    @property
-    def accuracy(self) -> float:
-        return float(self.fold_accuracies.mean())
-
-    @property
-    def accuracy_sd(self) -> float:
-        return float(self.fold_accuracies.std(ddof=1)) if self.fold_accuracies.size > 1 else float("nan")
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row: accuracy (held-out mean), accuracy_sd, train_accuracy, chance, sizes and folds."""
