@@ -84,6 +84,35 @@ def candidates_layer(folder: RunFolder, name: str | None) -> str:
     return chosen
 
 
+@dataclass
+class Candidates:
+    """Each factor's candidate classes: the k outputs of ``layer`` most sensitive to it.
+
+    ``maps`` (n_classes, len(factors)): the factors' maps of the candidates layer; ``chosen``: factor →
+    its k class indices, most sensitive first; ``mask_layers``: the layers to mask (not ``layer``).
+    """
+
+    layer: str
+    mask_layers: list[str]
+    factors: list[str]
+    maps: np.ndarray
+    chosen: dict[str, np.ndarray]
+
+
+def candidate_classes(folder: RunFolder, *, factors: list[str] | None, quantity: str, k: int,
+                      layer: str | None, layers: list[str] | None) -> Candidates:
+    """The candidates layer (:func:`candidates_layer`), the masked layers, the checked factors and each
+    factor's k most sensitive classes; an AugsenseError when k exceeds the classes."""
+    class_layer = candidates_layer(folder, layer)
+    masked = mask_layers(folder, layers, quantity, exclude=(class_layer,))
+    checked = check_factors(folder, factors)
+    players = folder.players
+    maps = np.stack([factor_map(folder, class_layer, quantity, players.index(f)) for f in checked], 1)
+    if k > maps.shape[0]:
+        raise AugsenseError(f"k={k} exceeds the {maps.shape[0]} classes of layer {class_layer!r}")
+    return Candidates(class_layer, masked, checked, maps, dict(zip(checked, top_k_sensitive_classes(maps, k))))
+
+
 def run_single_class(run_dir: str | Path | RunFolder, options: SingleClassOptions | None = None, *,
                      model: Any = None, images: Any = None, write: bool = True, progress: bool = False
                      ) -> pd.DataFrame:
@@ -107,15 +136,10 @@ def run_single_class(run_dir: str | Path | RunFolder, options: SingleClassOption
     check_options(grid)
     if not isinstance(options.k, int) or options.k < 1:
         raise AugsenseError(f"k must be a positive integer (candidate classes per factor), got {options.k!r}")
-    class_layer = candidates_layer(folder, options.candidates_layer)
-    layers = mask_layers(folder, options.layers, options.quantity, exclude=(class_layer,))
-    factors = check_factors(folder, options.factors)
-    players = folder.players
-    class_maps = np.stack([factor_map(folder, class_layer, options.quantity, players.index(f)) for f in factors], 1)
-    n_classes = class_maps.shape[0]
-    if options.k > n_classes:
-        raise AugsenseError(f"k={options.k} exceeds the {n_classes} classes of layer {class_layer!r}")
-    chosen = dict(zip(factors, top_k_sensitive_classes(class_maps, options.k)))
+    found = candidate_classes(folder, factors=options.factors, quantity=options.quantity, k=options.k,
+                              layer=options.candidates_layer, layers=options.layers)
+    class_layer, layers, factors, chosen = found.layer, found.mask_layers, found.factors, found.chosen
+    n_classes = found.maps.shape[0]
 
     specs, multipliers = build_masks(folder, factors, layers, grid)
     identity = [MaskSpec(f, options.quantity, "guided", 0, math.nan, 1.0, "none", 0) for f in factors]  # type: ignore[arg-type]
@@ -251,14 +275,9 @@ def class_decay(run_dir: str | Path | RunFolder, options: ClassDecayOptions | No
         raise AugsenseError(f"k must be a positive integer (candidate classes per factor), got {options.k!r}")
     if options.classes not in ("candidates", "predicted"):
         raise AugsenseError(f"classes must be 'candidates' or 'predicted', got {options.classes!r}")
-    class_layer = candidates_layer(folder, options.candidates_layer)
-    layers = mask_layers(folder, options.layers, options.quantity, exclude=(class_layer,))
-    factors = check_factors(folder, options.factors)
-    players = folder.players
-    class_maps = np.stack([factor_map(folder, class_layer, options.quantity, players.index(f)) for f in factors], 1)
-    if options.k > class_maps.shape[0]:
-        raise AugsenseError(f"k={options.k} exceeds the {class_maps.shape[0]} classes of layer {class_layer!r}")
-    chosen = dict(zip(factors, top_k_sensitive_classes(class_maps, options.k)))
+    found = candidate_classes(folder, factors=options.factors, quantity=options.quantity, k=options.k,
+                              layer=options.candidates_layer, layers=options.layers)
+    layers, factors, chosen, n_classes = found.mask_layers, found.factors, found.chosen, found.maps.shape[0]
     specs, multipliers = build_masks(folder, factors, layers, grid)
     total_units = sum(int(np.prod(m.shape[1:])) for m in multipliers.values())
     bundle, image_set, _, device, transform = load_inputs(folder, model, images, options.device, options.limit_images)
@@ -267,7 +286,7 @@ def class_decay(run_dir: str | Path | RunFolder, options: ClassDecayOptions | No
     n_labels = int(labels.max()) + 1 if labels is not None and len(labels) and int(labels.max()) >= 0 else None
     tally = evaluate_masks(bundle.module, bundle.normalise, image_set, multipliers, plan, [None],
                            seed=options.seed, batch_size=options.batch_size, max_batch=options.max_batch,
-                           device=device, transform=transform, n_labels=max(n_labels or 1, class_maps.shape[0]),
+                           device=device, transform=transform, n_labels=max(n_labels or 1, n_classes),
                            progress=progress, count_predictions=True, **layout_options(folder.info))
     names = bundle.class_names
     predicted, reference = tally.class_predicted[0], tally.reference_class_predicted[0]  # type: ignore[index]
@@ -315,5 +334,6 @@ def class_decay(run_dir: str | Path | RunFolder, options: ClassDecayOptions | No
     return table
 
 
-__all__ = ["DECAY_COLUMNS", "SINGLE_CLASS_COLUMNS", "ClassDecayOptions", "SingleClassOptions", "candidates_layer",
+__all__ = ["DECAY_COLUMNS", "SINGLE_CLASS_COLUMNS", "Candidates", "ClassDecayOptions", "SingleClassOptions",
+           "candidate_classes", "candidates_layer",
            "class_decay", "run_single_class"]
