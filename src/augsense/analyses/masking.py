@@ -602,7 +602,7 @@ def load_inputs(folder: RunFolder, model: Any = None, images: Any = None, device
     """The run's model (or ``model``), images (or ``images``), factor space, device and preprocessing."""
     from augsense.analyses.sensitivity import minmax_stretch, pick_device
     from augsense.config import SensitivityConfig
-    from augsense.io.images import load_images
+    from augsense.io.images import images_for
     from augsense.io.models import ModelBundle, load_model
 
     config = SensitivityConfig.from_dict(dict(folder.info.get("config", {})))
@@ -617,12 +617,9 @@ def load_inputs(folder: RunFolder, model: Any = None, images: Any = None, device
                                                                  images.labels[:limit_images],
                                                                  images.sources[:limit_images])
     else:
-        image_set = load_images(images if images is not None else config.images, bundle.input_size,
-                                bundle.resize_size, class_names=bundle.class_names,
-                                limit=limit_images if limit_images is not None else config.limit_images,
-                                per_class=config.per_class, seed=config.seed, label_files=config.label_files,
-                                cache=config.image_cache, partition=config.images_partition,
-                                interpolation=bundle.interpolation)  # the run's subset (its seed and per_class)
+        if limit_images is not None:
+            config = dataclasses.replace(config, limit_images=limit_images)
+        image_set = images_for(config, bundle, images)  # the run's subset (its seed, per_class, labels, cache)
     space = FactorSpace.from_dict(folder.info["factors"])
     transform = minmax_stretch if config.preprocessing == "paper" else None
     return bundle, image_set, space, chosen, transform
