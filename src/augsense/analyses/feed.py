@@ -6,7 +6,7 @@
   without blocking. On the CPU a batch is gathered from the (possibly memory-mapped) pixels.
 - :func:`channels_last`: convolutional models run channels-last (NHWC) inside the run loop, as the
   bare-forward floor's faster layout; the model's own layout is restored afterwards.
-- :func:`forward_groups`: which design blocks share one forward pass. A block is small (at least 32
+- :func:`group_of`: which design blocks share one forward pass. A block is small (at least 32
   blocks per design, for the intervals), so the loop forwards up to ``batch_size`` evaluations of
   consecutive blocks at once. Groups are fixed by a block's position in the rank's sequence, so a
   resumed run forwards exactly the batches the uninterrupted run did (float32 convolutions round
@@ -87,7 +87,7 @@ def channels_last(module: nn.Module, enabled: bool = True) -> Iterator[torch.mem
 
 
 def group_of(blocks: range, per_batch: int, k: int) -> range:
-    """The blocks forwarded together with block ``k`` of this rank's ``blocks`` (see :func:`forward_groups`)."""
+    """The blocks forwarded together with block ``k`` of this rank's ``blocks`` (see the module docstring)."""
     per_batch = max(1, int(per_batch))
     start = (blocks.index(k) // per_batch) * per_batch
     return blocks[start:start + per_batch]
