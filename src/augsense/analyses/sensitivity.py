@@ -236,22 +236,6 @@ def _signal_on_any_rank(stop: StopRequest, shard: Shard) -> int:
     return int(value.item())
 
 
-def _open_run_folder(out: Path, *, resume: bool, overwrite: bool) -> tuple[Any, RunFolderState]:
-    """Rank 0, before any computing: check ``--out``, take its lock, refuse to overwrite another run's data."""
-    from augsense.io import lock as run_lock
-
-    run_lock.prepare_out_dir(out, create=not resume)
-    held = run_lock.acquire(out)
-    try:
-        if held.notice:
-            print(f"augsense: notice: {held.notice}", file=sys.stderr)
-        previous = run_lock.inspect_run_folder(out, resume=resume, overwrite=overwrite)
-    except BaseException:
-        held.release()
-        raise
-    return held, RunFolderState(previous)
-
-
 def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module | ModelBundle | None = None,
                     images: ImageSet | torch.utils.data.Dataset | None = None, out_dir: str | Path | None = None,
                     resume: bool = False, progress: bool = True, stop_after_blocks: int | None = None,
@@ -279,6 +263,7 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
     Returns:
         A :class:`SensitivityRun`; ``run.result`` holds indices and CIs for every unit.
     """
+    from augsense.io.lock import open_run_folder
     from augsense.io.results import mark_run
 
     config = config or SensitivityConfig()
@@ -288,9 +273,9 @@ def run_sensitivity(config: SensitivityConfig | None = None, *, model: nn.Module
     with StopRequest(rank=shard.rank) as stop:
         try:
             if out is not None:
-                opened = _on_every_rank(lambda: _open_run_folder(out, resume=resume, overwrite=overwrite), shard)
+                opened = _on_every_rank(lambda: open_run_folder(out, resume=resume, overwrite=overwrite), shard)
                 if shard.rank == 0:
-                    held, folder = opened
+                    held, folder = opened[0], RunFolderState(opened[1])
             return _run_sensitivity(config, model=model, images=images, out=out, resume=resume, progress=progress,
                                     stop_after_blocks=stop_after_blocks, overwrite=overwrite, stop=stop,
                                     folder=folder, warn=warn)

@@ -282,17 +282,27 @@ def inspect_run_folder(folder: str | Path, *, resume: bool, overwrite: bool,
     return previous
 
 
+def open_run_folder(folder: str | Path, *, resume: bool = False, overwrite: bool = False) -> tuple[RunLock, str | None]:
+    """Check ``--out`` (:func:`prepare_out_dir`), take its lock and refuse to overwrite another run's data
+    (:func:`inspect_run_folder`); returns the held lock and the folder's previous run status."""
+    folder = prepare_out_dir(folder, create=not resume)
+    held = acquire(folder)
+    try:
+        if held.notice:
+            print(f"augsense: notice: {held.notice}", file=sys.stderr)
+        return held, inspect_run_folder(folder, resume=resume, overwrite=overwrite)
+    except BaseException:
+        held.release()
+        raise
+
+
 def preflight(folder: str | Path, *, resume: bool = False, overwrite: bool = False) -> None:
     """All checks of a run folder that need no model: writable folder, lock free, nothing overwritten.
 
     Takes the lock and drops it again at once: the run takes it for good when it starts.
     """
-    folder = prepare_out_dir(folder, create=not resume)
-    held = acquire(folder)
+    held, _ = open_run_folder(folder, resume=resume, overwrite=overwrite)
     held.release()
-    if held.notice:
-        print(f"augsense: notice: {held.notice}", file=sys.stderr)
-    inspect_run_folder(folder, resume=resume, overwrite=overwrite)
 
 
 def holder_of(folder: str | Path) -> dict[str, Any] | None:
