@@ -17,6 +17,13 @@ the holder (host, PID, start time, command) so that a refusal can say who holds 
 
 On release the record is emptied and the file removed. A file system without flock falls back
 to the record alone.
+
+Every command that writes into a folder holds its lock while it writes (:func:`holding`): ``run``
+and ``demo`` for the whole run, ``mask``, ``single-class``, ``maps``, ``paper``, ``report``,
+``segments``, ``contrast``, ``responses`` and ``stimuli`` for theirs, so a second writer is refused
+with one line naming the holder. Within one process the lock is reentrant: :func:`acquire` of a
+folder this process already holds returns a handle that releases nothing (``augsense paper`` holds
+the run folder while its steps write into it).
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,19 +96,38 @@ def _read_record(fd: int) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else {"host": "?", "pid": "?", "damaged": True}
 
 
+#: The folders whose lock this process holds: real path → the owning RunLock (see :func:`acquire`).
+_HELD: dict[str, "RunLock"] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _key(folder: str | Path) -> str:
+    return os.path.realpath(folder)
+
+
 @dataclass
 class RunLock:
-    """A held run-folder lock; release it with :meth:`release` or use it as a context manager."""
+    """A held run-folder lock; release it with :meth:`release` or use it as a context manager.
+
+    ``fd`` is -1 for a nested handle (the folder was already held by this process): its release is a no-op.
+    """
 
     path: Path
     fd: int
     record: dict[str, Any]
     notice: str | None = None
 
+    @property
+    def nested(self) -> bool:
+        return self.fd < 0
+
     def release(self) -> None:
         """Drop the lock: remove the file (if it is still ours), then the flock."""
         if self.fd < 0:
             return
+        with _HELD_GUARD:
+            if _HELD.get(_key(self.path.parent)) is self:
+                del _HELD[_key(self.path.parent)]
         try:
             current = os.stat(self.path)
             if current.st_ino == os.fstat(self.fd).st_ino:
@@ -134,15 +163,31 @@ def _flock(fd: int) -> bool | None:
         raise
 
 
-def acquire(folder: str | Path, *, command: str | None = None) -> RunLock:
+ADVICE = "wait for that run to finish or choose another --out"
+
+
+def acquire(folder: str | Path, *, command: str | None = None, advice: str = ADVICE) -> RunLock:
     """Take the lock of run folder ``folder`` (which must exist) or raise :class:`AugsenseError`.
 
     Args:
         folder: the run folder.
         command: what to show other runs about this one (default: this process's command line).
+        advice: the end of the refusal: what the user can do.
     Returns:
-        The held :class:`RunLock`; ``notice`` says when a stale lock was taken over.
+        The held :class:`RunLock`; ``notice`` says when a stale lock was taken over. A folder this
+        process already holds gives a nested handle (``fd`` -1) whose release does nothing.
     """
+    with _HELD_GUARD:
+        owner = _HELD.get(_key(folder))
+    if owner is not None and owner.fd >= 0:
+        return RunLock(owner.path, -1, owner.record)
+    held = _acquire(folder, command=command, advice=advice)
+    with _HELD_GUARD:
+        _HELD[_key(folder)] = held
+    return held
+
+
+def _acquire(folder: str | Path, *, command: str | None, advice: str) -> RunLock:
     path = Path(folder) / LOCK_NAME
     me = {"host": host_name(), "pid": os.getpid(), "started": time.time(),
           "command": command if command is not None else " ".join(["augsense", *sys.argv[1:]])[:300]}
@@ -156,8 +201,7 @@ def acquire(folder: str | Path, *, command: str | None = None) -> RunLock:
             holder = _read_record(fd)
             if got is False:
                 raise AugsenseError(f"run folder {str(path.parent)!r} is in use by "
-                                    f"{describe(holder or {'host': '?', 'pid': '?'})}; wait for that run to finish "
-                                    "or choose another --out")
+                                    f"{describe(holder or {'host': '?', 'pid': '?'})}; {advice}")
             try:  # the file we locked may have been removed by its releasing holder meanwhile
                 if os.stat(path).st_ino != os.fstat(fd).st_ino:
                     os.close(fd)
@@ -171,8 +215,7 @@ def acquire(folder: str | Path, *, command: str | None = None) -> RunLock:
                 pid = holder.get("pid")
                 dead = same_host and isinstance(pid, int) and not pid_alive(pid)
                 if got is None and same_host and not dead:
-                    raise AugsenseError(f"run folder {str(path.parent)!r} is in use by {describe(holder)}; wait for "
-                                        "that run to finish or choose another --out")
+                    raise AugsenseError(f"run folder {str(path.parent)!r} is in use by {describe(holder)}; {advice}")
                 if not same_host and not holder.get("damaged"):
                     raise AugsenseError(f"run folder {str(path.parent)!r} is locked by {describe(holder)}, another "
                                         "host, which this one cannot check; if that run is no longer running, delete "
@@ -192,6 +235,26 @@ def acquire(folder: str | Path, *, command: str | None = None) -> RunLock:
                     pass
             raise
     raise AugsenseError(f"could not take the lock {str(path)!r}: it keeps being replaced by other processes")
+
+
+#: The refusal's advice for the commands that write into an existing folder (no --out to change).
+WAIT_ADVICE = "wait for it to finish, then run this command again"
+
+
+@contextmanager
+def holding(folder: str | Path, *, command: str | None = None, advice: str = WAIT_ADVICE) -> Iterator[RunLock]:
+    """Hold the lock of ``folder`` (which must exist) for the ``with`` block; reentrant within a process.
+
+    A stale lock taken over is said on stderr. Raises :class:`AugsenseError` (one line naming the
+    holder: command, PID, host) when another live process holds it.
+    """
+    held = acquire(folder, command=command, advice=advice)
+    try:
+        if held.notice:
+            print(f"augsense: notice: {held.notice}", file=sys.stderr)
+        yield held
+    finally:
+        held.release()
 
 
 def prepare_out_dir(out: str | Path, *, create: bool = True) -> Path:

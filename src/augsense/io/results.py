@@ -39,6 +39,7 @@ import pandas as pd
 
 from augsense.errors import AugsenseError
 from augsense.io.lock import pid_alive, prepare_out_dir, read_status  # noqa: F401 - part of the run-folder API
+from augsense.io.provenance import RESULT_SET, current_result_set, new_result_set_id, result_set_of
 
 MAP_QUANTITIES = ("first_order", "total_order", "shapley", "second_order", "interactions", "mean", "variance", "cv",
                   "dead")
@@ -337,6 +338,9 @@ def write_run_start(run: Any, out: str | Path) -> None:
     out = Path(out)
     info = run_info(run, "running")
     info.update(started=_now(), host=socket.gethostname(), pid=os.getpid())
+    kept = current_result_set(out)  # the result files in the folder stay those of that set until the commit
+    if kept is not None:
+        info[RESULT_SET] = kept
     try:
         tmp = out / f".config.toml.tmp{os.getpid()}"
         tmp.write_text(run.config.to_toml(), encoding="utf-8")
@@ -378,6 +382,7 @@ def write_run(run: Any, out: str | Path, *, status: str | None = None) -> None:
     except (OSError, ValueError):
         begun = {}
     info.update(started=begun.get("started"), host=socket.gethostname(), pid=os.getpid(), finished=_now())
+    info[RESULT_SET] = new_result_set_id()  # what the analysis tables computed from this set record
     remove_stale_staging(out)
     try:
         shutil.rmtree(staging, ignore_errors=True)
@@ -502,4 +507,7 @@ def load_run(path: str | Path) -> RunFolder:
             folder.maps = {key: data[key] for key in data.files}
     except (OSError, ValueError) as error:
         folder.missing.append(f"maps.npz ({type(error).__name__})")
+    if current_result_set(path) != result_set_of(info):  # a new set was committed while the tables were read
+        raise AugsenseError(f"the results in {str(path)!r} were replaced while they were read (another run committed "
+                            "into the folder); run this again")
     return folder
