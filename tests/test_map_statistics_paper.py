@@ -24,9 +24,10 @@ def test_pixel_correlations_planted_and_against_scipy_per_pixel() -> None:
     maps[..., 0] = base
     maps[..., 1] = np.exp(3 * base)
     maps[..., 2] = np.where(np.arange(w) < w // 2, base, -base)
-    maps[5] = np.nan  # a dead channel
+    maps[5] = np.nan  # a dead channel: index 0 as the paper, lowest in every factor's ranks, so ρ is unchanged
     result = pixel_correlations(maps, NAMES)
-    assert result.n_channels == 29 and result.n_dropped_channels == 1
+    assert result.n_channels == 30 and result.n_dropped_channels == 0 and result.n_dead_channels == 1
+    assert (pixel_correlations(maps, NAMES, missing="omit").n_channels, result.n_undefined.max()) == (29, 0)
     assert result.rho_mean[0, 1] == pytest.approx(1.0) and result.rho_sd[0, 1] == pytest.approx(0.0, abs=1e-12)
     p = h * w
     assert result.rho_mean[0, 2] == pytest.approx(0.0, abs=1e-12)
@@ -90,18 +91,89 @@ def test_paper_lda_sample_layout_and_refusals() -> None:
         paper_discrimination(maps[..., :1], NAMES[:1])
 
 
-def test_dead_pixels_leave_out_only_their_channel_at_that_pixel() -> None:
-    """A channel dead (NaN) at one pixel drops out of that pixel's correlation only; the LDA reads it as 0."""
+def test_omit_leaves_out_dead_pixels_only_their_channel_at_that_pixel() -> None:
+    """missing="omit": a channel dead (NaN) at one pixel drops out of that pixel's correlation only; the LDA
+    reads a dead pixel as 0 and leaves out samples dead everywhere."""
     rng = np.random.default_rng(5)
     maps = rng.uniform(size=(12, 2, 2, 3))
     maps[0, 0, 0, :] = np.nan
     maps[1] = np.nan  # dead everywhere
-    result = pixel_correlations(maps, NAMES)
+    result = pixel_correlations(maps, NAMES, missing="omit")
     assert result.n_channels == 11 and result.n_dropped_channels == 1
     at_00 = scipy.stats.spearmanr(maps[2:, 0, 0, 0], maps[2:, 0, 0, 1]).statistic
     others = [scipy.stats.spearmanr(np.delete(maps[:, i, j, 0], 1), np.delete(maps[:, i, j, 1], 1)).statistic
               for i, j in ((0, 1), (1, 0), (1, 1))]
     assert result.rho_mean[0, 1] == pytest.approx(np.mean([at_00, *others]), abs=1e-12)
-    features, labels, dropped = paper_samples(maps, NAMES)
+    features, labels, dropped = paper_samples(maps, NAMES, missing="omit")
     assert dropped == 3 and features.shape == (33, 4) and np.isfinite(features).all()
     assert (features[labels == 0][0] == np.r_[0.0, maps[0].reshape(4, 3)[1:, 0]]).all()
+
+
+def dead_channel_map() -> np.ndarray:
+    """(4 channels, 1 × 2 pixels, 2 factors); channel 3 is dead (NaN everywhere).
+
+    Pixel 0: a = [1, 2, 3, ·], b = [3, 1, 2, ·]. Pixel 1: a = [0, 0, 0, ·] (only b moves the units there),
+    b = [1, 2, 3, ·]."""
+    maps = np.full((4, 1, 2, 2), np.nan)
+    maps[:3, 0, 0, 0], maps[:3, 0, 0, 1] = [1, 2, 3], [3, 1, 2]
+    maps[:3, 0, 1, 0], maps[:3, 0, 1, 1] = [0, 0, 0], [1, 2, 3]
+    return maps
+
+
+def test_paper_pixel_correlation_counts_a_dead_channel_as_zero_and_an_undefined_rho_as_zero() -> None:
+    """By hand, as the reference code (NaN index → 0 by its safe division; custom_spearmanr: ρ NaN → 0):
+    pixel 0: a = [1, 2, 3, 0] → ranks [2, 3, 4, 1], b = [3, 1, 2, 0] → [4, 2, 3, 1]; Σd² = 6, ρ = 1 − 36/60 = 0.4.
+    Pixel 1: a = [0, 0, 0, 0] is constant → ρ undefined → 0. Mean 0.2, SD (ddof 1) 0.4/√2, over 2 pixels."""
+    result = pixel_correlations(dead_channel_map(), NAMES[:2])
+    assert result.rho_mean[0, 1] == pytest.approx(0.2, abs=1e-12)
+    assert result.rho_sd[0, 1] == pytest.approx(0.4 / np.sqrt(2), abs=1e-12)
+    assert (result.n_pixels[0, 1], result.n_undefined[0, 1], result.n_channels, result.n_dead_channels) == (2, 1, 4, 1)
+    row = result.to_dataframe().iloc[0]
+    assert (row.n_pixels, row.n_undefined, row.missing) == (2, 1, "paper")
+    # "omit": pixel 0 over the 3 live channels, ranks [1, 2, 3] vs [3, 1, 2], ρ = 1 − 36/24 = −0.5; pixel 1 left out
+    omitted = pixel_correlations(dead_channel_map(), NAMES[:2], missing="omit")
+    assert omitted.rho_mean[0, 1] == pytest.approx(-0.5, abs=1e-12) and np.isnan(omitted.rho_sd[0, 1])
+    assert (omitted.n_pixels[0, 1], omitted.n_undefined[0, 1], omitted.n_channels) == (1, 1, 3)
+    with pytest.raises(AugsenseError, match="missing"):
+        pixel_correlations(dead_channel_map(), NAMES[:2], missing="zero")
+
+
+def test_paper_lda_keeps_a_dead_channel_as_zero_samples() -> None:
+    """The paper's X[var, unit, pixels] has no NaN (a dead unit's index is 0): the dead channel gives one all-zero
+    sample per factor, kept; "omit" leaves them out."""
+    features, labels, dropped = paper_samples(dead_channel_map(), NAMES[:2])
+    assert features.shape == (8, 2) and dropped == 0 and list(labels) == [0, 0, 0, 0, 1, 1, 1, 1]
+    np.testing.assert_array_equal(features[[3, 7]], np.zeros((2, 2)))
+    np.testing.assert_array_equal(features[[0, 4]], [[1.0, 0.0], [3.0, 1.0]])
+    features, labels, dropped = paper_samples(dead_channel_map(), NAMES[:2], missing="omit")
+    assert features.shape == (6, 2) and dropped == 2
+    rng = np.random.default_rng(6)
+    maps = rng.uniform(size=(10, 2, 2, 3))
+    maps[4] = np.nan
+    result = paper_discrimination(maps, NAMES, n_splits=5, n_repeats=2)
+    assert (result.n_samples, result.n_dropped_samples) == (30, 0)
+    assert paper_discrimination(maps, NAMES, n_splits=3, n_repeats=2, missing="omit").n_samples == 27
+
+
+def test_maps_command_paper_missing_option(tmp_path) -> None:
+    """`augsense maps --paper-missing omit` writes the omitting variant; the default is the paper's."""
+    import json
+
+    import pandas as pd
+
+    from augsense.cli import main
+
+    rng = np.random.default_rng(8)
+    maps = rng.uniform(size=(10, 2, 2, 3))
+    maps[3] = np.nan
+    for name, extra in (("paper", []), ("omit", ["--paper-missing", "omit"])):
+        run = tmp_path / name
+        run.mkdir()
+        info = {"players": NAMES, "layers": {"L": {"unit_shape": [10, 2, 2], "units": 40}}}
+        (run / "run.json").write_text(json.dumps(info))
+        np.savez(run / "maps.npz", **{"L/total_order": maps})
+        assert main(["maps", str(run), "--paper-repeats", "1", "--folds", "3", *extra]) == 0
+        pixel = pd.read_parquet(run / "map_pixel_correlations.parquet")
+        lda = pd.read_parquet(run / "map_lda_paper.parquet")
+        assert set(pixel["missing"]) == {name}
+        assert (pixel["n_channels"].iloc[0], lda["n_samples"].iloc[0]) == ((10, 30) if name == "paper" else (9, 27))

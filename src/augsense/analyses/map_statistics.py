@@ -27,6 +27,11 @@ The paper's own definitions, kept beside these (they answer other questions):
   channel's H·W pixels) labelled by the factor, 5 × 100 repeated stratified folds: are the factors'
   maps of a layer linearly distinguishable? The label is the map's own factor, not a unit's
   preference, so no replicate is needed.
+
+Missing values differ on purpose: augsense's own statistics leave dead units (NaN) out, while the
+paper variants, by default (``missing="paper"``), treat them as the reference code does: its safe
+division gives a dead unit index 0, and an undefined per-pixel ρ counts as 0 (``missing="omit"``
+leaves them out instead).
 """
 
 from __future__ import annotations
@@ -376,13 +381,28 @@ def factor_discrimination(
 #    correlation/compute.py::compute_unitwise_correlation, discriminant_analysis/compute.py) ------
 
 
+#: How the paper variants treat a NaN index (a dead unit: no variance). ``"paper"``: as the reference
+#: code, whose safe division returns 0 where the numerator is ≈ 0, so a dead unit's index is 0 and
+#: an undefined per-pixel ρ is 0; ``"omit"``: leave the dead unit (and undefined ρ) out instead.
+MISSING = ("paper", "omit")
+
+
+def _missing(missing: str) -> str:
+    if missing not in MISSING:
+        raise AugsenseError(f"missing must be one of {', '.join(MISSING)}, got {missing!r}")
+    return missing
+
+
 @dataclass(frozen=True)
 class PixelCorrelations:
     """The paper's map correlation: per pixel, Spearman between factors across channels.
 
-    ``rho_mean`` / ``rho_sd`` are (d, d): mean and SD (ddof = 1, as the paper) over the pixels where
-    the pair's correlation is defined; ``n_pixels`` (d, d) counts those pixels (a pixel where a
-    factor's map is constant across channels has no rank correlation; the paper counted it as 0).
+    ``rho_mean`` / ``rho_sd`` are (d, d): mean and SD (ddof = 1, as the paper) over ``n_pixels``
+    (d, d) pixels. ``missing = "paper"``: every pixel counts, and a pixel where a factor's map is
+    constant across channels (no rank correlation) counts as ρ = 0, as the paper; ``n_undefined``
+    (d, d) counts those pixels. ``"omit"``: they are left out of ``n_pixels``. ``n_dead_channels``
+    counts channels whose map is NaN at every pixel (index 0 under ``"paper"``, left out under
+    ``"omit"``, where they are also ``n_dropped_channels``).
     """
 
     factor_names: list[str]
@@ -391,46 +411,81 @@ class PixelCorrelations:
     n_pixels: NDArray[np.int64]
     n_channels: int
     n_dropped_channels: int
+    n_undefined: NDArray[np.int64] | None = None
+    n_dead_channels: int = 0
+    missing: str = "paper"
 
     def to_dataframe(self) -> pd.DataFrame:
-        """Long table: ``factor_a``, ``factor_b``, ``rho_mean``, ``rho_sd``, ``n_pixels``, ``n_channels``."""
+        """Long table: ``factor_a``, ``factor_b``, ``rho_mean``, ``rho_sd``, ``n_pixels``, ``n_undefined``,
+        ``n_channels``, ``n_dead_channels``, ``missing``."""
         d = len(self.factor_names)
+        undefined = self.n_undefined if self.n_undefined is not None else np.zeros((d, d), dtype=np.int64)
         rows = [(self.factor_names[a], self.factor_names[b], self.rho_mean[a, b], self.rho_sd[a, b],
-                 int(self.n_pixels[a, b]), self.n_channels) for a in range(d) for b in range(a + 1, d)]
-        return pd.DataFrame(rows, columns=["factor_a", "factor_b", "rho_mean", "rho_sd", "n_pixels", "n_channels"])
+                 int(self.n_pixels[a, b]), int(undefined[a, b]), self.n_channels, self.n_dead_channels, self.missing)
+                for a in range(d) for b in range(a + 1, d)]
+        return pd.DataFrame(rows, columns=["factor_a", "factor_b", "rho_mean", "rho_sd", "n_pixels", "n_undefined",
+                                           "n_channels", "n_dead_channels", "missing"])
 
 
-def pixel_correlations(maps: ArrayLike, factor_names: Sequence[str]) -> PixelCorrelations:
-    """Spearman ρ between factors' maps across channels, at every pixel; mean and SD over pixels.
-
-    Args:
-        maps: (C, H, W, d) per-unit maps, or (C, d) per-channel maps (one "pixel": SD is NaN).
-        factor_names: the d factor names.
-
-    Returns:
-        :class:`PixelCorrelations`. At each pixel, channels whose value there is NaN for some factor
-        (a dead unit) are left out; pixels with fewer than 3 such channels have no correlation, and
-        channels dead at every pixel count in ``n_dropped_channels``.
-    """
-    names = list(factor_names)
-    array = _validated_maps(maps, names)
-    if len(names) < 2:
-        raise AugsenseError("pixel-wise correlations need at least two factors.")
-    channels = array.reshape(array.shape[0], -1, array.shape[-1]).copy()  # (C, P, d)
-    valid = np.isfinite(channels).all(axis=2)  # (C, P): the channel is alive at the pixel
-    alive = valid.any(axis=1)
-    if int(alive.sum()) < 3 or int(valid.sum(axis=0).max()) < 3:
-        raise AugsenseError(f"only {int(valid.sum(axis=0).max())} channels have finite maps at any pixel; "
-                            "pixel-wise correlations across channels need at least 3.")
-    channels[~valid] = np.nan
+def _rank_correlations(channels: FloatArray, valid: NDArray[np.bool_]) -> FloatArray:
+    """(C, P, d) maps, (C, P) live mask → (P, d, d) Spearman ρ across each pixel's live channels; NaN where a
+    factor's ranks are constant there (``custom_spearmanr``'s corrcoef of ranks, before its NaN → 0)."""
+    channels = np.where(valid[..., None], channels, np.nan)
     ranks = scipy.stats.rankdata(channels, axis=0, nan_policy="omit")  # ranks among the pixel's live channels
     centred = ranks - np.nanmean(np.where(valid[..., None], ranks, np.nan), axis=0, keepdims=True)
     centred = np.where(valid[..., None], centred, 0.0)
     norms = np.sqrt((centred**2).sum(axis=0))  # (P, d)
     with np.errstate(divide="ignore", invalid="ignore"):
         unit = centred / np.where(norms > 0, norms, np.nan)[None]
-        per_pixel = np.clip(np.einsum("cpa,cpb->pab", unit, unit), -1.0, 1.0)  # (P, d, d)
-    per_pixel[valid.sum(axis=0) < 3] = np.nan
+        return np.clip(np.einsum("cpa,cpb->pab", unit, unit), -1.0, 1.0)
+
+
+def pixel_correlations(maps: ArrayLike, factor_names: Sequence[str], *, missing: str = "paper") -> PixelCorrelations:
+    """Spearman ρ between factors' maps across channels, at every pixel; mean and SD over pixels.
+
+    The reference code (``correlation/compute.py``: ``compute_unitwise_correlation`` and
+    ``custom_spearmanr``) ranks each factor's values over all channels at a pixel, takes the Pearson
+    correlation of the ranks, sets an undefined one (a constant map) to 0 and averages over all
+    pixels; its indices have no NaN (a dead unit's index is 0).
+
+    Args:
+        maps: (C, H, W, d) per-unit maps, or (C, d) per-channel maps (one "pixel": SD is NaN).
+        factor_names: the d factor names.
+        missing: ``"paper"`` (default): a NaN index (dead unit) is 0 and ranks among the channels, and
+            an undefined ρ counts as 0 in the mean and SD over all pixels, as the paper.
+            ``"omit"``: at each pixel, channels whose value is NaN for some factor are left out, and
+            pixels with fewer than 3 live channels or a constant map are left out of the mean and SD.
+
+    Returns:
+        :class:`PixelCorrelations`.
+    """
+    names = list(factor_names)
+    missing = _missing(missing)
+    array = _validated_maps(maps, names)
+    if len(names) < 2:
+        raise AugsenseError("pixel-wise correlations need at least two factors.")
+    channels = array.reshape(array.shape[0], -1, array.shape[-1]).copy()  # (C, P, d)
+    finite = np.isfinite(channels).all(axis=2)  # (C, P): the channel is alive at the pixel
+    dead = int((~finite.any(axis=1)).sum())
+    if missing == "paper":
+        if channels.shape[0] < 3:
+            raise AugsenseError(f"only {channels.shape[0]} channels; pixel-wise correlations across channels "
+                                "need at least 3.")
+        channels = np.nan_to_num(channels, nan=0.0)
+        per_pixel = _rank_correlations(channels, np.ones(finite.shape, dtype=bool))
+        undefined = np.isnan(per_pixel)
+        per_pixel[undefined] = 0.0  # custom_spearmanr: rs[is_nan] = 0
+        count = np.full(per_pixel.shape[1:], per_pixel.shape[0], dtype=np.int64)
+        mean = per_pixel.mean(axis=0)
+        sd = per_pixel.std(axis=0, ddof=1) if per_pixel.shape[0] > 1 else np.full(mean.shape, np.nan)
+        return PixelCorrelations(names, mean, sd, count, int(channels.shape[0]), 0,
+                                 undefined.sum(axis=0).astype(np.int64), dead, missing)
+    alive = finite.any(axis=1)
+    if int(alive.sum()) < 3 or int(finite.sum(axis=0).max()) < 3:
+        raise AugsenseError(f"only {int(finite.sum(axis=0).max())} channels have finite maps at any pixel; "
+                            "pixel-wise correlations across channels need at least 3.")
+    per_pixel = _rank_correlations(channels, finite)
+    per_pixel[finite.sum(axis=0) < 3] = np.nan
     defined = np.isfinite(per_pixel)
     count = defined.sum(axis=0)
     with warnings.catch_warnings():
@@ -438,7 +493,8 @@ def pixel_correlations(maps: ArrayLike, factor_names: Sequence[str]) -> PixelCor
         mean = np.nanmean(per_pixel, axis=0)
         sd = np.nanstd(per_pixel, axis=0, ddof=1)
     sd = np.where(count > 1, sd, np.nan)
-    return PixelCorrelations(names, mean, sd, count.astype(np.int64), int(alive.sum()), int((~alive).sum()))
+    return PixelCorrelations(names, mean, sd, count.astype(np.int64), int(alive.sum()), dead,
+                             (~defined).sum(axis=0).astype(np.int64), dead, missing)
 
 
 @dataclass(frozen=True)
@@ -474,24 +530,28 @@ class PaperDiscrimination(FoldAccuracies):
                             columns=pd.Index(self.classes, name="predicted"))
 
 
-def paper_samples(maps: ArrayLike, factor_names: Sequence[str]) -> tuple[FloatArray, NDArray[np.int64], int]:
+def paper_samples(maps: ArrayLike, factor_names: Sequence[str], *,
+                  missing: str = "paper") -> tuple[FloatArray, NDArray[np.int64], int]:
     """(C, H, W, d) or (C, d) maps → samples X (d·C', H·W), labels y (d·C',) = factor index, dropped count.
 
     One sample per (factor, channel): that channel's spatial map of that factor's index, as the
     paper's ``X[var, unit, pixels]``. A NaN pixel (a unit with no variance there: no factor moves it)
-    counts as index 0; a sample that is NaN everywhere (a dead channel) is left out.
+    counts as index 0, as the reference code's safe division gives it. ``missing = "paper"`` keeps a
+    sample that is NaN everywhere (a dead channel) as all zeros, as the paper; ``"omit"`` leaves it
+    out (and counts it).
     """
+    missing = _missing(missing)
     array = _validated_maps(maps, list(factor_names))
     d = array.shape[-1]
     per_factor = np.moveaxis(array.reshape(array.shape[0], -1, d), -1, 0)  # (d, C, P)
     features = per_factor.reshape(d * array.shape[0], -1)
     labels = np.repeat(np.arange(d), array.shape[0])
-    keep = np.isfinite(features).any(axis=1)
+    keep = np.isfinite(features).any(axis=1) if missing == "omit" else np.ones(len(labels), dtype=bool)
     return np.nan_to_num(features[keep], nan=0.0), labels[keep], int((~keep).sum())
 
 
 def paper_discrimination(maps: ArrayLike, factor_names: Sequence[str], *, n_splits: int = 5, n_repeats: int = 100,
-                         seed: int = 0) -> PaperDiscrimination:
+                         seed: int = 0, missing: str = "paper") -> PaperDiscrimination:
     """LDA (SVD solver, no scaling, as the paper) predicting the factor of each (factor, channel) map.
 
     Args:
@@ -500,6 +560,8 @@ def paper_discrimination(maps: ArrayLike, factor_names: Sequence[str], *, n_spli
         factor_names: the d factor names (the classes).
         n_splits, n_repeats: repeated stratified k-fold; the paper's 5 × 100 by default.
         seed: fold shuffling seed.
+        missing: NaN indices (dead units) are 0, as the paper; ``"omit"`` leaves out the samples of
+            channels dead everywhere (see :func:`paper_samples`).
 
     Returns:
         :class:`PaperDiscrimination`; held-out accuracy well above ``chance`` means the factors'
@@ -510,7 +572,7 @@ def paper_discrimination(maps: ArrayLike, factor_names: Sequence[str], *, n_spli
         raise AugsenseError("LDA needs at least two factors (classes).")
     if n_splits < 2 or n_repeats < 1:
         raise AugsenseError(f"need n_splits ≥ 2 and n_repeats ≥ 1, got {n_splits}, {n_repeats}.")
-    features, labels, dropped = paper_samples(maps, names)
+    features, labels, dropped = paper_samples(maps, names, missing=missing)
     counts = np.bincount(labels, minlength=len(names))
     if (counts < n_splits).any():
         raise AugsenseError(f"every factor needs ≥ {n_splits} channels with finite maps for {n_splits}-fold LDA; "

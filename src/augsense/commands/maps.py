@@ -29,8 +29,8 @@ factor_b, rho, p_value, n), and with a replicate ``map_lda.parquet`` (one row pe
 quantity: accuracy, accuracy_sd, chance, …), ``map_lda_confusion.parquet`` (layer, quantity, true,
 predicted, fraction) and ``map_lda_projection.parquet`` (layer, quantity, ld1, ld2, factor); the paper's
 ``map_pixel_correlations.parquet`` (layer, quantity, factor_a, factor_b, rho_mean, rho_sd, n_pixels,
-n_channels), ``map_lda_paper.parquet`` (layer, quantity, accuracy, accuracy_sd, train_accuracy, chance,
-n_samples, n_features, …) and ``map_lda_paper_confusion.parquet`` (layer, quantity, true, predicted, fraction).
+n_undefined, n_channels, n_dead_channels, missing), ``map_lda_paper.parquet`` (layer, quantity, accuracy,
+accuracy_sd, train_accuracy, chance, n_samples, n_features, …) and ``map_lda_paper_confusion.parquet`` (layer, quantity, true, predicted, fraction).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _check_replicate(run: RunFolder, replicate: RunFolder) -> None:
 def map_statistics_of_run(run_dir: str | Path, *, replicate_dir: str | Path | None = None,
                           quantities: Sequence[str] | None = None, layers: Sequence[str] | None = None,
                           n_splits: int = 5, n_repeats: int = 10, seed: int = 0, paper: bool = True,
-                          paper_repeats: int = 100) -> MapStatisticsTables:
+                          paper_repeats: int = 100, paper_missing: str = "paper") -> MapStatisticsTables:
     """Correlations (and, with a replicate run, LDA) of a run folder's maps, layer by layer.
 
     Args:
@@ -106,6 +106,8 @@ def map_statistics_of_run(run_dir: str | Path, *, replicate_dir: str | Path | No
         n_splits, n_repeats, seed: repeated stratified k-fold of the LDA.
         paper: also the paper's per-pixel correlations and (factor, channel)-map LDA.
         paper_repeats: repeats of the paper LDA's n_splits-fold (the paper: 100).
+        paper_missing: dead units (NaN) in the paper statistics: ``"paper"`` index 0 and an undefined
+            per-pixel ρ 0, as the reference code; ``"omit"`` left out (see ``map_statistics.MISSING``).
 
     Returns:
         :class:`MapStatisticsTables`; ``notes`` says what was skipped and why.
@@ -146,7 +148,7 @@ def map_statistics_of_run(run_dir: str | Path, *, replicate_dir: str | Path | No
                 notes.append(f"{layer} {quantity}: no correlations ({error})")
             if paper:
                 _paper_statistics(maps, players, labels, n_splits, paper_repeats, seed, pixel, paper_lda,
-                                  paper_confusion, notes)
+                                  paper_confusion, notes, paper_missing)
             if replicate is None:
                 continue
             replicate_maps = replicate.map(layer, quantity)
@@ -178,15 +180,16 @@ def map_statistics_of_run(run_dir: str | Path, *, replicate_dir: str | Path | No
 
 def _paper_statistics(maps: np.ndarray, players: list[str], labels: dict[str, str], n_splits: int, repeats: int,
                       seed: int, pixel: list[pd.DataFrame], lda: list[pd.DataFrame], confusion: list[pd.DataFrame],
-                      notes: list[str]) -> None:
+                      notes: list[str], missing: str = "paper") -> None:
     """Append one layer × index's paper tables (per-pixel correlations, (factor, channel)-map LDA)."""
     where = f"{labels['layer']} {labels['quantity']}"
     try:
-        pixel.append(pixel_correlations(maps, players).to_dataframe().assign(**labels))
+        pixel.append(pixel_correlations(maps, players, missing=missing).to_dataframe().assign(**labels))
     except AugsenseError as error:
         notes.append(f"{where}: no per-pixel correlations ({error})")
     try:
-        result = paper_discrimination(maps, players, n_splits=n_splits, n_repeats=repeats, seed=seed)
+        result = paper_discrimination(maps, players, n_splits=n_splits, n_repeats=repeats, seed=seed,
+                                      missing=missing)
     except AugsenseError as error:
         notes.append(f"{where}: no paper LDA ({error})")
         return
@@ -213,6 +216,9 @@ def register(subparsers: Any) -> None:
                         help="also the paper's per-pixel correlations and (factor, channel)-map LDA (default on)")
     parser.add_argument("--paper-repeats", type=int, default=100,
                         help="repeats of the paper LDA's k-fold (default 100, as the paper)")
+    parser.add_argument("--paper-missing", choices=("paper", "omit"), default="paper",
+                        help="dead units (no variance, NaN) in the paper's statistics: paper (default) counts their "
+                             "index and an undefined per-pixel ρ as 0, as the reference code; omit leaves them out")
     parser.set_defaults(func=cmd_maps)
 
 
@@ -223,7 +229,8 @@ def _names(text: str | None) -> list[str] | None:
 def cmd_maps(args: argparse.Namespace) -> int:
     tables = map_statistics_of_run(args.run_dir, replicate_dir=args.replicate, quantities=_names(args.quantities),
                                    layers=_names(args.layers), n_splits=args.folds, n_repeats=args.repeats,
-                                   paper=args.paper, paper_repeats=args.paper_repeats)
+                                   paper=args.paper, paper_repeats=args.paper_repeats,
+                                   paper_missing=args.paper_missing)
     written = tables.write(Path(args.run_dir))
     units = tables.correlations[tables.correlations["scope"] == "units"] if len(tables.correlations) else None
     if units is not None and len(units):
