@@ -6,7 +6,8 @@ A run folder holds
   shapley, interactions), for the layers with one unit per channel (reduced) and the output;
   per-element layers (reduction none: a unit per channel × position) are arrays only, since their
   long rows were 40-odd per unit (:func:`map_rows` / ``RunFolder.indices`` rebuild them);
-- ``layers.parquet``: the layer-aggregated indices Σ_c V_i^(c) / Σ_c V^(c) with CIs;
+- ``layers.parquet``: the layer-aggregated indices Σ_c V_i^(c) / Σ_c V^(c) with CIs (sobol2: also
+  second_order, Σ_c V_ij^(c) / Σ_c V^(c) per pair factor < factor2, with CIs);
 - ``maps.npz`` (uncompressed): ``<layer>/<quantity>`` arrays shaped (*unit_shape, d) (CIs
   (2, *unit_shape, d)), pairs (*unit_shape, d, d), and ``<layer>/dead``, for every layer;
 - ``run.json``: config, factors with bounds, design, versions, device, world size, timings, and
