@@ -33,6 +33,7 @@ from torch import nn
 from augsense.errors import AugsenseError
 from augsense.factors import Factor, FactorSpace
 from augsense.io.images import ImageSet
+from augsense.io.provenance import Source, commit_tables
 from augsense.io.results import RunFolder, load_run
 from augsense.probe.hooks import OUTPUT
 from augsense.progress import Progress
@@ -687,19 +688,23 @@ def run_masking(run_dir: str | Path | RunFolder, options: MaskingOptions | None 
     pairs, pair_rho, linkage = cluster_pairs(table)
     result = MaskingResult(table, classes, spearman, gap, timings, layers, pairs, pair_rho, linkage)
     if write:
-        write_masking(result, folder.path)
+        write_masking(result, Source.of(folder.path, folder.info))
     return result
 
 
-def write_masking(result: MaskingResult, out: str | Path) -> None:
-    """Write the masking tables (and the pair clustering, when computed) into a run folder."""
-    out = Path(out)
+#: Every table ``augsense mask`` writes (the pair clustering only when computed).
+MASKING_TABLES = ("masking", "masking_classes", "masking_spearman", "masking_gap", "masking_pairs",
+                  "masking_pair_rho", "masking_linkage")
+
+
+def write_masking(result: MaskingResult, source: Source) -> None:
+    """Commit the masking tables (and the pair clustering, when computed) into the run folder they were
+    computed from, stamped with its result set; refused if the folder holds another set now
+    (:func:`augsense.io.provenance.commit_tables`). Tables of an earlier masking run that this one does
+    not write (the pair clustering) are removed, so none is shown beside the new ones."""
     frames = [("masking", result.table), ("masking_classes", result.classes), ("masking_spearman", result.spearman),
               ("masking_gap", result.gap)]
     if len(result.pairs):
         frames += [("masking_pairs", result.pairs), ("masking_pair_rho", result.pair_rho),
                    ("masking_linkage", result.linkage)]
-    for name, frame in frames:
-        tmp = out / f".{name}.parquet.tmp"
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(out / f"{name}.parquet")
+    commit_tables(source, frames, replaces=MASKING_TABLES)

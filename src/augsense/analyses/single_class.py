@@ -28,6 +28,7 @@ from augsense.analyses.masking import (CLEAN, MaskingOptions, MaskSpec, augmenta
                                        mask_layers)
 from augsense.errors import AugsenseError
 from augsense.estimators.jaccard import confirmed_biases, jaccard_null_threshold, top_k_sensitive_classes
+from augsense.io.provenance import Source, commit_tables
 from augsense.io.results import RunFolder, load_run
 from augsense.probe.hooks import OUTPUT
 from augsense.probe.masks import layout_options
@@ -214,9 +215,7 @@ def run_single_class(run_dir: str | Path | RunFolder, options: SingleClassOption
     table = pd.DataFrame(rows, columns=SINGLE_CLASS_COLUMNS)
     table = table.sort_values("mean_jaccard", ascending=False, kind="stable").reset_index(drop=True)
     if write:
-        tmp = folder.path / ".single_class.parquet.tmp"
-        table.to_parquet(tmp, index=False)
-        tmp.replace(folder.path / "single_class.parquet")
+        commit_tables(Source.of(folder.path, folder.info), [("single_class", table)])
     return table
 
 
@@ -328,9 +327,7 @@ def class_decay(run_dir: str | Path | RunFolder, options: ClassDecayOptions | No
                              "top1": float(np.nanmean(top1s)) if np.isfinite(top1s).any() else math.nan})
     table = pd.DataFrame(rows, columns=DECAY_COLUMNS)
     if write:
-        tmp = folder.path / ".class_decay.parquet.tmp"
-        table.to_parquet(tmp, index=False)
-        tmp.replace(folder.path / "class_decay.parquet")
+        commit_tables(Source.of(folder.path, folder.info), [("class_decay", table)])
     return table
 
 

@@ -46,6 +46,8 @@ import pandas as pd
 from augsense.analyses.map_statistics import (factor_discrimination, map_correlations, paper_discrimination,
                                               pixel_correlations)
 from augsense.errors import AugsenseError
+from augsense.io.lock import holding
+from augsense.io.provenance import Source, commit_tables, write_parquet
 from augsense.io.results import RunFolder, load_run
 
 __all__ = ["MapStatisticsTables", "MAP_INDEX_QUANTITIES", "map_statistics_of_run", "register"]
@@ -66,18 +68,32 @@ class MapStatisticsTables:
     pixel: pd.DataFrame = field(default_factory=pd.DataFrame)
     paper_lda: pd.DataFrame = field(default_factory=pd.DataFrame)
     paper_confusion: pd.DataFrame = field(default_factory=pd.DataFrame)
+    source: Source | None = None  # the run folder and result set the maps were read from
+
+    def groups(self) -> list[list[tuple[str, pd.DataFrame]]]:
+        """The tables by what computes them together: correlations, replicate LDA, the paper's statistics."""
+        return [[("map_statistics", self.correlations)],
+                [("map_lda", self.lda), ("map_lda_confusion", self.confusion), ("map_lda_projection", self.projection)],
+                [("map_pixel_correlations", self.pixel), ("map_lda_paper", self.paper_lda),
+                 ("map_lda_paper_confusion", self.paper_confusion)]]
 
     def write(self, out: Path) -> list[str]:
-        """Write the non-empty tables as Parquet into ``out``; returns the file names written."""
-        written = []
-        for name, table in (("map_statistics", self.correlations), ("map_lda", self.lda),
-                            ("map_lda_confusion", self.confusion), ("map_lda_projection", self.projection),
-                            ("map_pixel_correlations", self.pixel), ("map_lda_paper", self.paper_lda),
-                            ("map_lda_paper_confusion", self.paper_confusion)):
-            if len(table):
-                table.to_parquet(out / f"{name}.parquet", index=False)
-                written.append(f"{name}.parquet")
-        return written
+        """Write the non-empty tables as Parquet into ``out``; returns the file names written.
+
+        Into the run folder the maps came from, the tables are one commit stamped with its result set
+        (refused if another set was committed meanwhile), and an earlier commit's table of a group this
+        one computes but leaves empty is removed; elsewhere (``out`` another folder), plain atomic writes.
+        """
+        groups = [[(name, table) for name, table in group if len(table)] for group in self.groups()]
+        tables = [pair for group in groups for pair in group]
+        if self.source is not None and Path(out).resolve() == self.source.folder.resolve():
+            replaced = [name for group, kept in zip(self.groups(), groups) if kept for name, _ in group]
+            commit_tables(self.source, tables, replaces=replaced)
+        else:
+            with holding(out):
+                for name, table in tables:
+                    write_parquet(table, Path(out) / f"{name}.parquet")
+        return [f"{name}.parquet" for name, _ in tables]
 
 
 def _check_replicate(run: RunFolder, replicate: RunFolder) -> None:
@@ -175,7 +191,7 @@ def map_statistics_of_run(run_dir: str | Path, *, replicate_dir: str | Path | No
         return table[["layer", "quantity", *[c for c in table.columns if c not in ("layer", "quantity")]]]
 
     return MapStatisticsTables(frame(correlations), frame(lda), frame(confusion), frame(projection), notes,
-                               frame(pixel), frame(paper_lda), frame(paper_confusion))
+                               frame(pixel), frame(paper_lda), frame(paper_confusion), Source.of(run.path, run.info))
 
 
 def _paper_statistics(maps: np.ndarray, players: list[str], labels: dict[str, str], n_splits: int, repeats: int,
@@ -227,11 +243,14 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def cmd_maps(args: argparse.Namespace) -> int:
-    tables = map_statistics_of_run(args.run_dir, replicate_dir=args.replicate, quantities=_names(args.quantities),
-                                   layers=_names(args.layers), n_splits=args.folds, n_repeats=args.repeats,
-                                   paper=args.paper, paper_repeats=args.paper_repeats,
-                                   paper_missing=args.paper_missing)
-    written = tables.write(Path(args.run_dir))
+    if not Path(args.run_dir, "run.json").is_file():
+        load_run(args.run_dir)  # says what is wrong with the folder before it is locked
+    with holding(args.run_dir):  # one writer at a time: a second is refused at once, naming the holder
+        tables = map_statistics_of_run(args.run_dir, replicate_dir=args.replicate, quantities=_names(args.quantities),
+                                       layers=_names(args.layers), n_splits=args.folds, n_repeats=args.repeats,
+                                       paper=args.paper, paper_repeats=args.paper_repeats,
+                                       paper_missing=args.paper_missing)
+        written = tables.write(Path(args.run_dir))
     units = tables.correlations[tables.correlations["scope"] == "units"] if len(tables.correlations) else None
     if units is not None and len(units):
         print("Spearman ρ between factors' maps across units (mean |ρ| per layer and index):")
