@@ -12,13 +12,16 @@ under the S input (beyond float rounding).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from augsense.analyses.segments import HSVSegment, attribute_channels, parse_segment, run_segments
+from augsense.analyses.segments import (HSVSegment, attribute_channels, parse_neurons, parse_segment, run_segments,
+                                        top_neurons)
 from augsense.cli import main
 from augsense.config import SensitivityConfig
 from augsense.errors import AugsenseError
@@ -90,9 +93,11 @@ def test_segment_runs_write_run_folders_and_the_attribution(segment_runs):
     for channel in "hsv":
         assert (out / channel / "run.json").exists() and (out / channel / "maps.npz").exists()
     stored = pd.read_parquet(out / "segments.parquet")
-    assert set(stored.columns) == {"layer", "unit", "factor", "channel", "variance", "share", "attributed"}
+    assert set(stored.columns) == {"layer", "unit", "factor", "channel", "variance", "share", "attributed", "neuron"}
     assert len(stored) == 3 * 2 * 3  # channels × units × (all + 2 factors)
-    assert set(stored.layer) == {"features.1"}
+    assert set(stored.layer) == {"features.1"} and (stored.neuron == stored.unit).all()  # no selection: itself
+    neurons = pd.read_parquet(out / "segments_neurons.parquet")
+    assert len(neurons) == len(stored) and set(neurons.selected_for) == {""}
 
 
 def test_channel_input_is_the_hsv_channel_replicated_and_resized():
@@ -203,3 +208,127 @@ def test_the_run_warnings_are_printed_once_not_once_per_channel(tmp_path, capsys
     warnings = [line for line in err.splitlines() if line.startswith("augsense: warning:")]
     assert any("few images" in line for line in warnings)
     assert len(warnings) == len(set(warnings)), err  # the h, s and v runs share them: said once
+
+
+# -- neuron (output-channel) subsets, as the paper's selected units --------------------------------------------
+
+
+class FourBandNet(BandNet):
+    """BandNet widened to 4 channels: 0 hue-tuned relu(0.3 − x), 1 luminance relu(x − 0.4), 2 dead (relu(−1)),
+    3 hue-tuned twice as steep (relu(0.6 − 2x))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        conv = nn.Conv2d(3, 4, kernel_size=1)
+        with torch.no_grad():
+            conv.weight.copy_(torch.tensor([[-1 / 3] * 3, [1 / 3] * 3, [0.0] * 3, [-2 / 3] * 3]).view(4, 3, 1, 1))
+            conv.bias.copy_(torch.tensor([0.3, -0.4, -1.0, 0.6]))
+        self.features = nn.Sequential(conv, nn.ReLU())
+        self.fc = nn.Linear(4, 2)
+
+
+def four_bundle() -> ModelBundle:
+    return ModelBundle(FourBandNet().eval(), "four", 16, 16, (0.0,) * 3, (1.0,) * 3)
+
+
+@pytest.fixture(scope="module")
+def neuron_runs(tmp_path_factory):
+    """The same segment, design and images, all channels and the selection 3, 1, 2 (out of order)."""
+    bundle = four_bundle()
+    full = run_segments(segment_config(), "features.0-1", model=bundle, images=orange_images(), progress=False)
+    out = tmp_path_factory.mktemp("neurons")
+    chosen = run_segments(segment_config(), "features.0-1", model=bundle, images=orange_images(), out_dir=out,
+                          progress=False, neurons="features.0:3,1,2", selected_for={3: ["hue"], 1: ["brightness"]})
+    return bundle, full, chosen
+
+
+def test_selected_neurons_are_the_full_segments_channels(neuron_runs):
+    """Unit j of the selected run is channel indices[j] of the full one: same variances and indices (same design),
+    and the tables name it by that channel."""
+    bundle, full, chosen = neuron_runs
+    assert chosen.neurons == {"features.0": (3, 1, 2)}
+    for channel in "hsv":
+        np.testing.assert_allclose(chosen.runs[channel].result.variance, full.runs[channel].result.variance[[3, 1, 2]],
+                                   rtol=1e-6, atol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(chosen.runs[channel].result.total_order, full.runs[channel].result.total_order[[3, 1, 2]],
+                                   rtol=1e-6, atol=1e-9, equal_nan=True)
+    table = chosen.attribution
+    whole = table[(table.factor == "all") & table.attributed].set_index("neuron").channel
+    assert whole.to_dict() == {3: "h", 1: "v"}  # the dead channel 2 moves under no input
+    assert sorted(table.neuron.unique()) == [1, 2, 3] and set(table.unit) == {0, 1, 2}
+    summary = pd.read_parquet(chosen.out_dir / "segments_neurons.parquet")
+    by_neuron = summary[(summary.factor == "all") & summary.attributed].set_index("neuron")
+    assert by_neuron.channel.to_dict() == {3: "h", 1: "v"} and by_neuron.loc[3, "share"] > 0.99
+    assert by_neuron.loc[3, "selected_for"] == "hue" and by_neuron.loc[1, "selected_for"] == "brightness"
+    assert summary[summary.neuron == 2].share.isna().all()
+    assert not dict(bundle.module.named_modules())["features.0"]._forward_hooks  # the network is untouched
+
+
+def test_output_selection_equals_the_papers_subset_convolution():
+    """The reference code's subset_conv2d_module (weight rows) and SelectSubsetOutput (output[:, idx]) give the
+    same numbers; the segment's output is the full segment's channels idx, and a layer inside the selected
+    module keeps its own channels."""
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    segment = parse_segment(model, "0,1,2", input_size=8)
+    images = torch.rand(2, 3, 8, 8)
+    idx = [4, 0, 5]
+    block = HSVSegment(model, segment, "v", neurons={"0": idx})
+    whole = HSVSegment(model, segment, "v")
+    with torch.no_grad():
+        torch.testing.assert_close(block(images), whole(images)[:, idx])
+        conv = nn.Conv2d(3, 3, 3, padding=1)
+        conv.weight.copy_(model[0].weight[idx])
+        conv.bias.copy_(model[0].bias[idx])
+        paper = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2))(block.channel_input(images))
+    torch.testing.assert_close(block(images), paper)
+    np.testing.assert_array_equal(block.neuron_of("2", (3,)), idx)
+    np.testing.assert_array_equal(block.neuron_of("0", (3, 2, 2)), np.repeat(idx, 4))
+    np.testing.assert_array_equal(HSVSegment(model, segment, "v", neurons={"2": idx}).neuron_of("0", (6,)), range(6))
+
+
+def test_neuron_specs_json_and_refusals(tmp_path):
+    model = FourBandNet()
+    segment = parse_segment(model, "features.0-1", input_size=16)
+    assert parse_neurons(model, segment, "features.0:0,2-3", 16) == {"features.0": (0, 2, 3)}
+    assert parse_neurons(model, segment, {"features.1": [1]}, 16) == {"features.1": (1,)}
+    assert parse_neurons(model, segment, None, 16) == {} and parse_neurons(model, segment, "all", 16) == {}
+    paper = tmp_path / "four_single_units.json"  # the reference code's format (notebook/*_single_units.json)
+    paper.write_text(json.dumps([{"modules_names": ["features.5"], "neurons": {"features.5": {"9": []}}},
+                                 {"modules_names": ["features.0", "features.1"], "module_type": "sequential",
+                                  "neurons": {"features.0": {"1": [["hue", "si", 1]], "3": [["hue", "shpv", 2]]}}}]))
+    assert parse_neurons(model, segment, str(paper), 16) == {"features.0": (1, 3)}
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"features.0": [2]}))
+    assert parse_neurons(model, segment, str(plain), 16) == {"features.0": (2,)}
+    for spec, message in (("fc:1", "not a module of segment"), ("features.0:4", "has 4 channels"),
+                          ("features.0:1,1", "repeat"), ("features.0:1;features.1:2", "one module"),
+                          ("features.0:x", "MODULE:INDICES"), ("features.0:3-1", "range"),
+                          (str(tmp_path / "none.json"), "cannot read")):
+        with pytest.raises(AugsenseError, match=message):
+            parse_neurons(model, segment, spec, 16)
+    other = parse_segment(model, "features.1", input_size=16)
+    with pytest.raises(AugsenseError, match="no entry has modules_names"):
+        parse_neurons(model, other, str(paper), 16)
+
+
+def test_top_neurons_per_factor():
+    maps = np.array([[0.1, 0.9], [0.8, 0.2], [np.nan, np.nan], [0.7, 0.6]])
+    assert top_neurons(maps, ["hue", "brightness"], k=1) == {0: ["brightness"], 1: ["hue"]}
+    assert top_neurons(maps, ["hue", "brightness"], k=2) == {0: ["brightness"], 1: ["hue"], 3: ["hue", "brightness"]}
+    spatial = np.repeat(maps[:, None, None, :], 2, axis=1)
+    assert top_neurons(spatial, ["hue", "brightness"], k=1) == {0: ["brightness"], 1: ["hue"]}
+
+
+def test_cli_neurons_option(tmp_path, capsys):
+    code = main(["segments", "--model", "resnet18", "--weights", "random", "--limit-images", "2", "--device", "cpu",
+                 "--quiet", "--segment", "conv1,bn1", "--n", "4", "--factors", "hue,brightness", "--channel", "v",
+                 "--neurons", "bn1:5,7", "--out", str(tmp_path / "s")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "neurons bn1: 5, 7" in out
+    table = pd.read_parquet(tmp_path / "s" / "segments_neurons.parquet")
+    assert sorted(table.neuron.unique()) == [5, 7]
+    code = main(["segments", "--model", "resnet18", "--weights", "random", "--limit-images", "2", "--device", "cpu",
+                 "--quiet", "--segment", "conv1,bn1", "--neurons", "bn1:64", "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert code == 2 and "64 channels" in err and err.count("\n") == 1, err

@@ -18,15 +18,26 @@ channels: a unit is *attributed* to the channel with the largest V_c, and each (
 the channel with the largest V_{i,c}; ``share`` is the channel's fraction of the sum over
 channels. Dead units (no variance under a channel) count as 0 for that channel.
 
+Neuron subsets (the paper's selected units): ``neurons={"features.0": [1, 2, 4, …]}`` keeps only
+those output channels of one module of the segment, as the reference code does
+(``preparation/single_unit.py``: ``subset_conv2d_module`` keeps the rows of a convolution's weight
+for its "sequential" units, ``SelectSubsetOutput`` returns ``output[:, indices]`` for its
+"residual" ones; both give the same numbers, since the modules after it act per channel). The
+module's output, and every later module's, then has only those channels; the ``neuron`` column of
+the tables maps each unit back to its channel index in the full network.
+
 The segment runs its modules in sequence, so it must be a sequential part of the network's
 forward pass (as ``nn.Sequential`` children and ResNet's top-level stem/stages are).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -44,7 +55,8 @@ from augsense.io.images import ImageSet, images_for
 from augsense.io.models import ModelBundle, load_model
 
 __all__ = ["CHANNELS", "CHANNEL_SUBSETS", "HSVSegment", "Segment", "SegmentRuns", "attribute_channels",
-           "channel_subset", "parse_segment", "run_segments", "segment_indices"]
+           "channel_subset", "neuron_table", "parse_neurons", "parse_segment", "run_segments", "segment_indices",
+           "top_neurons"]
 
 Channel = Literal["h", "s", "v"]
 CHANNELS: tuple[str, ...] = ("h", "s", "v")
@@ -121,6 +133,137 @@ def parse_segment(model: nn.Module, spec: str, input_size: int = 224) -> Segment
     return Segment(tuple(names), (int(shape[0]), int(shape[1]), int(shape[2])), spec)
 
 
+_NEURON_SPEC = re.compile(r"^(?P<module>[^:]+):(?P<indices>[\d,\s-]+)$")
+
+
+def _indices(text: str, where: str) -> list[int]:
+    """``"1,2,5-7"`` → [1, 2, 5, 6, 7]."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()) or (high and int(high) < int(low)):
+            raise AugsenseError(f"neurons {where!r}: {part!r} is not a channel index or a range a-b (a ≤ b)")
+        out.extend(range(int(low), int(high) + 1) if high else [int(low)])
+    return out
+
+
+def _neuron_mapping(spec: object, segment: Segment) -> dict[str, list[int]]:
+    """The user's selection as {module: [indices]}: a mapping, ``"module:1,2,5-7"`` or a JSON file (a mapping, or
+    the reference code's ``*_single_units.json`` list, whose entry with the segment's modules is used)."""
+    if isinstance(spec, Mapping):
+        return {str(k): [int(i) for i in (v.keys() if isinstance(v, Mapping) else v)] for k, v in spec.items()}
+    text = str(spec).strip()
+    if text.lower().endswith(".json"):
+        path = Path(text)
+        try:
+            loaded = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise AugsenseError(f"neurons file {text}: cannot read it as JSON ({error})") from None
+        if isinstance(loaded, list):  # the reference code's config list: modules_names, neurons, module_type
+            entries = [e for e in loaded if isinstance(e, Mapping) and list(e.get("modules_names", [])) ==
+                       list(segment.modules)]
+            if not entries:
+                raise AugsenseError(f"neurons file {text}: no entry has modules_names {list(segment.modules)} "
+                                    f"(segment {segment.spec!r})")
+            loaded = entries[0].get("neurons", {})
+        if not isinstance(loaded, Mapping):
+            raise AugsenseError(f"neurons file {text}: expected {{module: [channel indices]}} or the paper's list")
+        try:
+            return {str(k): [int(i) for i in (v.keys() if isinstance(v, Mapping) else v)] for k, v in loaded.items()}
+        except (TypeError, ValueError):
+            raise AugsenseError(f"neurons file {text}: channel indices must be integers") from None
+    mapping: dict[str, list[int]] = {}
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        match = _NEURON_SPEC.match(part)
+        if not match:
+            raise AugsenseError(f"neurons {part!r}: write MODULE:INDICES, e.g. features.0:1,2,4-8, or a .json file")
+        mapping[match["module"].strip()] = _indices(match["indices"], part)
+    return mapping
+
+
+def parse_neurons(model: nn.Module, segment: Segment, spec: object, input_size: int = 224) -> dict[str, tuple[int, ...]]:
+    """Validate a neuron (output-channel) selection for ``segment``: ``{}`` for none (``None``, ``""``, ``"all"``).
+
+    Args:
+        model: the full network (one blank pass records the module's output width).
+        segment: from :func:`parse_segment`.
+        spec: ``{"features.0": [1, 2, 4]}``, ``"features.0:1,2,4-8"``, or a ``.json`` file holding such a
+            mapping or the reference code's ``*_single_units.json`` list (``modules_names``, ``neurons``).
+        input_size: the blank image's size.
+
+    Returns:
+        ``{module: indices}`` for one module of the segment, indices distinct and within its channels.
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+        return {}
+    mapping = _neuron_mapping(spec, segment)
+    if len(mapping) != 1:
+        raise AugsenseError(f"neurons: select the channels of one module of the segment, got {len(mapping)} "
+                            f"({', '.join(mapping) or 'none'})")
+    (module, indices), = mapping.items()
+    if module not in segment.modules:
+        raise AugsenseError(f"neurons: {module!r} is not a module of segment {segment.spec!r} "
+                            f"(modules {', '.join(segment.modules)})")
+    if not indices:
+        raise AugsenseError(f"neurons: no channel index given for {module!r}")
+    if len(set(indices)) != len(indices):
+        raise AugsenseError(f"neurons: channel indices of {module!r} repeat: {indices}")
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(mod: nn.Module, args: object, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            shapes.setdefault("output", tuple(output.shape))
+
+    handle = dict(model.named_modules())[module].register_forward_hook(record)
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        handle.remove()
+    shape = shapes.get("output")
+    if shape is None or len(shape) not in (2, 4):
+        raise AugsenseError(f"neurons: {module!r} gives {shape}, not (n, C) or (n, C, H, W); channels are selected on "
+                            "axis 1 (convolutional or linear outputs)")
+    bad = [i for i in indices if i < 0 or i >= shape[1]]
+    if bad:
+        raise AugsenseError(f"neurons: {module!r} has {shape[1]} channels; index {bad[0]} is out of range")
+    return {module: tuple(int(i) for i in indices)}
+
+
+def top_neurons(maps: np.ndarray, players: Sequence[str], k: int = 2) -> dict[int, list[str]]:
+    """Each factor's ``k`` most sensitive channels of a layer's index map: {channel: [factors]}, by channel.
+
+    As the paper's selected units (each chosen for the factors that flagged it). ``maps``: (C, d) or
+    (C, H, W, d) (averaged over positions); NaN (dead) channels are never chosen.
+    """
+    array = np.asarray(maps, dtype=np.float64)
+    if array.ndim not in (2, 4) or array.shape[-1] != len(players):
+        raise AugsenseError(f"top_neurons needs a (C, d) or (C, H, W, d) map for {len(players)} factors, "
+                            f"got {array.shape}")
+    per_channel = array
+    if array.ndim == 4:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a dead channel: NaN, never chosen
+            per_channel = np.nanmean(array.reshape(array.shape[0], -1, array.shape[-1]), axis=1)
+    chosen: dict[int, list[str]] = {}
+    for j, factor in enumerate(players):
+        column = np.where(np.isfinite(per_channel[:, j]), per_channel[:, j], -np.inf)
+        for c in np.argsort(-column, kind="stable")[:k]:
+            if np.isfinite(column[c]):
+                chosen.setdefault(int(c), []).append(str(factor))
+    return dict(sorted(chosen.items()))
+
+
+class _SelectChannels:
+    """Forward hook: a module's output → its channels ``indices`` (axis 1), as ``SelectSubsetOutput``."""
+
+    def __init__(self, indices: Sequence[int]) -> None:
+        self.indices = torch.as_tensor(list(indices), dtype=torch.long)
+
+    def __call__(self, module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
+        return output.index_select(1, self.indices.to(output.device))
+
+
 class HSVSegment(nn.Module):
     """RGB in [0, 1] → HSV channel(s) → scaled, tiled over C → the segment's modules in order.
 
@@ -129,8 +272,9 @@ class HSVSegment(nn.Module):
     """
 
     def __init__(self, model: nn.Module, segment: Segment, channel: Channel | str, *, shift: float = 0.0,
-                 scale: float = 1.0, resize: bool = False) -> None:
+                 scale: float = 1.0, resize: bool = False, neurons: Mapping[str, Sequence[int]] | None = None) -> None:
         super().__init__()
+        self.neurons = {str(k): tuple(int(i) for i in v) for k, v in (neurons or {}).items()}
         channel = channel_subset(channel)
         if scale == 0:
             raise AugsenseError("scale must be non-zero")
@@ -149,8 +293,12 @@ class HSVSegment(nn.Module):
                 if not hasattr(container, part) or not isinstance(getattr(container, part), nn.Module):
                     container.add_module(part, nn.Module())
                 container = getattr(container, part)
-            container.add_module(leaf, available[name])
-            self._order.append(available[name])
+            module = available[name]
+            if name in self.neurons:  # a copy keeps the hook off the full network
+                module = copy.deepcopy(module)
+                module.register_forward_hook(_SelectChannels(self.neurons[name]))
+            container.add_module(leaf, module)
+            self._order.append(module)
 
     def channel_input(self, images: torch.Tensor) -> torch.Tensor:
         """(n, 3, S, S) RGB in [0, 1] → (n, C, S, S) (or (n, C, H, W) with ``resize``): input channel c is
@@ -172,6 +320,19 @@ class HSVSegment(nn.Module):
             x = module(x)
         return x
 
+    def neuron_of(self, layer: str, unit_shape: Sequence[int]) -> np.ndarray:
+        """(units,) each unit's output channel in the full network: the selected index for a layer at or after
+        the selected module (inside it, before its output is cut, the channel itself)."""
+        shape = tuple(int(v) for v in unit_shape) or (1,)
+        per_channel = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        channel = np.arange(int(np.prod(shape))) // per_channel
+        position = {name: i for i, name in enumerate(self.segment.modules)}
+        top = next((m for m in self.segment.modules if layer == m or layer.startswith(m + ".")), None)
+        for name, indices in self.neurons.items():
+            if top is not None and (layer == name or position[top] > position[name]):
+                return np.asarray(indices, dtype=np.int64)[channel]
+        return channel.astype(np.int64)
+
 
 @dataclass
 class SegmentRuns:
@@ -183,6 +344,10 @@ class SegmentRuns:
     indices: pd.DataFrame = field(default_factory=pd.DataFrame)
     out_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    #: the output-channel selection ({module: indices}; empty: all channels)
+    neurons: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: per (layer, neuron): the channels' variances summed over the neuron's units (:func:`neuron_table`)
+    neuron_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _default_scaling(bundle: ModelBundle, segment: Segment) -> tuple[float, float]:
@@ -196,7 +361,8 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
                  model: nn.Module | ModelBundle | None = None, images: ImageSet | str | None = None,
                  out_dir: str | Path | None = None, layers: Sequence[str] | None = None,
                  scaling: tuple[float, float] | None = None, progress: bool = True,
-                 overwrite: bool = False, resize: bool = False, warn: bool = True) -> SegmentRuns:
+                 overwrite: bool = False, resize: bool = False, warn: bool = True,
+                 neurons: object = None, selected_for: Mapping[int, Sequence[str]] | None = None) -> SegmentRuns:
     """Run the sensitivity analysis on a network segment fed one HSV channel at a time.
 
     Args:
@@ -215,10 +381,17 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
         resize: area-average the input to the segment's resolution inside the network; default
             False: the image's own resolution, as the paper.
         warn: print the run warnings (once, with the first channel: they are the same for every channel).
+        neurons: keep only these output channels of one module of the segment (the paper's selected
+            units): ``{"features.0": [1, 2, 4]}``, ``"features.0:1,2,4-8"`` or a JSON file
+            (:func:`parse_neurons`); default: all channels.
+        selected_for: why each neuron was chosen ({index: [factors]}, e.g. :func:`top_neurons`), kept in
+            the neuron table.
 
     Returns:
         :class:`SegmentRuns` with the per-channel runs and the attribution table
-        (:func:`attribute_channels`).
+        (:func:`attribute_channels`, with each unit's ``neuron``: its output channel in the full network)
+        and the per-neuron summary (:func:`neuron_table`); with ``out_dir`` also written as
+        ``segments.parquet``, ``segments_indices.parquet`` and ``segments_neurons.parquet``.
     """
     chosen = (list(CHANNELS) if channels == "all" else list(CHANNEL_SUBSETS) if channels == "subsets"
               else [channels] if isinstance(channels, str) else list(channels))
@@ -230,6 +403,7 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
                                                                      categories=config.categories)
     bundle.module.eval()
     parsed = parse_segment(bundle.module, segment, bundle.input_size)
+    selection = parse_neurons(bundle.module, parsed, neurons, bundle.input_size)
     def inside(name: str) -> bool:
         return any(name == m or name.startswith(m + ".") for m in parsed.modules)
 
@@ -248,19 +422,25 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
     run_config = dataclasses.replace(config, layers=probe_layers, output="logits", report=False)
     out = Path(out_dir) if out_dir is not None else None
     runs: dict[str, SensitivityRun] = {}
+    module = None
     for k, channel in enumerate(chosen):
-        module = HSVSegment(bundle.module, parsed, channel, shift=shift, scale=scale, resize=resize)
+        module = HSVSegment(bundle.module, parsed, channel, shift=shift, scale=scale, resize=resize, neurons=selection)
         segment_bundle = ModelBundle(module, f"{bundle.name}[{segment}]:{channel}", bundle.input_size,
                                      bundle.resize_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         runs[channel] = run_sensitivity(run_config, model=segment_bundle, images=unlabelled,
                                         out_dir=out / channel if out is not None else None, progress=progress,
                                         overwrite=overwrite, warn=warn and k == 0)  # the same for every channel
-    attribution = attribute_channels(runs)
+    first = runs[chosen[0]]
+    neuron = np.concatenate([module.neuron_of(layer, first.unit_shapes[layer]) for layer in first.slices]) \
+        if module is not None else None
+    attribution = attribute_channels(runs, neuron)
     indices = segment_indices(runs)
+    summary = neuron_table(attribution, selected_for)
     if out is not None:
         attribution.to_parquet(out / "segments.parquet", index=False)
         indices.to_parquet(out / "segments_indices.parquet", index=False)
-    return SegmentRuns(parsed, runs, attribution, indices, out)
+        summary.to_parquet(out / "segments_neurons.parquet", index=False)
+    return SegmentRuns(parsed, runs, attribution, indices, out, neurons=selection, neuron_summary=summary)
 
 
 def segment_indices(runs: dict[str, SensitivityRun]) -> pd.DataFrame:
@@ -297,17 +477,19 @@ def _partial_variances(run: SensitivityRun) -> np.ndarray:
     return np.nan_to_num(np.asarray(partial, dtype=np.float64), nan=0.0)
 
 
-def attribute_channels(runs: dict[str, SensitivityRun]) -> pd.DataFrame:
+def attribute_channels(runs: dict[str, SensitivityRun], neuron: np.ndarray | None = None) -> pd.DataFrame:
     """Which channel carries each unit's (and each unit-factor pair's) augmentation-induced variance.
 
     Args:
         runs: channel → run of the same segment, layers and factors.
+        neuron: (m,) each unit's output channel in the full network (:meth:`HSVSegment.neuron_of`);
+            default: the unit's channel in its layer.
 
     Returns:
         Long table: ``layer``, ``unit``, ``factor`` (a factor name, or ``"all"`` for the unit's
         whole variance), ``channel``, ``variance`` (V_c or V_{i,c}), ``share`` (of the sum over
-        channels; NaN when no channel moves the unit) and ``attributed`` (the channel with the
-        largest variance, False everywhere when none moves it).
+        channels; NaN when no channel moves the unit), ``attributed`` (the channel with the
+        largest variance, False everywhere when none moves it) and ``neuron``.
     """
     if not runs:
         raise AugsenseError("no segment runs to compare")
@@ -324,9 +506,17 @@ def attribute_channels(runs: dict[str, SensitivityRun]) -> pd.DataFrame:
     attributed = (np.arange(len(channels))[:, None, None] == best[None]) & (total > 0)
     layer_of = np.empty(variances.shape[1], dtype=object)
     unit_of = np.empty(variances.shape[1], dtype=np.int64)
+    own_channel = np.empty(variances.shape[1], dtype=np.int64)
     for layer, columns in first.slices.items():
         layer_of[columns] = layer
         unit_of[columns] = np.arange(columns.stop - columns.start)
+        shape = tuple(first.unit_shapes.get(layer, ())) or (1,)
+        own_channel[columns] = unit_of[columns] // max(1, int(np.prod(shape[1:])))
+    if neuron is None:
+        neuron = own_channel
+    neuron = np.asarray(neuron, dtype=np.int64)
+    if neuron.shape != (variances.shape[1],):
+        raise AugsenseError(f"neuron must give one channel per unit ({variances.shape[1]}), got {neuron.shape}")
     k, m, q = per_factor.shape
     factor_names = np.array(["all", *players], dtype=object)
     return pd.DataFrame({
@@ -337,4 +527,29 @@ def attribute_channels(runs: dict[str, SensitivityRun]) -> pd.DataFrame:
         "variance": per_factor.ravel(),
         "share": share.ravel(),
         "attributed": attributed.ravel(),
+        "neuron": np.broadcast_to(neuron[None, :, None], (k, m, q)).ravel(),
     })
+
+
+def neuron_table(attribution: pd.DataFrame, selected_for: Mapping[int, Sequence[str]] | None = None) -> pd.DataFrame:
+    """Per (layer, neuron, factor): each input channel's variance summed over the neuron's units, its share and
+    the attributed channel (per-channel units: the attribution rows themselves).
+
+    Returns:
+        Long table ``layer``, ``neuron``, ``factor``, ``channel``, ``variance``, ``share`` (NaN when no channel
+        moves the neuron), ``attributed``, ``n_units`` and ``selected_for`` (comma-joined factors, or "").
+    """
+    columns = ["layer", "neuron", "factor", "channel", "variance", "share", "attributed", "n_units", "selected_for"]
+    if attribution.empty:
+        return pd.DataFrame(columns=columns)
+    keys = ["layer", "neuron", "factor"]
+    grouped = (attribution.groupby([*keys, "channel"], sort=False)
+               .agg(variance=("variance", "sum"), n_units=("unit", "nunique")).reset_index())
+    total = grouped.groupby(keys, sort=False)["variance"].transform("sum")
+    grouped["share"] = np.where(total > 0, grouped["variance"] / total.where(total > 0, 1.0), np.nan)
+    best = grouped.groupby(keys, sort=False)["variance"].transform("max")
+    first_best = grouped.assign(_best=grouped["variance"].eq(best)).groupby(keys, sort=False)["_best"].cumsum().eq(1)
+    grouped["attributed"] = grouped["variance"].eq(best) & first_best & (total > 0)
+    reasons = {int(k): ",".join(map(str, v)) for k, v in (selected_for or {}).items()}
+    grouped["selected_for"] = grouped["neuron"].map(lambda n: reasons.get(int(n), "")).astype(str)
+    return grouped[columns]

@@ -25,6 +25,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--channel", default=None,
                         help="h, s, v, a subset (hs, sv, hv, hsv), comma-separated ones, all (h, s, v) or subsets "
                              "(all seven); default: segment_channel, all three")
+    parser.add_argument("--neurons", default=None, metavar="MODULE:INDICES",
+                        help="keep only these output channels of one module of the segment, as the paper's selected "
+                             "units: e.g. features.0:1,2,4-8 or bn1:0,3; or a .json file ({module: [indices]} or the "
+                             "paper's *_single_units.json list); default: all channels")
     parser.add_argument("--resize", action="store_true",
                         help="area-average the input to the segment's resolution inside the network (default: the "
                              "image's own resolution, as the paper)")
@@ -44,7 +48,7 @@ def cmd_segments(args: argparse.Namespace) -> int:
     layers = config.layers if args.layers is not None or args.config is not None else None
     out = Path(args.out)
     result = run_segments(config, config.segment, channels=channels, out_dir=out, layers=layers,
-                          progress=not args.quiet, overwrite=args.overwrite, resize=args.resize)
+                          progress=not args.quiet, overwrite=args.overwrite, resize=args.resize, neurons=args.neurons)
     print_segments(result, out)
     return 0
 
@@ -55,6 +59,8 @@ def print_segments(result: Any, out: Path) -> None:
     whole = table[(table.factor == "all") & table.attributed]
     print(f"segment {result.segment.spec} (modules {', '.join(result.segment.modules)}; input "
           f"{'×'.join(map(str, result.segment.input_shape))}), channels {', '.join(result.runs)}")
+    for module, indices in result.neurons.items():
+        print(f"  neurons {module}: {', '.join(map(str, indices))} (the tables' neuron column)")
     for layer, rows in whole.groupby("layer", sort=False):
         counts = rows.channel.value_counts().reindex(list(result.runs), fill_value=0)
         total = int(table[(table.layer == layer) & (table.factor == "all")].unit.nunique())
@@ -65,4 +71,5 @@ def print_segments(result: Any, out: Path) -> None:
         top = means.sort_values("mean", ascending=False).groupby(["channel", "layer"], sort=False).head(1)
         for row in top.itertuples():
             print(f"  {row.channel.upper():<4} {row.layer:<20} largest mean total-order index: {row.factor} {row.mean:.3f}")
-    print(f"results: {out}/segments.parquet, segments_indices.parquet and run folders {', '.join(f'{out}/{c}' for c in result.runs)}")
+    print(f"results: {out}/segments.parquet, segments_indices.parquet, segments_neurons.parquet and run folders "
+          f"{', '.join(f'{out}/{c}' for c in result.runs)}")
