@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from augsense.errors import AugsenseError
@@ -15,6 +18,20 @@ def parse_floats(text: str, flag: str) -> list[float]:
         return [float(item) for item in text.split(",") if item.strip()]
     except ValueError:
         raise AugsenseError(f"{flag} expects comma-separated numbers, e.g. 0.5,0.9; got {text!r}") from None
+
+
+@contextmanager
+def run_folder_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold ``run_dir``'s lock for the block (the analysis and its writes): a second writer, or an
+    ``augsense run --overwrite`` into the folder, is refused with one line naming the holder."""
+    from augsense.io.lock import holding
+
+    if not Path(run_dir, "run.json").is_file():
+        from augsense.io.results import load_run
+
+        load_run(run_dir)  # says what is wrong with the folder
+    with holding(run_dir):
+        yield
 
 
 def names(text: str | None) -> list[str] | None:
@@ -53,7 +70,8 @@ def cmd_mask(args: argparse.Namespace) -> int:
                              least=args.least, augmentations=augmentations, n_draws=args.draws, seed=args.seed,
                              batch_size=args.batch_size, max_batch=args.max_batch, device=args.device,
                              limit_images=args.limit_images)
-    result = run_masking(args.run_dir, options, images=args.images, progress=not args.quiet)
+    with run_folder_lock(args.run_dir):
+        result = run_masking(args.run_dir, options, images=args.images, progress=not args.quiet)
     print(f"masked layers: {', '.join(result.layers)}")
     table = result.table
     reference = table[table["kind"] == "none"]

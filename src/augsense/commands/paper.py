@@ -11,8 +11,9 @@ After ``augsense demo`` (or ``run``), this adds to the run folder what the paper
    with the clustering of all (augmentation, mask) profiles (``masking*.parquet``);
 3. **single-class** — candidate-class biases (``single_class.parquet``) and class-decay curves
    (``class_decay.parquet``);
-4. **segments** — the network's stem fed H, S, V and their subsets at the input size
-   (``RUN_DIR/segments/``, with ``segments_indices.parquet``);
+4. **segments** — the network's stem fed H, S, V and their subsets at the input size, on the
+   paper's selected units (each factor's most sensitive channels of the stem in the run)
+   (``RUN_DIR/segments/``, with ``segments_indices.parquet`` and ``segments_neurons.parquet``);
 
 masked forwards run in chunks of ``max_batch`` = 64 images × configurations (memory),
 
@@ -43,7 +44,10 @@ class PaperOptions:
 
     ``spatial_layers``: layers of the per-unit run (default: the last two of the run's layers that
     have a spatial map of at most ``max_spatial_units`` units); ``segment``: the block for the HSV
-    runs (default: the network's first two modules, e.g. the stem ``_conv_stem,_bn0``).
+    runs (default: the network's first two modules, e.g. the stem ``_conv_stem,_bn0``);
+    ``segment_neurons``: its units (``auto``: the paper's selected units, here each factor's
+    ``segment_top`` most sensitive channels of the segment's last module in the run; ``all``; or a
+    ``--neurons`` spec such as ``_bn0:1,5``).
     """
 
     steps: tuple[str, ...] = STEPS
@@ -61,6 +65,8 @@ class PaperOptions:
     segment: str | None = None
     segment_channels: str = "subsets"
     segment_n: int = 32
+    segment_neurons: str = "auto"
+    segment_top: int = 2
     limit_images: int | None = 12
     device: str = "auto"
     seed: int = 0
@@ -94,8 +100,42 @@ def _default_segment(bundle: Any) -> str:
     return ",".join(children[:2])
 
 
+def _segment_neurons(options: PaperOptions, folder: Any, bundle: Any, segment: str) -> tuple[Any, Any]:
+    """(neurons, selected_for) for the segment runs: ``auto`` keeps each factor's ``segment_top`` most sensitive
+    channels of the segment's last module in the run's total-order (else Shapley) map, as the paper ran its
+    HSV segments on selected units; all channels when the run did not measure that module per channel."""
+    from augsense.analyses.segments import parse_segment, top_neurons
+
+    choice = (options.segment_neurons or "auto").strip()
+    if choice.lower() == "all":
+        return None, None
+    if choice.lower() != "auto":
+        return choice, None
+    last = parse_segment(bundle.module, segment, bundle.input_size).modules[-1]
+    quantity = next((q for q in ("total_order", "shapley") if f"{last}/{q}" in folder.maps), None)
+    layout = str(folder.info.get("layers", {}).get(last, {}).get("layout", "nchw")).split(" ")[0]
+    if quantity is None or layout not in ("nchw", "vector"):
+        print(f"augsense paper: note: segments on all channels (the run has no per-channel map of {last!r} to "
+              "select the units from; --neurons names them)", file=sys.stderr)
+        return None, None
+    chosen = top_neurons(folder.map(last, quantity), folder.players, options.segment_top)
+    return ({last: list(chosen)}, chosen) if chosen else (None, None)
+
+
 def run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, model: Any = None, images: Any = None,
               progress: bool = False, report: bool = True) -> dict[str, float]:
+    """Run the chosen steps on a run folder, holding its lock throughout (see :func:`_run_paper`)."""
+    from augsense.io.lock import holding
+    from augsense.io.results import load_run
+
+    if not Path(run_dir, "run.json").is_file():
+        load_run(run_dir)  # says what is wrong with the folder
+    with holding(run_dir):  # one writer at a time: a run --overwrite or another analysis is refused meanwhile
+        return _run_paper(run_dir, options, model=model, images=images, progress=progress, report=report)
+
+
+def _run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, model: Any = None, images: Any = None,
+               progress: bool = False, report: bool = True) -> dict[str, float]:
     """Run the chosen steps on a run folder; returns the wall time of each step in seconds.
 
     Args:
@@ -111,6 +151,7 @@ def run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, model
     from augsense.analyses.single_class import ClassDecayOptions, SingleClassOptions, class_decay, run_single_class
     from augsense.commands.maps import map_statistics_of_run
     from augsense.config import SensitivityConfig
+    from augsense.io.provenance import Source, commit_tables
     from augsense.io.results import load_run
 
     options = options or PaperOptions()
@@ -119,6 +160,7 @@ def run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, model
         raise AugsenseError(f"unknown step {unknown[0]!r}; choose from {', '.join(STEPS)}")
     run_dir = Path(run_dir)
     folder = load_run(run_dir)
+    source = Source.of(run_dir, folder.info)  # the result set the steps' tables are stamped with
     config = SensitivityConfig.from_dict(dict(folder.info.get("config", {})))
     bundle, image_set, _, device, _ = load_inputs(folder, model, images, options.device, options.limit_images)
     timings: dict[str, float] = {}
@@ -147,10 +189,10 @@ def run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, model
                             progress=progress, overwrite=True, warn=False)  # quick sizes, said once below
             tables = map_statistics_of_run(run_dir / "paper_spatial", quantities=["total_order"],
                                            paper_repeats=options.lda_repeats, seed=options.seed)
-            for name, table in (("map_pixel_correlations", tables.pixel), ("map_lda_paper", tables.paper_lda),
-                                ("map_lda_paper_confusion", tables.paper_confusion)):
-                if len(table):
-                    table.assign(source="paper_spatial").to_parquet(run_dir / f"{name}.parquet", index=False)
+            paper_tables = (("map_pixel_correlations", tables.pixel), ("map_lda_paper", tables.paper_lda),
+                            ("map_lda_paper_confusion", tables.paper_confusion))
+            commit_tables(source, [(name, table.assign(source="paper_spatial")) for name, table in paper_tables
+                                   if len(table)], replaces=[name for name, _ in paper_tables])
             for note in (n for n in tables.notes if "--replicate" not in n):  # no replicate here, by design
                 print(f"augsense paper: note: {note}", file=sys.stderr)
         timings["maps"] = time.perf_counter() - started
@@ -182,8 +224,12 @@ def run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, model
                                              device=options.device, checkpoint_every=0.0)
         channels: Any = options.segment_channels if options.segment_channels in ("all", "subsets") else \
             [c for c in options.segment_channels.split(",") if c]
-        run_segments(segment_config, segment, channels=channels, model=bundle, images=image_set,
-                     out_dir=run_dir / "segments", progress=progress, overwrite=True, warn=False)
+        neurons, selected_for = _segment_neurons(options, folder, bundle, segment)
+        segments = run_segments(segment_config, segment, channels=channels, model=bundle, images=image_set,
+                                out_dir=run_dir / "segments", progress=progress, overwrite=True, warn=False,
+                                neurons=neurons, selected_for=selected_for)
+        commit_tables(source, [("segments", segments.attribution), ("segments_indices", segments.indices)],
+                      into=run_dir / "segments")  # stamped with the run's set, for the report
         timings["segments"] = time.perf_counter() - started
     if report:
         from augsense.report.html import write_report
@@ -208,6 +254,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--spatial-layers", default=None, help="layers of the per-unit run (default: the last two "
                         "spatial layers of at most 40 000 units)")
     parser.add_argument("--segment", default=None, help="block for the HSV runs (default: the first two modules)")
+    parser.add_argument("--neurons", default="auto", help="segment units: auto (each factor's 2 most sensitive "
+                        "channels of the segment's last module in the run, as the paper's selected units), all, or "
+                        "MODULE:INDICES (e.g. _bn0:1,5)")
     parser.add_argument("--channels", default="subsets", help="segment input channels: subsets (h, s, v, hs, sv, hv, "
                         "hsv), all (h, s, v) or comma-separated ones")
     parser.add_argument("--limit-images", type=int, default=None, help="images used (default 12; all with --full)")
@@ -219,7 +268,7 @@ def register(subparsers: Any) -> None:
 def cmd_paper(args: argparse.Namespace) -> int:
     steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
     changes: dict[str, Any] = {"steps": steps, "segment": args.segment, "segment_channels": args.channels,
-                               "device": args.device}
+                               "segment_neurons": args.neurons, "device": args.device}
     if args.spatial_layers:
         changes["spatial_layers"] = [s.strip() for s in args.spatial_layers.split(",") if s.strip()]
     if args.limit_images is not None:

@@ -15,10 +15,16 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from augsense.io.lock import holding
     from augsense.report.html import write_report
 
     warnings: list[str] = []
-    path = write_report(Path(args.run_dir), warnings)
+    run_dir = Path(args.run_dir)
+    if run_dir.is_dir():
+        with holding(run_dir):  # report.html and figures/: one writer at a time
+            path = write_report(run_dir, warnings)
+    else:
+        path = write_report(run_dir, warnings)  # says the folder does not exist
     for line in warnings:  # the page's banner, on the console too
         print(f"augsense: warning: {line}", file=sys.stderr)
     print(f"report: {path}")

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from augsense.commands.mask import add_common, names, parse_floats
+from augsense.commands.mask import add_common, names, parse_floats, run_folder_lock
 
 
 def cmd_single_class(args: argparse.Namespace) -> int:
+    with run_folder_lock(args.run_dir):  # the analyses and their writes: one writer at a time
+        return _single_class(args)
+
+
+def _single_class(args: argparse.Namespace) -> int:
     from augsense.analyses.single_class import SingleClassOptions, run_single_class
 
     augmentations: Any = args.augmentations

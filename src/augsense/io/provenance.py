@@ -24,14 +24,12 @@ its temporary file (removed by the next commit into the folder), never a partial
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import json
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,36 +204,8 @@ class Source:
             return False
 
 
-#: The result set that the tables written in this context are computed from (see :func:`derived_from`).
-_SOURCE: contextvars.ContextVar[Source | None] = contextvars.ContextVar("augsense_source", default=None)
-
-
-@contextmanager
-def derived_from(source: Source) -> Iterator[Source]:
-    """Inside the block, :func:`write_table` stamps tables written under ``source.folder`` with its set and
-    checks, under the folder's lock, that the set is still the folder's (``augsense paper`` around its steps,
-    so that the segment tables in ``RUN_DIR/segments`` are stamped too)."""
-    token = _SOURCE.set(source)
-    try:
-        yield source
-    finally:
-        _SOURCE.reset(token)
-
-
-def write_table(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write one Parquet table atomically; inside :func:`derived_from`, stamped and checked (see there)."""
-    path = Path(path)
-    source = _SOURCE.get()
-    if source is None or not source.covers(path):
-        write_parquet(frame, path)
-        return
-    with holding(source.folder):
-        source.check(path.name)
-        write_parquet(frame, path, result_set=source.result_set)
-
-
-def commit_tables(source: Source, tables: Sequence[tuple[str, pd.DataFrame]], *, replaces: Sequence[str] = ()
-                  ) -> list[Path]:
+def commit_tables(source: Source, tables: Sequence[tuple[str, pd.DataFrame]], *, replaces: Sequence[str] = (),
+                  into: str | Path | None = None) -> list[Path]:
     """Write an analysis's tables into its run folder as one commit, stamped with the set they come from.
 
     Under the folder's lock: refuse (:meth:`Source.check`) if the folder now holds another result set;
@@ -247,11 +217,14 @@ def commit_tables(source: Source, tables: Sequence[tuple[str, pd.DataFrame]], *,
         source: the run folder and the result set the tables were computed from.
         tables: (name without ``.parquet``, table) pairs.
         replaces: the analysis's other table names (written by earlier commits, absent from this one).
+        into: a sub-folder of the run folder to write into (default: the run folder).
     """
     import pyarrow.parquet as pq
 
-    folder = source.folder
-    with holding(folder):
+    folder = Path(into) if into is not None else source.folder
+    if not source.covers(folder):
+        raise AugsenseError(f"{str(folder)!r} is not inside the run folder {str(source.folder)!r}")
+    with holding(source.folder):
         source.check()
         remove_stale_temporaries(folder)
         staged: list[tuple[Path, Path]] = []
@@ -283,5 +256,4 @@ def commit_tables(source: Source, tables: Sequence[tuple[str, pd.DataFrame]], *,
 
 
 __all__ = ["RESULT_SET", "STAMP_KEY", "Source", "atomic_write", "belongs", "commit_tables", "current_result_set",
-           "derived_from", "new_result_set_id", "remove_stale_temporaries", "result_set_of", "short", "table_stamp",
-           "write_parquet", "write_table"]
+           "new_result_set_id", "remove_stale_temporaries", "result_set_of", "short", "table_stamp", "write_parquet"]
