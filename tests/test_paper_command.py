@@ -7,11 +7,13 @@ import pytest
 import torch
 from torch import nn
 
+from augsense.analyses.segments import top_neurons
 from augsense.analyses.sensitivity import run_sensitivity
 from augsense.cli import main
 from augsense.commands.paper import PaperOptions, run_paper
 from augsense.config import SensitivityConfig
 from augsense.io.models import ModelBundle
+from augsense.io.results import load_run
 from planted import PLANTED_CONFIG, planted_images
 
 
@@ -58,10 +60,17 @@ def test_every_step_writes_its_tables_and_the_report_shows_the_figures(small_run
     assert set(decay.kind) == {"none", "guided", "random"}
     indices = pd.read_parquet(small_run / "segments" / "segments_indices.parquet")
     assert set(indices.channel) == {"h", "hsv"}
+    # the segments ran on the paper's selected units: each factor's 2 most sensitive channels of `act` in the run
+    run = load_run(small_run)
+    expected = top_neurons(run.map("act", "total_order"), run.players, 2)
+    neurons = pd.read_parquet(small_run / "segments" / "segments_neurons.parquet")
+    assert sorted(neurons.neuron.unique()) == sorted(expected) and len(expected) < 6
+    reasons = neurons.drop_duplicates("neuron").set_index("neuron").selected_for
+    assert all(reasons[n] == ",".join(f) for n, f in expected.items())
     page = (small_run / "report.html").read_text()
     assert "The paper&#x27;s figures" in page or "The paper's figures" in page
     for figure in ("paper-lda", "paper-pixel-correlations", "paper-masking-dendrogram", "paper-class-decay",
-                   "paper-segment-indices"):
+                   "paper-segment-indices", "paper-segment-neurons"):
         assert f'id="fig-{figure}"' in page, figure
     assert "could not be drawn" not in page
 
@@ -70,3 +79,13 @@ def test_bad_steps_are_one_line(small_run, capsys):
     assert main(["paper", str(small_run), "--steps", "maps,nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown step 'nope'" in err and err.count("\n") == 1
+
+
+def test_segment_neurons_all_and_explicit(small_run):
+    """--neurons all runs every channel; an explicit spec runs those."""
+    for choice, expected in (("all", list(range(6))), ("act:4,1", [1, 4])):
+        options = PaperOptions(steps=("segments",), segment="conv,act", segment_channels="v", segment_n=8,
+                               segment_neurons=choice, limit_images=4, device="cpu")
+        run_paper(small_run, options, model=small_bundle(), images=planted_images(12, size=16), report=False)
+        neurons = pd.read_parquet(small_run / "segments" / "segments_neurons.parquet")
+        assert sorted(neurons.neuron.unique()) == expected, choice

@@ -11,7 +11,9 @@ in docs/contrast_maps_segments.md and docs/masking.md):
 * ``class_decay.parquet`` — class-decay curves: each factor's candidate classes' share of top-1
   predictions against the masked fraction, guided masks (solid) vs random ones (dashed);
 * ``segments_indices.parquet`` (in the run folder or its ``segments/`` sub-folder) — segment
-  indices per input channel (subset) and factor.
+  indices per input channel (subset) and factor;
+* ``segments_neurons.parquet`` (same places) — per segment unit (neuron: its channel index in the
+  full network, e.g. the paper's selected units) the share of its variance under each input channel.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ __all__ = ["PAPER_FILES", "paper_sections"]
 
 #: The tables this section draws, by file stem.
 PAPER_FILES = ("map_lda_paper", "map_pixel_correlations", "masking_pairs", "masking_linkage", "class_decay",
-               "segments_indices")
+               "segments_indices", "segments_neurons")
+#: At most this many neurons per panel of the segment-neuron figure (the first by index).
+MAX_NEURONS = 48
 QUANTITY_ORDER = ("total_order", "shapley", "first_order")
 
 
@@ -188,6 +192,41 @@ def segments_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
+def segment_neurons_figure(table: pd.DataFrame) -> Figure:
+    """Per layer: each neuron's share of its variance under each input channel (factor "all"); • marks the
+    attributed channel, the row label names the factors the neuron was selected for."""
+    whole = table[table["factor"] == "all"]
+    layers = list(dict.fromkeys(whole["layer"].astype(str)))[:3]
+    channels = list(dict.fromkeys(whole["channel"].astype(str)))
+    sizes = [min(MAX_NEURONS, whole.loc[whole["layer"] == layer, "neuron"].nunique()) for layer in layers]
+    fig = Figure(figsize=(max(4.0, 0.55 * len(channels) + 3.2), 0.22 * sum(sizes) + 1.1 * len(layers) + 0.6),
+                 layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(layers), 1, squeeze=False, height_ratios=[max(s, 2) for s in sizes])).ravel()
+    image = None
+    for ax, layer in zip(axes, layers):
+        part = whole[whole["layer"] == layer]
+        share = part.pivot_table(index="neuron", columns="channel", values="share", sort=True, dropna=False)
+        share = share.reindex(columns=[c for c in channels if c in share.columns]).iloc[:MAX_NEURONS]
+        image = ax.imshow(share.to_numpy(float), cmap=colormaps["magma_r"].with_extremes(bad="#e0e0e0"), vmin=0,
+                          vmax=1, aspect="auto", interpolation="nearest")
+        best = part[part["attributed"].astype(bool)].set_index("neuron")["channel"]
+        for i, neuron in enumerate(share.index):
+            if neuron in best.index:
+                ax.text(list(share.columns).index(best[neuron]), i, "•", ha="center", va="center", fontsize=8,
+                        color="#00a0ff")
+        reasons = part.drop_duplicates("neuron").set_index("neuron").get("selected_for", pd.Series(dtype=str))
+        labels = [f"{n}" + (f" ({reasons[n]})" if n in reasons.index and str(reasons[n]) else "") for n in share.index]
+        ax.set_yticks(np.arange(len(share.index)), labels, fontsize=6)
+        ax.set_xticks(np.arange(len(share.columns)), [c.upper() for c in share.columns], fontsize=7)
+        ax.set_ylabel("neuron (channel)", fontsize=7)
+        more = part["neuron"].nunique() - len(share.index)
+        ax.set_title(f"segment layer {layer}: share of each neuron's variance per input channel"
+                     + (f" (first {len(share.index)}; {more} more in the table)" if more > 0 else ""), fontsize=9)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), shrink=0.8, label="share of variance (grey: moves under no input)")
+    return fig
+
+
 def paper_sections(page: Page, data: ReportData) -> None:
     """Add the section "The paper's figures" when any of :data:`PAPER_FILES` is in the run folder."""
     tables = {name: table for name in PAPER_FILES if (table := _read(Path(data.path), name)) is not None}
@@ -202,7 +241,10 @@ def paper_sections(page: Page, data: ReportData) -> None:
     if "map_pixel_correlations" in tables:
         drawn.append(("paper-pixel-correlations", lambda: pixel_figure(tables["map_pixel_correlations"], data),
                       "Per-pixel Spearman correlation between factors' maps across channels: mean over pixels "
-                      "above the diagonal, SD below.", "map_pixel_correlations"))
+                      "above the diagonal, SD below"
+                      + ("; dead units as index 0 and an undefined ρ as 0, as the paper."
+                         if set(tables["map_pixel_correlations"].get("missing", pd.Series(["?"]))) == {"paper"}
+                         else "."), "map_pixel_correlations"))
     if "masking_pairs" in tables and "masking_linkage" in tables and len(tables["masking_linkage"]):
         drawn.append(("paper-masking-dendrogram",
                       lambda: dendrogram_figure(tables["masking_pairs"], tables["masking_linkage"]),
@@ -219,6 +261,11 @@ def paper_sections(page: Page, data: ReportData) -> None:
         drawn.append(("paper-segment-indices", lambda: segments_figure(tables["segments_indices"]),
                       "Segment indices per input channel: the block fed H, S, V (or a subset) of the augmented "
                       "input; mean index over the layer's live units.", "segments_indices"))
+    if "segments_neurons" in tables and len(tables["segments_neurons"]):
+        drawn.append(("paper-segment-neurons", lambda: segment_neurons_figure(tables["segments_neurons"]),
+                      "Segment units (neurons, by channel index in the full network; in brackets the factors they "
+                      "were selected for): share of each unit's augmentation-induced variance under each input "
+                      "channel; • the channel it is attributed to.", "segments_neurons"))
     for name, draw, caption, source in drawn:
         try:
             page.figure(section, draw(), name, caption)
