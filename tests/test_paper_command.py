@@ -67,6 +67,9 @@ def test_every_step_writes_its_tables_and_the_report_shows_the_figures(small_run
     assert sorted(neurons.neuron.unique()) == sorted(expected) and len(expected) < 6
     reasons = neurons.drop_duplicates("neuron").set_index("neuron").selected_for
     assert all(reasons[n] == ",".join(f) for n, f in expected.items())
+    from augsense.io.provenance import result_set_of, table_stamp
+
+    assert table_stamp(small_run / "segments" / "segments_neurons.parquet") == result_set_of(run.info)  # shown
     page = (small_run / "report.html").read_text()
     assert "The paper&#x27;s figures" in page or "The paper's figures" in page
     for figure in ("paper-lda", "paper-pixel-correlations", "paper-masking-dendrogram", "paper-class-decay",

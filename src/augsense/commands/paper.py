@@ -228,7 +228,8 @@ def _run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, mode
         segments = run_segments(segment_config, segment, channels=channels, model=bundle, images=image_set,
                                 out_dir=run_dir / "segments", progress=progress, overwrite=True, warn=False,
                                 neurons=neurons, selected_for=selected_for)
-        commit_tables(source, [("segments", segments.attribution), ("segments_indices", segments.indices)],
+        commit_tables(source, [("segments", segments.attribution), ("segments_indices", segments.indices),
+                               ("segments_neurons", segments.neuron_summary)],
                       into=run_dir / "segments")  # stamped with the run's set, for the report
         timings["segments"] = time.perf_counter() - started
     if report:
