@@ -89,6 +89,30 @@ def test_channels_last_only_for_real_convolutions_and_restored_after():
         assert layout == torch.contiguous_format
 
 
+def test_channels_last_restores_each_parameters_own_layout_and_values():
+    torch.manual_seed(0)
+    model = Tiny(16).eval()
+    model.body.to(memory_format=torch.channels_last)  # a model that is partly channels-last already
+    model.register_buffer("planes", torch.rand(2, 3, 4, 5))
+    stem, body = model.stem.weight, model.body.weight
+    strides = {name: t.stride() for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    x = torch.rand(2, 3, 12, 12)
+    with torch.inference_mode():
+        with channels_last(model) as layout:
+            assert model.stem.weight.is_contiguous(memory_format=torch.channels_last)
+            model(x.contiguous(memory_format=layout))
+    with torch.no_grad():
+        with channels_last(model):
+            model.stem.weight.add_(1.0)  # a change made inside the block is kept
+    assert {name: t.stride() for name, t in [*model.named_parameters(), *model.named_buffers()]} == strides
+    assert model.stem.weight is stem and model.body.weight is body  # the same Parameter objects
+    assert model.stem.weight.is_contiguous() and model.body.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.stem.weight.is_inference() and model.stem.weight.requires_grad
+    model(x).sum().backward()  # still usable for training: no inference tensors left behind
+    torch.manual_seed(0)
+    assert torch.equal(model.stem.weight.detach(), Tiny(16).stem.weight.detach() + 1.0)
+
+
 def test_the_cpu_feed_gives_the_images_batch():
     images = planted_images()
     index = torch.tensor([3, 0, 3, 15])

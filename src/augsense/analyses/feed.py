@@ -5,7 +5,7 @@
   gather on the device; otherwise each batch is gathered on the host into pinned memory and copied
   without blocking. On the CPU a batch is gathered from the (possibly memory-mapped) pixels.
 - :func:`channels_last`: convolutional models run channels-last (NHWC) inside the run loop, as the
-  bare-forward floor's faster layout; the model's own layout is restored afterwards.
+  bare-forward floor's faster layout; each parameter's own layout is restored afterwards.
 - :func:`group_of`: which design blocks share one forward pass. A block is small (at least 32
   blocks per design, for the intervals), so the loop forwards up to ``batch_size`` evaluations of
   consecutive blocks at once. Groups are fixed by a block's position in the rank's sequence, so a
@@ -74,16 +74,47 @@ def is_convolutional(module: nn.Module) -> bool:
 def channels_last(module: nn.Module, enabled: bool = True) -> Iterator[torch.memory_format]:
     """Run ``module`` channels-last inside the block when it is convolutional; yields the input format.
 
-    The parameters' layout is restored on exit (the values are unchanged either way).
+    On exit every 4-D/5-D parameter and buffer gets back the tensor it had before, in its own layout (a
+    model that was partly or wholly channels-last stays so), holding the current values.
     """
     if not (enabled and is_convolutional(module)):
         yield torch.contiguous_format
         return
+    before = _layouts(module)
     module.to(memory_format=torch.channels_last)
     try:
         yield torch.channels_last
     finally:
-        module.to(memory_format=torch.contiguous_format)
+        _restore_layouts(before)
+
+
+def _layouts(module: nn.Module) -> list[tuple[nn.Module, str, bool, torch.Tensor]]:
+    """(owner, name, is_parameter, tensor) of every 4-D/5-D parameter and buffer: what ``Module.to(memory_format)``
+    may replace."""
+    found = []
+    for owner in module.modules():
+        for name, tensor in owner.named_parameters(recurse=False):
+            if tensor.dim() in (4, 5):
+                found.append((owner, name, True, tensor.data))
+        for name, tensor in owner.named_buffers(recurse=False):
+            if tensor is not None and tensor.dim() in (4, 5):
+                found.append((owner, name, False, tensor))
+    return found
+
+
+def _restore_layouts(before: list[tuple[nn.Module, str, bool, torch.Tensor]]) -> None:
+    """Put back the tensors recorded by :func:`_layouts`, with the values the module holds now."""
+    with torch.no_grad():
+        for owner, name, is_parameter, original in before:
+            current = getattr(owner, name)
+            if current is None or (current.data_ptr() == original.data_ptr() and current.stride() == original.stride()):
+                continue
+            if current.shape == original.shape:
+                original.copy_(current.detach())
+            if is_parameter:
+                current.data = original
+            else:
+                owner._buffers[name] = original
 
 
 def group_of(blocks: range, per_batch: int, k: int) -> range:
