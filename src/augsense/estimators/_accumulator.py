@@ -63,6 +63,8 @@ class DesignAccumulator:
     layout: int = 1
     #: first-moment sums -> the sums shared by all of their cells (stored once, crossed in the block outer product)
     shared_sums: dict[str, str] = {}
+    #: first-moment sums kept per output group (layer), not per output: added once per block by ``_finish_block``
+    group_sums: tuple[str, ...] = ("g1",)
     #: per-chunk temporary target; kernels contiguous along the outputs want long chunks
     chunk_elements: int = CHUNK_ELEMENTS
 
@@ -153,12 +155,12 @@ class DesignAccumulator:
         if self.shift is None:
             self.shift = outputs[:, :2].to(self.device, torch.float64).mean(dim=(0, 1))
         carry = None
-        pairs = [(a, b) for a, b in self._moment_pairs() if a != "g1"]
+        pairs = [(a, b) for a, b in self._moment_pairs() if a not in self.group_sums]
         for sl in self._chunks(self._per_output(r)):
             values = outputs[:, :, sl].to(self.device, torch.float64) - self.shift[sl]
             with self._block_moments(pairs, sl):
                 carry = self._update_chunk(block, values, sl, carry)
-        with self._block_moments([(a, b) for a, b in self._moment_pairs() if a == "g1"], slice(None)):
+        with self._block_moments([(a, b) for a, b in self._moment_pairs() if a in self.group_sums], slice(None)):
             self._finish_block(carry)
         self.n += r
         self.blocks_seen[block.index] = True

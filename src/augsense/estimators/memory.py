@@ -28,8 +28,8 @@ def state_floats(kind: str, d: int, *, denominator: str = "pooled",
 
     ``second_order_intervals=False`` (sobol2): no second moments of the pairs ("p2").
 
-    Per-group sums ("g1", "g2": one set per layer, not per output) and the int64 output-to-group
-    index (8 bytes per output in a run) are not included.
+    Per-group sums ("g1", "g2", sobol2 also "gp1", "gp2": one set per layer, not per output) and the
+    int64 output-to-group index (8 bytes per output in a run) are not included.
     """
     if kind not in KINDS:
         raise AugsenseError(f"unknown estimator {kind!r}; choose from {', '.join(KINDS)}")

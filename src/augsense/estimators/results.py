@@ -32,8 +32,8 @@ class SensitivityResult:
     (Harsanyi) of every factor subset as shares of the variance, bitmask-indexed.
     Dead outputs (zero variance) hold NaN and ``dead=True``. Raw estimates are never clipped:
     a negative first-order index is a sampling fluctuation around a small true value.
-    ``aggregated``: the same quantities for output groups (layers), Sum_c V_i^(c) / Sum_c V^(c),
-    with the groups as outputs.
+    ``aggregated``: the same quantities for output groups (layers), Sum_c V_i^(c) / Sum_c V^(c)
+    (second_order: Sum_c V_ij^(c) / Sum_c V^(c), with intervals), with the groups as outputs.
     """
 
     n: int

@@ -33,15 +33,19 @@ class SobolAccumulator(DesignAccumulator):
     blind to anything the group's rows share. Second order keeps the global centre.
     ``second_order_intervals=False`` keeps no second moments for the pairs (their P (3 + 2q)
     values per output, 47 % of the state at d = 7): S2 estimates stay, their intervals are NaN.
+    The layer-level S2 of a grouped sobol2 run keeps its interval either way: its sums ("gp1",
+    "gp2") are P * 5 values per group, not per output.
     Memory: O(m d) float64 (O(m d^2) with second order), independent of n; the denominator's
     sums, common to every factor and pair, are kept once per output ("w1", "w2"), not per cell
     (bytes per output: :func:`augsense.estimators.memory.state_bytes_per_output`).
     """
 
     kinds = ("sobol", "sobol2")
-    #: 2: denominator sums stored once per output ("w1", "w2") instead of in every cell of "c"/"p"
-    layout = 2
+    #: 2: denominator sums stored once per output ("w1", "w2") instead of in every cell of "c"/"p";
+    #: 3: with groups and second order, the layer-level pair sums "gp1", "gp2" as well
+    layout = 3
     shared_sums = {"c1": "w1", "p1": "w1"}
+    group_sums = ("g1", "gp1")
 
     def __init__(self, design: Design, n_outputs: int, *, denominator: Literal["pooled", "paired"] = "pooled",
                  groups: torch.Tensor | None = None, device: torch.device | str | None = None,
@@ -60,6 +64,14 @@ class SobolAccumulator(DesignAccumulator):
         if not self.second_order_intervals:   # absent when true: states of earlier versions keep their config
             config["second_order_intervals"] = False
         return config
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """As the base class. Layout 2 differs from 3 only by the layer-level pair sums of a grouped
+        sobol2 run: a layout-2 state of any other run holds the same sums and is read; that one is
+        refused by layout ("state has sums in layout 2 of an earlier augsense ...")."""
+        if state.get("layout") == 2 and set(state.get("sums", {})) == set(self.sums):
+            state = state | {"layout": self.layout}
+        super().load_state_dict(state)
 
     @property
     def _second(self) -> bool:
@@ -82,6 +94,10 @@ class SobolAccumulator(DesignAccumulator):
                 sums["p2"] = self._zeros(m, n_pairs, _delta.n_triangle(2) + 2 * q)
         if self.groups is not None:
             sums |= {"g1": self._zeros(self.n_groups, d, 3), "g2": self._zeros(self.n_groups, d, 6)}
+            if self._second:   # per pair [(f_BA_i - f_B)(f_AB_j - f_A), (f_A - f_B)^2 / 2], see _aggregate
+                n_pairs = d * (d - 1) // 2
+                sums |= {"gp1": self._zeros(self.n_groups, n_pairs, 2),
+                         "gp2": self._zeros(self.n_groups, n_pairs, _delta.n_triangle(2))}
         return sums
 
     def _den_terms(self, a: torch.Tensor, b: torch.Tensor) -> list[torch.Tensor]:
@@ -91,7 +107,8 @@ class SobolAccumulator(DesignAccumulator):
 
     def _per_output(self, r: int) -> int:
         d = self.design.n_players
-        return r * max(1 + _delta.MAX_POWER * d, 4 * d * (d - 1) // 2 if self._second else 0,
+        per_pair = 4 + 2 * (self.groups is not None)   # u, w, y, t (+ the group pair term and its factor)
+        return r * max(1 + _delta.MAX_POWER * d, per_pair * d * (d - 1) // 2 if self._second else 0,
                        4 * d if self.groups is not None else 0)
 
     def _update_chunk(self, block: DesignBlock, values: torch.Tensor, sl: slice, carry: Any) -> Any:
@@ -122,13 +139,17 @@ class SobolAccumulator(DesignAccumulator):
         if self.groups is not None:
             # shift-invariant companions for the group intervals (same expectations)
             terms = [(b[:, None] - 0.5 * (a[:, None] + ab)) * D, 0.5 * D * D, (0.5 * (a - b) ** 2)[:, None]]
+            if self._second:   # pure second-order V_ij of the pairs i < j (see _aggregate)
+                terms.append((ba[:, pi] - b[:, None]) * D[:, pj])         # (r, P, mc)
             carry = [self._group_sum(x, sl, None if carry is None else carry[k], dim=2)
                      for k, x in enumerate(terms)]
         return carry
 
     def _finish_block(self, carry: Any) -> None:
         if carry is not None:                                            # [(r, d, ng), (r, d, ng), (r, 1, ng)]
-            self.sums["g1"] += _delta.row_sums_of(carry).transpose(0, 1)  # (ng, d, 3)
+            self.sums["g1"] += _delta.row_sums_of(carry[:3]).transpose(0, 1)  # (ng, d, 3)
+            if len(carry) > 3:                                           # + [(r, P, ng)]: sobol2
+                self.sums["gp1"] += _delta.row_sums_of([carry[3], carry[2]]).transpose(0, 1)   # (ng, P, 2)
 
     def _shift_map(self, delta: torch.Tensor, p: int, coupled: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Affine map of a cell vector [stat, partner, ..., den] when every value moves by delta (m,)."""
@@ -248,7 +269,8 @@ class SobolAccumulator(DesignAccumulator):
         return full, full_ci
 
     def _aggregate(self, dead: torch.Tensor, confidence: float, z: float) -> SensitivityResult:
-        """Layer-level indices Sum_c V_i^(c) / Sum_c V^(c) with delta-method intervals.
+        """Layer-level indices Sum_c V_i^(c) / Sum_c V^(c) (and S2 Sum_c V_ij^(c) / Sum_c V^(c)) with
+        delta-method intervals.
 
         Estimate and interval come from the same group sums of shift-invariant (paired-form)
         per-row statistics, Sum_c (f_B - (f_A + f_AB_i)/2)(f_AB_i - f_A), Sum_c (f_A - f_AB_i)^2 / 2
@@ -257,6 +279,11 @@ class SobolAccumulator(DesignAccumulator):
         describe: its nominal 95 % intervals covered 70 % in tests/test_interval_strength.py.)
         With the paired denominator this equals the sum of the per-output estimates; dead outputs
         keep their rounding-level terms. A group without a live output is dead.
+
+        Second order (sobol2): Sum_c (f_BA_i - f_B)(f_AB_j - f_A) per pair i < j, whose expectation is
+        E[f_BA_i f_AB_j] - E[f_BA_i f_A] - E[f_B f_AB_j] + E[f_B f_A] = V_ij^c - V_i - V_j = V_ij, the
+        pure interaction that the per-output S2 (Saltelli 2002) estimates, with the same rows; a
+        product of two differences, so it needs no centre and sums over outputs of any shift.
         """
         n = self.n
         mu = self.sums["g1"] / n                                          # (ng, d, 3)
@@ -268,11 +295,30 @@ class SobolAccumulator(DesignAccumulator):
         zero = torch.zeros_like(S1)
         g1 = torch.stack([1 / Ws, zero, -S1 / Ws], -1)
         gT = torch.stack([zero, 1 / Ws, -ST / Ws], -1)
-        return SensitivityResult(
+        res = SensitivityResult(
             n=n, variance=W[:, 0], dead=dead, confidence=confidence, first_order=S1, total_order=ST,
             first_order_ci=_delta.interval(S1, _delta.standard_error(g1, cov, n), z),
             total_order_ci=_delta.interval(ST, _delta.standard_error(gT, cov, n), z),
             first_order_variance=N1, total_order_variance=NT)
+        if self._second:
+            res.second_order, res.second_order_ci = self._aggregate_second(dead, z)
+        return res
+
+    def _aggregate_second(self, dead: torch.Tensor, z: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer-level S2 (ng, d, d) and its interval (2, ng, d, d) from "gp1"/"gp2", NaN on the diagonal
+        and for dead groups (see :meth:`_aggregate`)."""
+        n, d = self.n, self.design.n_players
+        cov = _delta.covariance(self.sums["gp1"], self.sums["gp2"], n, self.n_blocks_seen)   # (ng, P, 2, 2)
+        N2, W = (self.sums["gp1"] / n).unbind(-1)                          # (ng, P) each; W equal along P
+        Ws = torch.where(dead[:, None], torch.nan, W)
+        S2 = N2 / Ws
+        ci = _delta.interval(S2, _delta.standard_error(torch.stack([1 / Ws, -S2 / Ws], -1), cov, n), z)
+        pi, pj = self._pairs()
+        full = torch.full((self.n_groups, d, d), torch.nan, dtype=torch.float64, device=self.device)
+        full_ci = torch.full((2, self.n_groups, d, d), torch.nan, dtype=torch.float64, device=self.device)
+        full[:, pi, pj] = full[:, pj, pi] = S2
+        full_ci[:, :, pi, pj] = full_ci[:, :, pj, pi] = ci
+        return full, full_ci
 
 
 @lru_cache(maxsize=None)

@@ -29,8 +29,10 @@ The checkpoint stores the run plan (:mod:`augsense.analyses.plan`); a resume who
 is refused naming the differing keys. The accumulator's state names the layout of its sums
 (``"layout"``; absent = 1): Sobol sums moved to layout 2 (the denominator's sums once per output),
 so a format-2 file written before that holds layout-1 Sobol sums and is refused by name
-("cannot be resumed: state has sums in layout 1 of an earlier augsense"); the file format itself
-is unchanged, and Shapley checkpoints of either version resume.
+("cannot be resumed: state has sums in layout 1 of an earlier augsense"); layout 3 adds the
+layer-level second-order sums of sobol2 runs, whose layout-2 checkpoints are refused the same way
+(other layout-2 Sobol states hold the same sums and resume); the file format itself is unchanged,
+and Shapley checkpoints of either version resume.
 """
 
 from __future__ import annotations
