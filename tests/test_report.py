@@ -184,6 +184,13 @@ def test_a_folder_that_is_not_a_run_is_an_error(tmp_path):
         write_report(tmp_path / "nowhere")
 
 
+def _stamped(frame: pd.DataFrame, run: Path, name: str) -> None:
+    """Write an analysis table as mask / single-class / maps do: stamped with the run's result set."""
+    from augsense.io.provenance import current_result_set, write_parquet
+
+    write_parquet(frame, run / f"{name}.parquet", result_set=current_result_set(run))
+
+
 def test_results_of_other_analyses_get_their_sections(sobol_run, tmp_path):
     run = _copy(sobol_run, tmp_path, drop=("maps.npz",))
     factors = ["brightness", "saturation", "hflip"]
@@ -192,16 +199,16 @@ def test_results_of_other_analyses_get_their_sections(sobol_run, tmp_path):
             for q in (0.5, 0.7, 0.9) for aug in ("clean", f)]
     rows += [{"factor": None, "kind": "none", "mask": None, "q": np.nan, "alpha": np.nan, "augmentation": aug,
               "top1": 0.8, "top5": 0.95} for aug in ["clean"] + factors]  # the unmasked reference
-    pd.DataFrame(rows).to_parquet(run / "masking.parquet")
-    pd.DataFrame({"factor": factors, "alpha": 1.5, "mean_jaccard": [0.1, 0.02, 0.001], "threshold": 0.003,
-                  "confirmed": [True, True, False]}).to_parquet(run / "single_class.parquet")
-    pd.DataFrame({"factor": factors, "guided": 0.2, "random_mean": 0.5}).to_parquet(run / "masking_gap.parquet")
+    _stamped(pd.DataFrame(rows), run, "masking")
+    _stamped(pd.DataFrame({"factor": factors, "alpha": 1.5, "mean_jaccard": [0.1, 0.02, 0.001], "threshold": 0.003,
+                  "confirmed": [True, True, False]}), run, "single_class")
+    _stamped(pd.DataFrame({"factor": factors, "guided": 0.2, "random_mean": 0.5}), run, "masking_gap")
     pd.DataFrame({"layer": "readout", "unit": np.repeat(np.arange(5), 3), "factor": factors * 5,
                   "effect_size": np.linspace(-1, 1, 15), "q_value": np.linspace(0, 0.2, 15)}).to_parquet(
         run / "contrast.parquet")
-    pd.DataFrame({"scope": "units", "factor_a": ["brightness", "brightness", "saturation"],
+    _stamped(pd.DataFrame({"scope": "units", "factor_a": ["brightness", "brightness", "saturation"],
                   "factor_b": ["saturation", "hflip", "hflip"], "rho": [0.1, -0.3, 0.5], "p_value": 0.1,
-                  "n": 5}).to_parquet(run / "map_statistics.parquet")
+                  "n": 5}), run, "map_statistics")
     (run / "single_class.json").write_text(json.dumps({"confirmed": [{"factor": "brightness", "classes": [1, 2]}]}))
     page = write_report(run).read_text(encoding="utf-8")
     for key in ("masking", "single_class", "contrast", "map_statistics"):
@@ -215,7 +222,7 @@ def test_results_of_other_analyses_get_their_sections(sobol_run, tmp_path):
 
 def test_unexpected_columns_give_a_table_without_a_figure(sobol_run, tmp_path):
     run = _copy(sobol_run, tmp_path, drop=("maps.npz", "layers.parquet"))
-    pd.DataFrame({"something": [1, 2], "else": ["a", "b"]}).to_parquet(run / "masking.parquet")
+    _stamped(pd.DataFrame({"something": [1, 2], "else": ["a", "b"]}), run, "masking")
     section = _section(write_report(run).read_text(encoding="utf-8"), "masking")
     assert "<img" not in section and "<td>a</td>" in section
 

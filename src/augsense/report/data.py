@@ -3,6 +3,11 @@
 Unlike ``augsense.io.results.load_run`` this never fails on a damaged table: every problem becomes
 a notice shown at the top of the report, and the sections that need the missing piece are omitted.
 Only a folder with neither ``run.json`` nor ``config.toml`` is an error.
+
+The tables the other analyses compute from the run's results (:data:`DERIVED_TABLES`, and every table
+in the ``segments/`` sub-folder ``augsense paper`` writes) are shown only when they record the run's
+result set (:mod:`augsense.io.provenance`): one of another set (an older run's, copied in, edited) is
+left out, named in the banner's warnings (:func:`augsense.report.trust.foreign_tables_warning`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from augsense.errors import AugsenseError
+from augsense.io.provenance import belongs, result_set_of, table_stamp
+from augsense.io.results import ANALYSIS_OUTPUTS
 
 #: Per-factor quantities in the order the report shows them.
 FACTOR_QUANTITIES = ("first_order", "total_order", "shapley")
@@ -23,6 +30,12 @@ FACTOR_QUANTITIES = ("first_order", "total_order", "shapley")
 PAIR_QUANTITIES = ("interactions", "second_order")
 #: Results of the other analyses, shown when their files exist in the run folder.
 EXTRA_RESULTS = ("masking", "single_class", "contrast", "map_statistics")
+
+#: Tables computed from the run's result set by mask, single-class, maps and paper: shown only when they
+#: record that set (besides these, everything in the segments/ sub-folder).
+DERIVED_TABLES = frozenset(name.removesuffix(".parquet") for name in ANALYSIS_OUTPUTS if name.endswith(".parquet"))
+#: Sub-folders whose tables are all derived from the run's result set.
+DERIVED_FOLDERS = ("segments",)
 
 QUANTITY_LABELS = {"first_order": "first-order S", "total_order": "total-order ST", "shapley": "Shapley effect",
                    "interactions": "pairwise Shapley interaction", "second_order": "second-order S2"}
@@ -44,6 +57,26 @@ class ReportData:
     extras: dict[str, pd.DataFrame] = field(default_factory=dict)
     extra_json: dict[str, Any] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
+    #: analysis tables left out: (file relative to the run folder, the result set it records)
+    foreign: list[tuple[str, str | None]] = field(default_factory=list)
+    _tables: dict[str, pd.DataFrame | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def result_set(self) -> str | None:
+        """The id of the run's result set (:func:`augsense.io.provenance.result_set_of`)."""
+        return result_set_of(self.info)
+
+    def analysis_table(self, name: str) -> pd.DataFrame | None:
+        """``<name>.parquet`` from the run folder, else from its ``segments/`` sub-folder; None when absent,
+        unreadable (a notice says so) or of another result set (listed in ``foreign``)."""
+        if name not in self._tables:
+            table = None
+            for relative in (f"{name}.parquet", f"segments/{name}.parquet"):
+                if (self.path / relative).is_file():
+                    table = read_table(self, relative, pd.read_parquet)
+                    break
+            self._tables[name] = table
+        return self._tables[name]
 
     @property
     def players(self) -> list[str]:
@@ -199,6 +232,28 @@ def _status_notice(path: Path, info: dict[str, Any]) -> str | None:
     return None
 
 
+def derived(relative: str) -> bool:
+    """Whether the table at ``relative`` (to the run folder) is computed from the run's result set."""
+    parts = Path(relative).parts
+    return (len(parts) > 1 and parts[0] in DERIVED_FOLDERS) or Path(relative).stem in DERIVED_TABLES
+
+
+def read_table(data: ReportData, relative: str, reader: Any) -> pd.DataFrame | None:
+    """Read ``data.path / relative`` with ``reader``; None (with a notice, or listed in ``data.foreign``
+    for a derived table that does not record the run's result set) when it cannot be shown."""
+    file = data.path / relative
+    try:
+        if derived(relative):
+            stamp = table_stamp(file)
+            if not belongs(stamp, data.result_set):
+                data.foreign.append((relative, stamp))
+                return None
+        return reader(file)
+    except Exception as error:  # noqa: BLE001 - pyarrow raises many kinds on damaged files
+        data.notices.append(f"{relative} could not be read ({type(error).__name__}: {error}).")
+        return None
+
+
 def read_report_data(path: str | Path) -> ReportData:
     """Read whatever a run folder holds; problems become ``notices`` rather than errors."""
     path = Path(path)
@@ -269,14 +324,21 @@ def read_report_data(path: str | Path) -> ReportData:
         for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
             file = path / f"{name}{suffix}"
             if file.is_file() and name not in data.extras:
-                try:
-                    data.extras[name] = reader(file)
-                except Exception as error:  # noqa: BLE001
-                    notices.append(f"{file.name} could not be read ({type(error).__name__}: {error}).")
+                table = read_table(data, file.name, reader)
+                if table is not None:
+                    data.extras[name] = table
         file = path / f"{name}.json"
         if file.is_file():
             try:
                 data.extra_json[name] = json.loads(file.read_text(encoding="utf-8"))
             except (OSError, ValueError) as error:
                 notices.append(f"{file.name} could not be read ({error}).")
+    from augsense.report.paper_figures import PAPER_FILES
+    from augsense.report.trust import foreign_tables_warning
+
+    for name in PAPER_FILES:  # read (and checked) now, so that the banner lists every table left out
+        data.analysis_table(name)
+    warning = foreign_tables_warning(data.foreign, data.result_set)
+    if warning:  # the banner shows run.json's warnings first: this copy of them gets it
+        info["warnings"] = [*(info.get("warnings") or []), warning]
     return data

@@ -69,3 +69,23 @@ def top1_reason(labelled: bool, notices: Sequence[str]) -> str:
         return ("not measured: no image has a label (put the images in one sub-folder per class, named after the "
                 "model's classes, or give a ground-truth file)")
     return "not measured"
+
+
+#: How the warning on analysis tables of another result set begins (the console picks it out by this).
+FOREIGN_TABLES = "analysis tables of another result set not shown"
+
+
+def foreign_tables_warning(tables: Sequence[tuple[str, str | None]], run_set: str | None, shown: int = 6) -> str | None:
+    """One line on the analysis tables the report left out because they do not record this run's result set.
+
+    tables: (file relative to the run folder, the result-set id it records or None); run_set: the run's id.
+    """
+    if not tables:
+        return None
+    from augsense.io.provenance import short
+
+    items = [f"{name} ({'set ' + short(stamp) if stamp else 'no set recorded'})" for name, stamp in tables[:shown]]
+    more = f" and {len(tables) - shown} more" if len(tables) > shown else ""
+    return (f"{FOREIGN_TABLES}: {', '.join(items)}{more} — this run's results are set {short(run_set)}, so these were "
+            "computed from other results (an earlier run, or copied in or edited); run the analysis again (augsense "
+            "mask, single-class, maps or paper) to recompute them")
