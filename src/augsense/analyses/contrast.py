@@ -238,11 +238,13 @@ def summarise_contrast(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_contrast(run: ContrastRun, out: Path, factor_space: dict[str, Any], images: ImageSet) -> None:
-    """Write ``contrast.parquet`` (tidy table) and ``contrast.json`` (provenance) into ``out``."""
+    """Write ``contrast.parquet`` (tidy table) and ``contrast.json`` (provenance) into ``out``, each atomically
+    (no reader sees half a file), under the folder's lock (a second writer is refused, naming the holder)."""
+    from augsense.io.lock import ADVICE, holding, prepare_out_dir
+    from augsense.io.provenance import atomic_write, write_parquet
     from augsense.io.results import versions
 
-    out.mkdir(parents=True, exist_ok=True)
-    run.table.to_parquet(out / "contrast.parquet", index=False)
+    prepare_out_dir(out)
     info = {
         "config": run.config.to_dict(),
         "factors": factor_space,
@@ -255,7 +257,10 @@ def write_contrast(run: ContrastRun, out: Path, factor_space: dict[str, Any], im
         "timings": run.timings,
         "versions": versions(),
     }
-    (out / "contrast.json").write_text(json.dumps(info, indent=2, default=str))
+    text = json.dumps(info, indent=2, default=str)
+    with holding(out, advice=ADVICE):
+        write_parquet(run.table, out / "contrast.parquet")
+        atomic_write(out / "contrast.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def format_summary(run: ContrastRun) -> str:

@@ -334,13 +334,22 @@ def analyse_responses(design: StimulusDesign | str | Path, responses: pd.DataFra
 
 
 def write_response_run(run: ResponseRun, out: str | Path, source: str = "python") -> Path:
-    """Write the run folder of a response analysis: the same files as a CNN run, plus the recording summary."""
-    from augsense.io.results import versions, write_result_tables
+    """Write the run folder of a response analysis: the same files as a CNN run, plus the recording summary.
 
-    out = Path(out)
+    Committed as one result set, as ``augsense run`` does (:func:`augsense.io.results.write_run`): under
+    the folder's lock, the files are written into ``out/.staging-<pid>/`` and fsynced, then renamed into
+    place with ``run.json`` (holding a new ``result_set`` id) last; the report and analysis tables of the
+    set it replaces, and its config.toml, are removed. A failure leaves the previous files as they were.
+    """
+    import os
+    import shutil
+
+    from augsense.io.lock import ADVICE, holding, prepare_out_dir
+    from augsense.io.provenance import RESULT_SET, fsync_folder, new_result_set_id
+    from augsense.io.results import ANALYSIS_OUTPUTS, DERIVED, remove_stale_staging, versions, write_result_tables
+
+    out = prepare_out_dir(out)
     m = len(run.units)
-    write_result_tables(run.result, out, players=run.players, layers=[run.layer], slices={run.layer: slice(0, m)},
-                        unit_shapes={run.layer: (m,)})
     design = run.design
     config = dict(design.config)
     config.update({"model": "recorded responses", "layers": [run.layer], "images": config.get("images", "exported")})
@@ -362,6 +371,35 @@ def write_response_run(run: ResponseRun, out: str | Path, source: str = "python"
         "timings": run.timings,
         "versions": versions(),
         "responses": {"source": source, **run.summary.to_dict()},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        RESULT_SET: new_result_set_id(),
     }
-    (out / "run.json").write_text(json.dumps(info, indent=2, default=str))
+    with holding(out, advice=ADVICE):
+        remove_stale_staging(out)
+        staging = out / f".staging-{os.getpid()}"
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            write_result_tables(run.result, staging, players=run.players, layers=[run.layer],
+                                slices={run.layer: slice(0, m)}, unit_shapes={run.layer: (m,)})
+            (staging / "run.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+            names = sorted((p.name for p in staging.iterdir()), key=lambda name: name == "run.json")  # run.json last
+            for name in names:
+                with open(staging / name, "rb") as handle:
+                    os.fsync(handle.fileno())
+            for name in names:
+                os.replace(staging / name, out / name)
+            (out / "config.toml").unlink(missing_ok=True)  # it would describe the run this set replaces
+            fsync_folder(out)
+        except OSError as error:
+            raise AugsenseError(f"cannot write the results into {str(out)!r}: {error.strerror or error} (free space "
+                                "and run again)") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        for name in DERIVED + ANALYSIS_OUTPUTS:  # computed from the set this one replaces
+            stale = out / name
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
     return out

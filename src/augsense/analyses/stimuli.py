@@ -28,12 +28,24 @@ from augsense.config import SensitivityConfig
 from augsense.design import Design, layouts
 from augsense.errors import AugsenseError
 from augsense.factors import FactorSpace
-from augsense.io.images import ImageSet, load_images
+from augsense.io.images import ImageSet, images_for
 
 FORMAT = "augsense-stimuli/1"
 METADATA = "design.json"
 TABLE = "design"  # design.csv and design.parquet
 STIMULUS_FOLDER = "stimuli"
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """What :func:`augsense.io.images.images_for` reads of a model bundle, for stimuli shown without one:
+    the side ``input_size`` of the centre crop after the shorter side is resized to ``resize_size``
+    (bilinear); no class names (labels, if any, come from the folders or label files)."""
+
+    input_size: int
+    resize_size: int
+    class_names: None = None
+    interpolation: str = "bilinear"
 
 
 @dataclass
@@ -95,11 +107,8 @@ class StimulusDesign:
             raise AugsenseError(f"stimulus size must be an integer >= 8 pixels, got {size!r}")
         space = build_factor_space(config)
         design = design_for(config, space)
-        if images is None:
-            images = load_images(config.images, size, resize or int(round(size * 256 / 224)),
-                                 limit=config.limit_images, per_class=config.per_class, seed=config.seed,
-                                 label_files=config.label_files, cache=config.image_cache,
-                                 partition=config.images_partition)  # the run's subset (images_for, no model)
+        if images is None:  # the run's subset, through the one config → ImageSet path, at the stimulus geometry
+            images = images_for(config, Presentation(size, resize or int(round(size * 256 / 224))))
         elif images.size != size:
             raise AugsenseError(f"the images are {images.size} px, the stimuli should be {size} px; pass size="
                                 f"{images.size} or images at {size} px")
@@ -253,7 +262,20 @@ class StimulusDesign:
         """
         if batch_size < 1:
             raise AugsenseError(f"batch_size must be >= 1, got {batch_size}")
-        out = Path(out)
+        from augsense.io.lock import ADVICE, holding, prepare_out_dir
+
+        out = prepare_out_dir(out)
+        with holding(out, advice=ADVICE):  # one export at a time: a second is refused, naming the holder
+            return self._export(out, batch_size, compress_level)
+
+    def _export(self, out: Path, batch_size: int, compress_level: int) -> Path:
+        """:meth:`export` under the folder's lock. The design tables of an earlier export are removed first and
+        the new ones written last, each atomically, design.json last: an export killed midway leaves no table
+        that describes images it did not write. PNGs of an earlier, longer export are removed."""
+        from augsense.io.provenance import atomic_write, write_parquet
+
+        for name in (METADATA, f"{TABLE}.parquet", f"{TABLE}.csv"):
+            (out / name).unlink(missing_ok=True)
         folder = out / STIMULUS_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         trials = self.trial_table()
@@ -268,9 +290,14 @@ class StimulusDesign:
                     picture = Image.fromarray(image)
                     for name in files_of[stimulus]:
                         picture.save(out / name, compress_level=compress_level)
-        trials.to_csv(out / f"{TABLE}.csv", index=False)
-        trials.to_parquet(out / f"{TABLE}.parquet", index=False)
-        (out / METADATA).write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        written = {Path(name).name for name in trials["file"]}
+        for stale in folder.glob("*.png"):
+            if stale.name not in written:
+                stale.unlink(missing_ok=True)
+        atomic_write(out / f"{TABLE}.csv", lambda tmp: trials.to_csv(tmp, index=False))
+        write_parquet(trials, out / f"{TABLE}.parquet")
+        text = json.dumps(self.to_dict(), indent=2, default=str)
+        atomic_write(out / METADATA, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         return out / f"{TABLE}.parquet"
 
 

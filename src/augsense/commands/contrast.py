@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 
@@ -30,14 +29,16 @@ def register(subparsers: Any) -> None:
 def cmd_contrast(args: argparse.Namespace) -> int:
     from augsense.analyses.contrast import format_summary, run_contrast
     from augsense.commands._options import load_config, parse_number
+    from augsense.io.lock import ADVICE, holding, prepare_out_dir
 
     draws = parse_number("draws", args.draws, int)
     alpha = parse_number("alpha", args.alpha, float)
     memory = parse_number("max_difference_mib", args.max_difference_mib, float)
     config = load_config(args.config, args)
-    out = Path(args.out)
-    run = run_contrast(config, out_dir=out, draws=draws, alpha=alpha, max_difference_bytes=int(memory * 2**20),
-                       progress=not args.quiet)
+    out = prepare_out_dir(args.out)  # writable, before any computing
+    with holding(out, advice=ADVICE):  # one writer at a time: a second is refused at once, naming the holder
+        run = run_contrast(config, out_dir=out, draws=draws, alpha=alpha, max_difference_bytes=int(memory * 2**20),
+                           progress=not args.quiet)
     print(format_summary(run))
     print(f"results: {out}/contrast.parquet, contrast.json")
     return 0

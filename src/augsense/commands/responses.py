@@ -26,12 +26,22 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_responses(args: argparse.Namespace) -> int:
-    from augsense.analyses.responses import analyse_responses
     from augsense.commands._options import parse_number
+    from augsense.io.lock import acquire, prepare_out_dir
 
     confidence = parse_number("confidence", args.confidence, float) if args.confidence is not None else None
     units = [u.strip() for u in args.units.split(",") if u.strip()] if args.units else None
-    out = Path(args.out)
+    out = prepare_out_dir(args.out)  # writable, before any computing
+    held = acquire(out)  # one writer at a time (the results and the report): a second is refused, naming the holder
+    try:
+        return _responses(args, out, units, confidence)
+    finally:
+        held.release()
+
+
+def _responses(args: argparse.Namespace, out: Path, units: list[str] | None, confidence: float | None) -> int:
+    from augsense.analyses.responses import analyse_responses
+
     run = analyse_responses(args.design_table, args.responses, units=units, layer=args.layer, confidence=confidence,
                             out_dir=out)
     print("augsense responses: " + "\n  ".join(run.summary.lines()))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 
@@ -34,6 +33,7 @@ def cmd_stimuli(args: argparse.Namespace) -> int:
     from augsense.analyses.stimuli import StimulusDesign
     from augsense.commands._options import load_config, parse_number
     from augsense.errors import AugsenseError
+    from augsense.io.lock import ADVICE, holding, prepare_out_dir
 
     size = parse_number("size", args.size, int)
     resize = parse_number("resize", args.resize, int) if args.resize is not None else None
@@ -42,9 +42,10 @@ def cmd_stimuli(args: argparse.Namespace) -> int:
     if size < 8:
         raise AugsenseError(f"--size {size}: stimuli need at least 8 pixels per side")
     config = load_config(args.config, args)
-    design = StimulusDesign.from_config(config, size=size, resize=resize, repeats=repeats, shuffle_seed=shuffle)
-    out = Path(args.out)
-    table = design.export(out)
+    out = prepare_out_dir(args.out)  # writable, before the images are read
+    with holding(out, advice=ADVICE):  # one export at a time: a second is refused at once, naming the holder
+        design = StimulusDesign.from_config(config, size=size, resize=resize, repeats=repeats, shuffle_seed=shuffle)
+        table = design.export(out)
     print(f"augsense stimuli: {design.n_stimuli} stimuli ({config.estimator}, N = {config.n}, group "
           f"{design.group_size}: {', '.join(design.design.roles[:4])}{', …' if design.group_size > 4 else ''}) on "
           f"{len(design.image_sources)} images, {design.n_trials} trials"
