@@ -437,9 +437,11 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
     indices = segment_indices(runs)
     summary = neuron_table(attribution, selected_for)
     if out is not None:
-        attribution.to_parquet(out / "segments.parquet", index=False)
-        indices.to_parquet(out / "segments_indices.parquet", index=False)
-        summary.to_parquet(out / "segments_neurons.parquet", index=False)
+        from augsense.io.provenance import write_parquet  # atomic: no reader sees half a table
+
+        write_parquet(attribution, out / "segments.parquet")
+        write_parquet(indices, out / "segments_indices.parquet")
+        write_parquet(summary, out / "segments_neurons.parquet")
     return SegmentRuns(parsed, runs, attribution, indices, out, neurons=selection, neuron_summary=summary)
 
 

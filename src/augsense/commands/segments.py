@@ -46,9 +46,13 @@ def cmd_segments(args: argparse.Namespace) -> int:
     channel = args.channel or config.segment_channel
     channels = [c.strip() for c in channel.lower().split(",")] if channel not in ("all", "subsets") else channel
     layers = config.layers if args.layers is not None or args.config is not None else None
-    out = Path(args.out)
-    result = run_segments(config, config.segment, channels=channels, out_dir=out, layers=layers,
-                          progress=not args.quiet, overwrite=args.overwrite, resize=args.resize, neurons=args.neurons)
+    from augsense.io.lock import ADVICE, holding, prepare_out_dir
+
+    out = prepare_out_dir(args.out)
+    with holding(out, advice=ADVICE):  # segments.parquet …: one writer at a time, a second refused naming the holder
+        result = run_segments(config, config.segment, channels=channels, out_dir=out, layers=layers,
+                              progress=not args.quiet, overwrite=args.overwrite, resize=args.resize,
+                              neurons=args.neurons)
     print_segments(result, out)
     return 0
 

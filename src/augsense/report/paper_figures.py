@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,13 +38,6 @@ PAPER_FILES = ("map_lda_paper", "map_pixel_correlations", "masking_pairs", "mask
 #: At most this many neurons per panel of the segment-neuron figure (the first by index).
 MAX_NEURONS = 48
 QUANTITY_ORDER = ("total_order", "shapley", "first_order")
-
-
-def _read(path: Path, name: str) -> pd.DataFrame | None:
-    for candidate in (path / f"{name}.parquet", path / "segments" / f"{name}.parquet"):
-        if candidate.is_file():
-            return pd.read_parquet(candidate)
-    return None
 
 
 def _one_quantity(table: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
@@ -229,7 +221,7 @@ def segment_neurons_figure(table: pd.DataFrame) -> Figure:
 
 def paper_sections(page: Page, data: ReportData) -> None:
     """Add the section "The paper's figures" when any of :data:`PAPER_FILES` is in the run folder."""
-    tables = {name: table for name in PAPER_FILES if (table := _read(Path(data.path), name)) is not None}
+    tables = {name: table for name in PAPER_FILES if (table := data.analysis_table(name)) is not None}
     if not tables:
         return
     section = page.section("paper", "The paper's figures")
