@@ -234,9 +234,14 @@ def _run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, mode
         timings["segments"] = time.perf_counter() - started
     if report:
         from augsense.report.html import write_report
+        from augsense.report.trust import FOREIGN_TABLES
 
         started = time.perf_counter()
-        write_report(run_dir)
+        warnings: list[str] = []
+        write_report(run_dir, warnings)
+        for line in warnings:  # tables of another result set, left out of the report: on the console too
+            if line.startswith(FOREIGN_TABLES):
+                print(f"augsense paper: warning: {line}", file=sys.stderr)
         timings["report"] = time.perf_counter() - started
     return timings
 
