@@ -60,7 +60,8 @@ class SensitivityConfig:
             ``"joint"`` (the image is a factor too).
         estimator: ``"sobol"`` (S1, ST), ``"sobol2"`` (+ S2), ``"shapley-exact"``, ``"shapley-permutation"``.
         second_order_intervals: false keeps no second moments for sobol2's pairs (about half its
-            per-output memory): S2 estimates stay, their intervals are NaN.
+            per-output memory): S2 estimates stay, their per-unit intervals are NaN (the layer-level
+            S2 keeps its interval: its sums are per layer, not per output).
         n: base rows N of the design (a power of two); evaluations = N × group size.
         seed: seed of the scrambled Sobol' design.
         batch_size: images per forward pass.

@@ -2,11 +2,16 @@
 
 A pooled index is Σ_u S_u V_u / Σ_u V_u over the pooled units u (non-dead, finite), the same
 Σ_c V_i^(c) / Σ_c V^(c) aggregation the run uses for its layer table (Kharyuk et al. 2025, §3).
+Layer-level pairwise matrices come from that table when the run wrote them (:func:`stored_pair_matrix`,
+with intervals), else from pooling the unit maps (:func:`layer_pair_matrix`, without).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import pandas as pd
 
 
 def _weights(variance: np.ndarray | None, dead: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -52,6 +57,39 @@ def channel_view(index: np.ndarray, variance: np.ndarray | None, dead: np.ndarra
 
 
 def layer_pair_matrix(pairs: np.ndarray, variance: np.ndarray | None, dead: np.ndarray | None) -> np.ndarray:
-    """Layer-level d × d matrix from per-unit pair indices (*unit_shape, d, d), variance-weighted."""
+    """Layer-level d × d matrix from per-unit pair indices (*unit_shape, d, d), variance-weighted (no
+    interval: the fallback of :func:`stored_pair_matrix` for result folders without layer-level pairs)."""
     unit_ndim = pairs.ndim - 2
     return pool(pairs, variance, dead, unit_ndim, tuple(range(unit_ndim)))
+
+
+def stored_pair_matrix(layers: pd.DataFrame | None, layer: str, quantity: str,
+                       players: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A layer's d × d estimates and (2, d, d) interval bounds of ``quantity`` from the layer table
+    (``layers.parquet``: rows layer, factor, factor2, quantity, estimate, ci_low, ci_high), or None
+    when the table holds no such rows (result folders written before the run aggregated pairs).
+
+    Symmetric, NaN on the diagonal and for pairs the table lacks. This is the run's own layer-level
+    estimate, Σ_c V_ij^(c) / Σ_c V^(c) from group sums with a delta-method interval; prefer it to
+    :func:`layer_pair_matrix`, which pools per-unit estimates and has no interval.
+    """
+    if layers is None or not {"layer", "factor", "factor2", "quantity", "estimate", "ci_low",
+                               "ci_high"} <= set(layers.columns):
+        return None
+    rows = layers[(layers["layer"] == layer) & (layers["quantity"] == quantity) & layers["factor2"].notna()]
+    position = {str(p): k for k, p in enumerate(players)}
+    rows = rows[rows["factor"].astype(str).isin(position) & rows["factor2"].astype(str).isin(position)]
+    if rows.empty:
+        return None
+    d = len(players)
+    estimate = np.full((d, d), np.nan)
+    bounds = np.full((2, d, d), np.nan)
+    i = rows["factor"].astype(str).map(position).to_numpy()
+    j = rows["factor2"].astype(str).map(position).to_numpy()
+    for a, b in ((i, j), (j, i)):
+        estimate[a, b] = rows["estimate"].to_numpy(float)
+        bounds[0, a, b] = rows["ci_low"].to_numpy(float)
+        bounds[1, a, b] = rows["ci_high"].to_numpy(float)
+    np.fill_diagonal(estimate, np.nan)
+    bounds[:, np.arange(d), np.arange(d)] = np.nan
+    return estimate, bounds

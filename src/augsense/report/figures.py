@@ -15,10 +15,11 @@ from matplotlib import colormaps
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 
-from augsense.report.aggregate import channel_view, layer_pair_matrix
+from augsense.report.aggregate import channel_view, layer_pair_matrix, stored_pair_matrix
 from augsense.report.data import QUANTITY_LABELS, ReportData
+from augsense.report.page import fixed
 from augsense.report.palette import REMAINDER_COLOUR, factor_colours
 
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
@@ -303,32 +304,60 @@ def spatial_maps(data: ReportData, layer: str, quantity: str, max_channels: int 
     return fig
 
 
-def interaction_matrices(data: ReportData, quantity: str) -> Figure | None:
-    """Layer-level pairwise matrices (Shapley interactions or S2), one panel per layer; diagonal hidden."""
-    mats: list[tuple[str, np.ndarray]] = []
+def pair_panels(data: ReportData, quantity: str) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """Per layer (layer, d × d estimates, (2, d, d) interval or None) of a pairwise quantity, diagonal NaN.
+
+    The run's layer-level estimates with their intervals (``layers.parquet``, sobol2) where it wrote
+    them; otherwise (older result folders, pairwise Shapley interactions) the variance-weighted
+    pooling of the unit maps, without an interval.
+    """
+    panels: list[tuple[str, np.ndarray, np.ndarray | None]] = []
     for layer in data.layer_names:
         pairs = data.map(layer, quantity)
+        d = pairs.shape[-1] if pairs is not None and pairs.ndim >= 3 else len(data.players)
+        stored = stored_pair_matrix(data.layers, layer, quantity, data.players[:d]) if d >= 2 else None
+        if stored is not None and np.isfinite(stored[0]).any():
+            panels.append((layer, *stored))
+            continue
         if pairs is None or pairs.ndim < 3:
             continue
-        matrix = layer_pair_matrix(pairs, data.map(layer, "variance"), data.map(layer, "dead"))
-        matrix = matrix.copy()
+        matrix = layer_pair_matrix(pairs, data.map(layer, "variance"), data.map(layer, "dead")).copy()
         np.fill_diagonal(matrix, np.nan)
-        mats.append((layer, matrix))
+        panels.append((layer, matrix, None))
+    return panels
+
+
+#: cell text with its interval up to this many factors (beyond, the report's table lists the intervals)
+CELL_TEXT_FACTORS = 6
+#: the hatch over cells whose interval contains 0 (estimate not distinguishable from no interaction)
+ZERO_HATCH = "//"
+
+
+def interaction_matrices(data: ReportData, quantity: str) -> Figure | None:
+    """Layer-level pairwise matrices (Shapley interactions or S2), one panel per layer; diagonal hidden.
+
+    With the run's layer-level intervals (:func:`pair_panels`) each cell reads "estimate [low, high]"
+    (up to :data:`CELL_TEXT_FACTORS` factors) and a cell whose interval contains 0 is hatched
+    (``ZERO_HATCH``, SVG id ``zero-<layer>-<i>-<j>``); without, the cell shows the pooled estimate.
+    """
+    mats = pair_panels(data, quantity)
     if not mats:
         return None
     players = data.players[: mats[0][1].shape[0]]
     colours = factor_colours(data.players)
     d = len(players)
-    columns = min(len(mats), 3)
+    with_text = d <= CELL_TEXT_FACTORS
+    with_ci = with_text and any(ci is not None for _, _, ci in mats)
+    side = max(2.6, (0.72 if with_ci else 0.26) * d + 1.3)
+    columns = min(len(mats), 3 if side < 4 else 2)
     rows = math.ceil(len(mats) / columns)
-    side = max(2.6, 0.26 * d + 1.3)
     fig = Figure(figsize=(side * columns + 1.0, side * rows + 0.4), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False)
-    finite = np.concatenate([m[np.isfinite(m)] for _, m in mats] + [np.zeros(1)])
+    finite = np.concatenate([m[np.isfinite(m)] for _, m, _ in mats] + [np.zeros(1)])
     limit = max(float(np.abs(finite).max()), 0.02)
     cmap = colormaps["RdBu_r"].with_extremes(bad="#e0e0e0")
     image = None
-    for ax, (layer, matrix) in zip(axes.flat, mats):
+    for ax, (layer, matrix, ci) in zip(axes.flat, mats):
         image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
         ax.set_xticks(np.arange(d), players, rotation=60, ha="right", fontsize=7 if d > 8 else 8)
         ax.set_yticks(np.arange(d), players, fontsize=7 if d > 8 else 8)
@@ -336,12 +365,22 @@ def interaction_matrices(data: ReportData, quantity: str) -> Figure | None:
             ax.plot([k], [d - 0.5], marker="s", markersize=5, color=colours[player], clip_on=False)
             ax.plot([-0.5], [k], marker="s", markersize=5, color=colours[player], clip_on=False)
         ax.set_title(layer)
-        if d <= 6:
-            for i in range(d):
-                for j in range(d):
-                    if np.isfinite(matrix[i, j]):
-                        ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                                color="white" if abs(matrix[i, j]) > 0.6 * limit else "black")
+        for i in range(d):
+            for j in range(d):
+                if not np.isfinite(matrix[i, j]):
+                    continue
+                colour = "white" if abs(matrix[i, j]) > 0.6 * limit else "black"
+                if ci is not None and ci[0, i, j] <= 0 <= ci[1, i, j]:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch=ZERO_HATCH, linewidth=0,
+                                           edgecolor="#b4b4b4", gid=f"zero-{layer}-{i}-{j}"))
+                if not with_text:
+                    continue
+                if ci is not None and np.isfinite(ci[:, i, j]).all():
+                    text = f"{fixed(matrix[i, j], 2)}\n[{fixed(ci[0, i, j], 2)}, {fixed(ci[1, i, j], 2)}]"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=6, linespacing=1.1, color=colour,
+                            gid=f"cell-{layer}-{i}-{j}")
+                else:
+                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour)
     for ax in list(axes.flat)[len(mats):]:
         ax.set_visible(False)
     assert image is not None

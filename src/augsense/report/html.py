@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import pandas as pd
 
 from augsense.estimators.results import out_of_unit_range
 from augsense.report import figures
@@ -285,10 +286,29 @@ def _interaction_section(page: Page, data: ReportData) -> None:
         page.notice(section, "This run has no pairwise indices; run with estimator sobol2 (second-order S2) or "
                              "shapley-exact (pairwise Shapley interactions) to see them.")
         return
-    page.figure(section, fig, "interactions", f"Layer-aggregated {QUANTITY_LABELS[quantity]} of each pair of "
-                                              "factors (variance-weighted over units; red: synergy, blue: redundancy). "
-                                              "The run aggregates pairwise indices without intervals; each unit's "
-                                              "pairwise indices with intervals are in indices.parquet.")
+    panels = figures.pair_panels(data, quantity)
+    label = QUANTITY_LABELS[quantity]
+    if all(ci is not None for _, _, ci in panels):
+        caption = (f"Layer-level {label} of each pair of factors, Σ_c V_ij^(c) / Σ_c V^(c) over the layer's units, "
+                   "with its confidence interval (red: synergy, blue: redundancy; hatched: the interval contains 0")
+        caption += ")." if len(data.players) <= figures.CELL_TEXT_FACTORS else \
+            "; the intervals are in the table below)."
+    else:
+        caption = (f"Layer-aggregated {label} of each pair of factors (variance-weighted over units; red: synergy, "
+                   "blue: redundancy). This run folder holds no layer-level pairwise intervals (pairwise Shapley "
+                   "interactions, or a run by an earlier augsense); each unit's pairwise indices with intervals are "
+                   "in indices.parquet.")
+    page.figure(section, fig, "interactions", caption)
+    rows = [(layer, players[i], players[j], interval(est[i, j], ci[0, i, j], ci[1, i, j]))
+            for layer, est, ci in panels if ci is not None
+            for players in [data.players[: est.shape[0]]]
+            for i in range(est.shape[0]) for j in range(i + 1, est.shape[0])]
+    if rows:
+        table = pd.DataFrame(rows, columns=["layer", "factor", "factor2", f"{label} [interval]"])
+        page.raw(section, f"<details><summary>Layer-level {html.escape(label)} with confidence intervals "
+                          "(table)</summary>")
+        page.table(section, table, "layers.parquet", max_rows=500)
+        page.raw(section, "</details>")
 
 
 def _specialist_section(page: Page, data: ReportData) -> None:
