@@ -244,3 +244,46 @@ def test_a_malformed_ground_truth_file_is_one_clear_error(tmp_path, content, mes
     (tmp_path / "LOC_val_solution.csv").write_bytes(content)
     with pytest.raises(AugsenseError, match=message):
         load_folder(data / "val", 16)
+
+
+# --- which label file labels a folder: the nearest, said aloud ----------------------------------------------
+
+
+def test_a_stray_label_file_higher_up_is_not_mixed_with_the_folders_own(tmp_path, capsys):
+    """The nearest folder with a label file wins; a file further up (another data set's) is not used with it."""
+    from augsense.io import labels as labels_module
+
+    labels_module._SAID.clear()
+    (tmp_path / "imagenet").mkdir()
+    data = kaggle_tree(tmp_path / "imagenet")
+    val = data / "val"
+    # the folder's own class list, one level above val, in another class order; no ground truth beside it
+    (data / "LOC_synset_mapping.txt").write_text("n01484850 great white shark\nn01443537 goldfish\nn01440764 tench\n")
+    listing = list_folder(val)
+    # before: the ground truth 3 folders up was combined with this class list, labelling every flat file;
+    # now the search stops at CLS-LOC, which has no ground truth, so the flat files are unlabelled (and said so)
+    assert listing.labels == [-1] * 6
+    assert listing.label_files == [f"labels from {data / 'LOC_synset_mapping.txt'} (found 1 folder above the image "
+                                   f"folder {str(val)!r})"]
+    err = capsys.readouterr().err
+    assert f"augsense: labels from {data / 'LOC_synset_mapping.txt'} (found 1 folder above" in err
+    assert "--label-files" in err and str(tmp_path / "imagenet" / "LOC_val_solution.csv") not in err
+
+
+def test_the_label_files_used_are_printed_once_and_recorded_in_run_json(tmp_path, capsys):
+    from augsense.io import labels as labels_module
+    from augsense.io.results import load_run
+
+    labels_module._SAID.clear()
+    data = kaggle_tree(tmp_path)
+    config = SensitivityConfig(model="colour", layers=["pool"], factors=["hflip"], n=32, batch_size=64,
+                               device="cpu", report=False, image_cache="off")
+    run_sensitivity(config, model=colour_bundle(), images=str(data / "val"), progress=False, out_dir=tmp_path / "run")
+    line = (f"labels from {tmp_path / 'LOC_synset_mapping.txt'}, {tmp_path / 'LOC_val_solution.csv'} (found 4 "
+            f"folders above the image folder {str(data / 'val')!r})")
+    err = capsys.readouterr().err
+    assert err.count(f"augsense: {line}") == 1, err
+    assert load_run(tmp_path / "run").info["images"]["label_files"] == [line]
+    explicit = load_folder(data / "val", 16, label_files=[str(tmp_path / "LOC_synset_mapping.txt"),
+                                                          str(tmp_path / "LOC_val_solution.csv")])
+    assert explicit.label_files[0].endswith("(given in label_files)") and explicit.labels is not None

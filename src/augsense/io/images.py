@@ -82,6 +82,7 @@ class ImageSet:
         pools: (n,) int64 image pool of each image (0: ``images``, 1: ``images_partition``), None with one pool.
         notices: what the user should know about the labels or the subset (printed as warnings by a run).
         digest: SHA-256 of the pixels as :func:`pixels_sha256` computes it, when already known (a cache).
+        label_files: the label files that labelled the images, with where they were found (run.json records them).
     """
 
     pixels: torch.Tensor
@@ -93,6 +94,7 @@ class ImageSet:
     pools: torch.Tensor | None = None
     notices: list[str] = field(default_factory=list)
     digest: str | None = None
+    label_files: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.pixels.shape[0]
@@ -334,6 +336,7 @@ class FolderListing:
     skipped: list[tuple[str, str]]
     label_names: list[str] | None
     notices: list[str]
+    label_files: list[str] = field(default_factory=list)  # FolderLabels.describe: which files, found where
 
     def class_keys(self) -> list[str | None]:
         """The class of each file for per-class subsets and the class factor: its label, else its folder, else None."""
@@ -406,7 +409,9 @@ def list_folder(root: str | Path, *, class_names: Sequence[str] | None = None,
     if missing:
         notices.append(f"{missing} image(s) lying directly in {str(root)!r} are not in {labelling.truth_source}: used "
                        "without a label (not in top-1)")
-    return FolderListing(root, files, labels, folders, skipped, classes.names if classes is not None else None, notices)
+    used = labelling.describe(root)
+    return FolderListing(root, files, labels, folders, skipped, classes.names if classes is not None else None, notices,
+                         [used] if used else [])
 
 
 # ---- seeded subsets --------------------------------------------------------------------------------------------------
@@ -616,7 +621,8 @@ def load_folder(root: str | Path, size: int, resize: int | None = None, *, class
     names = pools[0].listing.label_names
     return ImageSet(pixels, torch.tensor(labels) if has_labels else None, [str(paths[i]) for i in rows], skipped,
                     names, [folders_all[i] for i in rows],
-                    torch.from_numpy(pool_of[rows].astype(np.int64)) if len(pools) > 1 else None, notices, digest)
+                    torch.from_numpy(pool_of[rows].astype(np.int64)) if len(pools) > 1 else None, notices, digest,
+                    [line for pool in pools for line in pool.listing.label_files])
 
 
 def _preprocessing_key(size: int, resize: int | None, interpolation: str = "bilinear") -> dict[str, object]:

@@ -14,7 +14,10 @@ A file's label comes from, in this order:
   without such a file, the model's class names (spaces or underscores).
 
 Label files are looked for in the folder and up to four folders above it (the Kaggle layout keeps
-them beside ``ILSVRC/``), or given explicitly (config ``label_files``). Torchvision ships the 1000
+them beside ``ILSVRC/``), or given explicitly (config ``label_files``). The search stops at the
+first folder holding any of the known names, so a file further up (another data set's) never mixes
+with the folder's own; the files used are said on the console and recorded in run.json
+(``images.label_files``), so a wrong one is visible. Torchvision ships the 1000
 ImageNet class *names* but no WordNet IDs, so WordNet-ID folders need the mapping file, except when
 all 1000 are present: then they are numbered in sorted order, the ImageFolder convention that
 the ImageNet class indices follow.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -69,6 +73,19 @@ class FolderLabels:
     truth: dict[str, int] | None = None
     truth_source: str | None = None
     notices: list[str] = field(default_factory=list)
+    #: the label files used (class list first), and how many folders above the image folder they were found
+    #: (0: in it or its data/ sub-folder; None: given explicitly or none found)
+    files: list[Path] = field(default_factory=list)
+    levels_up: int | None = None
+
+    def describe(self, root: Path) -> str | None:
+        """One line naming the label files used and where they were found, or None without any."""
+        if not self.files:
+            return None
+        where = ("given in label_files" if self.levels_up is None else "in the image folder" if self.levels_up == 0
+                 else f"found {self.levels_up} folder{'s' if self.levels_up > 1 else ''} above the image folder "
+                      f"{str(root)!r}")
+        return f"labels from {', '.join(str(p) for p in self.files)} ({where})"
 
 
 def model_class_list(class_names: Sequence[str]) -> ClassList:
@@ -220,7 +237,19 @@ def _lines(path: Path) -> list[str]:
 
 
 def find_label_files(root: Path, explicit: Sequence[str] = ()) -> list[Path]:
-    """The given label files, then the known names found in root or up to :data:`SEARCH_UP` folders above."""
+    """The given label files, then the known names found in the first folder of root and the
+    :data:`SEARCH_UP` folders above it that holds any of them (see :func:`search_label_files`)."""
+    return search_label_files(root, explicit)[0]
+
+
+def search_label_files(root: Path, explicit: Sequence[str] = ()) -> tuple[list[Path], int | None]:
+    """(label files, how many folders above ``root`` the searched ones lie; None when none was searched out).
+
+    The given files come first. The known names not given are looked for in ``root``, then in each
+    folder above it (at most :data:`SEARCH_UP`), also in a folder's ``data/`` (the devkit layout);
+    the search stops at the first folder that holds any of them, so files from two levels never mix
+    and a stray file higher up is not used when the folder has its own.
+    """
     found = []
     for name in explicit:
         path = Path(name)
@@ -229,34 +258,45 @@ def find_label_files(root: Path, explicit: Sequence[str] = ()) -> list[Path]:
         found.append(path)
     given = {p.name for p in found}
     folders = [root, *list(root.resolve().parents)[:SEARCH_UP]]
-    for name in MAPPING_FILES + TRUTH_FILES:
-        if name in given:
-            continue
-        for folder in folders:
-            for candidate in (folder / name, folder / "data" / name):  # devkit: ILSVRC2012_devkit_t12/data
-                if candidate.is_file():
-                    found.append(candidate)
-                    given.add(name)
-                    break
-            if name in given:
-                break
-    return found
+    wanted = [name for name in MAPPING_FILES + TRUTH_FILES if name not in given]
+    for level, folder in enumerate(folders):
+        here = []
+        for name in wanted:
+            candidate = next((c for c in (folder / name, folder / "data" / name) if c.is_file()), None)
+            if candidate is not None:
+                here.append(candidate)
+        if here:
+            return found + here, level
+    return found, None
 
 
 def folder_labels(root: Path, label_files: Sequence[str] = (), class_names: Sequence[str] | None = None) -> FolderLabels:
     """The class list and ground truth that label the images of ``root`` (see the module docstring)."""
-    files = find_label_files(root, label_files)
+    files, levels_up = search_label_files(root, label_files)
     mappings = [p for p in files if p.name in MAPPING_FILES or (p.name not in TRUTH_FILES and _looks_like_mapping(p))]
     truths = [p for p in files if p not in mappings]
     labels = FolderLabels()
     if mappings:
         labels.classes = read_class_list(mappings[0])
+        labels.files.append(mappings[0])
     elif class_names:
         labels.classes = model_class_list(class_names)
     if truths:
         labels.truth = read_ground_truth(truths[0], labels.classes if mappings else None)
         labels.truth_source = str(truths[0])
+        labels.files.append(truths[0])
+    searched = [p for p in labels.files if p not in {Path(name) for name in label_files}]
+    labels.levels_up = levels_up if searched else None
+    line = labels.describe(root)
+    if line is not None and line not in _SAID:  # which file labels the images is never silent (once per process)
+        _SAID.add(line)
+        print(f"augsense: {line}" + ("; if that is not this data set's, name the right one with --label-files"
+                                     if labels.levels_up else ""), file=sys.stderr)
     return labels
+
+
+#: The label-file lines already printed by this process (mask, single-class … reload the run's images).
+_SAID: set[str] = set()
 
 
 def _looks_like_mapping(path: Path) -> bool:
