@@ -216,3 +216,45 @@ def test_a_crafted_index_is_never_mapped_and_the_cache_is_rebuilt(tmp_path, craf
     index_path.write_text(json.dumps(index))
     again = load_folder(images, 16, cache="auto")
     assert torch.equal(again.pixels, first.pixels)  # rebuilt from the images, not read from the crafted file
+
+
+@pytest.mark.parametrize("edit", ["in place", "in place, mtime restored", "replaced by a copy", "index of an older format"])
+def test_a_pixel_file_changed_behind_the_index_is_stale_and_rebuilt(tmp_path, monkeypatch, edit):
+    """The stored SHA-256 is not recomputed: the index's record of the pixel file (size, mtime, ctime, inode)
+    must match, so an edit of the same size is caught even with its modification time put back."""
+    import os
+
+    write_set(tmp_path, 8)
+    first = load_folder(tmp_path, 16, cache="auto")
+    expected = first.pixels.clone()  # first.pixels maps the file: an edit in place shows through it
+    assert torch.equal(expected, load_folder(tmp_path, 16, cache="off").pixels)
+    folder = tmp_path / image_cache.CACHE_NAME
+    index_path = next(folder.glob("*.json"))
+    index = json.loads(index_path.read_text())
+    data = folder / index["data"]
+    before = os.stat(data)
+    time.sleep(0.01)
+    if edit == "index of an older format":
+        del index["pixels"]
+        index_path.write_text(json.dumps(index))
+    elif edit == "replaced by a copy":
+        copy = data.with_name(data.name + ".copy")
+        copy.write_bytes(bytes(255 - b for b in data.read_bytes()))
+        os.utime(copy, ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.replace(copy, data)
+    else:
+        with open(data, "r+b") as handle:  # same size: the old check (size only) passed this
+            head = handle.read(4096)
+            handle.seek(0)
+            handle.write(bytes(255 - b for b in head))
+        if edit == "in place, mtime restored":
+            os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(data).st_size == before.st_size
+    decoded = []
+    decode = images_module._decode_one
+    monkeypatch.setattr(images_module, "_decode_one", lambda *a, **k: decoded.append(1) or decode(*a, **k))
+    again = load_folder(tmp_path, 16, cache="auto")
+    assert decoded and torch.equal(again.pixels, expected)  # rebuilt from the images, not the edited pixels
+    assert again.digest == pixels_digest(expected)
+    decoded.clear()
+    assert torch.equal(load_folder(tmp_path, 16, cache="auto").pixels, expected) and not decoded  # reused again
