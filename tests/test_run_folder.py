@@ -142,6 +142,28 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_the_first_completes(tmp_
     assert_equal_indices(folder, uninterrupted)
 
 
+def test_an_analysis_into_a_folder_a_run_is_overwriting_is_refused_naming_the_run(tmp_path, config_file, planted_cli,
+                                                                                  capsys):
+    """`augsense mask` / `maps` / `report` while `run --overwrite` is about to commit a new set into the folder:
+    refused (one line naming the run), so no table computed from the old set lands beside the new one."""
+    out, gate = tmp_path / "run", tmp_path / "gate"
+    assert planted_cli(["run", str(config_file), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    before = json.loads((out / "run.json").read_text())["result_set"]
+    second = start(tmp_path, "run", str(config_file), "--out", str(out), "--quiet", "--overwrite", gate=gate,
+                   pause_at=3)
+    wait_for(gate.with_name("gate.reached"), second)
+    for command in (["mask", str(out), "--device", "cpu"], ["maps", str(out)], ["report", str(out)]):
+        assert planted_cli(command) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"in use by PID {second.pid}" in error and "--overwrite" in error, error
+    gate.unlink()
+    _, stderr = second.communicate(timeout=300)
+    assert second.returncode == 0, stderr
+    after = json.loads((out / "run.json").read_text())["result_set"]
+    assert after != before and not list(out.glob("masking*")) and not list(out.glob("map_*"))
+
+
 def test_a_stale_lock_is_taken_over_and_a_foreign_host_lock_is_refused(tmp_path, config_file, planted_cli, capsys):
     out = tmp_path / "run"
     out.mkdir()

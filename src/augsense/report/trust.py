@@ -75,7 +75,8 @@ def top1_reason(labelled: bool, notices: Sequence[str]) -> str:
 FOREIGN_TABLES = "analysis tables of another result set not shown"
 
 
-def foreign_tables_warning(tables: Sequence[tuple[str, str | None]], run_set: str | None, shown: int = 6) -> str | None:
+def foreign_tables_warning(tables: Sequence[tuple[str, str | None]], run_set: str | None,
+                           shown: int = 12) -> str | None:
     """One line on the analysis tables the report left out because they do not record this run's result set.
 
     tables: (file relative to the run folder, the result-set id it records or None); run_set: the run's id.
