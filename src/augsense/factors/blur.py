@@ -11,7 +11,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from augsense.factors.colour import blend
 
 
 def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -65,15 +64,26 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: tuple[
 def adjust_sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Sharpen by ``factor`` ``(n,)`` (identity 1) as torchvision/PIL: blend with a 3×3 smoothed image.
 
-    The smoothing kernel is [[1,1,1],[1,5,1],[1,1,1]]/13 (computed as (3×3 box sum + 4·centre)/13, from
-    shifted views); the one-pixel border is left unchanged.
+    The smoothing kernel is [[1,1,1],[1,5,1],[1,1,1]]/13, so the blend r·x + (1 − r)·smooth is
+    (r + 4(1 − r)/13)·x + ((1 − r)/13)·box with box the 3×3 box sum (from shifted views); it is
+    written straight into the output's interior, and the one-pixel border is left unchanged.
     """
-    rows = images[..., :, :-2] + images[..., :, 1:-1] + images[..., :, 2:]
-    box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
-    interior = images[..., 1:-1, 1:-1]
-    degenerate = box.add_(interior, alpha=4.0).mul_(1.0 / 13.0)
-    out = images.clone()
-    out[..., 1:-1, 1:-1] = blend(interior, degenerate, factor.to(images.device))
+    n = images.shape[0]
+    r = factor.to(device=images.device, dtype=torch.float64).reshape(n, 1, 1, 1)
+    centre_weight = (r + 4.0 * (1.0 - r) / 13.0).to(images.dtype)
+    box_weight = ((1.0 - r) / 13.0).to(images.dtype)
+    rows = images[..., :, :-2] + images[..., :, 1:-1]
+    rows += images[..., :, 2:]
+    box = rows[..., :-2, :] + rows[..., 1:-1, :]
+    box += rows[..., 2:, :]
+    del rows
+    out = torch.empty_like(images)
+    out[..., 0, :], out[..., -1, :] = images[..., 0, :], images[..., -1, :]
+    out[..., 1:-1, 0], out[..., 1:-1, -1] = images[..., 1:-1, 0], images[..., 1:-1, -1]
+    interior = out[..., 1:-1, 1:-1]
+    torch.mul(box, box_weight, out=box)
+    torch.addcmul(box, images[..., 1:-1, 1:-1], centre_weight, out=interior)
+    interior.clamp_(0.0, 1.0)
     return out
 
 

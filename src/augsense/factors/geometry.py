@@ -17,14 +17,15 @@ def hflip(images: torch.Tensor) -> torch.Tensor:
 def roll(images: torch.Tensor, shift_y: torch.Tensor, shift_x: torch.Tensor) -> torch.Tensor:
     """Cyclic shift of each sample by its own integer ``shift_y``, ``shift_x`` ``(n,)`` pixels (as ``torch.roll``).
 
-    out[i, :, y, x] = images[i, :, (y − shift_y[i]) mod H, (x − shift_x[i]) mod W], via two gathers.
+    out[i, :, y, x] = images[i, :, (y − shift_y[i]) mod H, (x − shift_x[i]) mod W], as one gather over
+    the flattened H·W plane (source index ((y − dy) mod H)·W + (x − dx) mod W, shared by the channels).
     """
     n, c, h, w = images.shape
     device = images.device
     rows = (torch.arange(h, device=device).view(1, h) - shift_y.to(device).long().view(n, 1)).remainder_(h)
     cols = (torch.arange(w, device=device).view(1, w) - shift_x.to(device).long().view(n, 1)).remainder_(w)
-    out = images.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w))
-    return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+    source = (rows.mul_(w).view(n, h, 1) + cols.view(n, 1, w)).view(n, 1, h * w)
+    return images.reshape(n, c, h * w).gather(2, source.expand(n, c, h * w)).view(n, c, h, w)
 
 
 def crop_zoom(angle_rad: torch.Tensor, height: int, width: int) -> torch.Tensor:

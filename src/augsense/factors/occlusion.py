@@ -27,8 +27,8 @@ def erase(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """Fill each sample's rectangle (see ``erase_boxes``) with 0. images ``(n, 3, H, W)``, params ``(n, 4)``."""
     n, _, h, w = images.shape
     boxes = erase_boxes(h, w, params).to(images.device)
-    ys = torch.arange(h, device=images.device).view(1, h, 1)
-    xs = torch.arange(w, device=images.device).view(1, 1, w)
-    top, left, bottom, right = (boxes[:, i].view(n, 1, 1) for i in range(4))
-    inside = (ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)
-    return images.masked_fill(inside.unsqueeze(1), 0.0)
+    ys = torch.arange(h, device=images.device).view(1, h)
+    xs = torch.arange(w, device=images.device).view(1, w)
+    top, left, bottom, right = (boxes[:, i].view(n, 1) for i in range(4))
+    inside = ((ys >= top) & (ys < bottom)).view(n, 1, h, 1) & ((xs >= left) & (xs < right)).view(n, 1, 1, w)
+    return images.masked_fill(inside, 0.0)

@@ -149,13 +149,18 @@ class FactorSpace:
             return images
         perms = self.permutations(u)
         drawn = [factor.parameters_from_unit(u[:, self.coords(factor.name)]) for factor in ordered]
-        images = images.clone()
+        owned = False  # whether ``images`` is this call's own copy (written in place), not the caller's tensor
         for step in range(len(ordered)):
             for j, factor in enumerate(ordered):
                 params, active = drawn[j]
                 index = torch.nonzero((perms[:, step] == j) & active).squeeze(1)
-                if index.numel():
-                    images[index] = factor.apply_unchecked(images[index], params[index].to(images.dtype))
+                if index.numel() == images.shape[0]:  # every row: no gather, no scatter
+                    images, owned = factor.apply_unchecked(images, params.to(images.dtype)), False
+                elif index.numel():
+                    if not owned:
+                        images, owned = images.clone(), True
+                    part = factor.apply_unchecked(images.index_select(0, index), params[index].to(images.dtype))
+                    images.index_copy_(0, index, part)
         return images
 
     def image_index(self, u: torch.Tensor, n_images: "int | ImageStrata") -> torch.Tensor:
