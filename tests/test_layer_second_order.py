@@ -242,3 +242,15 @@ def test_layers_table_and_report_show_layer_level_s2_with_intervals(tmp_path):
     _interaction_section(page, data)
     text = "".join(page.sections[0].parts)
     assert "holds no layer-level pairwise intervals" in text and "with confidence intervals (table)" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [256, 1024])
+def test_full_layer_second_order_coverage(n):
+    """1000 iid replicates at small and large N, two-sided, as the fast test."""
+    est, ci = _iid_layer_s2(n, 1000, seed=37)
+    V = (UNITS ** 2).sum()
+    truth = np.zeros((D, D))
+    truth[0, 2] = truth[2, 0] = (UNITS[:, 2] ** 2).sum() / V
+    iu, ju = np.triu_indices(D, 1)
+    check_two_sided(f"layer second_order N={n}", est[:, iu, ju], ci[:, :, iu, ju], truth[iu, ju])
