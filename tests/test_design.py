@@ -29,6 +29,25 @@ def test_block_size_is_rounded_down_to_a_power_of_two():
     assert make_design("sobol", [1], 8, block_size=100).block_size == 1       # tiny n: one row per block
 
 
+def test_permutation_designs_have_at_least_8_longer_blocks_other_kinds_32():
+    """Permutation walks trade replicates for longer scrambled nets (t_7 intervals); other kinds keep 32."""
+    for n, rows in ((8, 1), (64, 8), (512, 64), (4096, 64)):
+        design = make_design("shapley-permutation", [1] * 3, n, block_size=64)
+        assert design.block_size == rows and design.n_blocks == n // rows and design.min_blocks == 8
+    assert make_design("shapley-permutation", [1] * 3, 256, block_size=1000).n_blocks == 8
+    for kind in ("sobol", "sobol2", "shapley-exact"):
+        design = make_design(kind, [1] * 3, 256, block_size=1000)
+        assert design.n_blocks == 32 and design.min_blocks == 32 and "min_blocks" not in design.to_dict()
+
+
+def test_permutation_design_from_an_older_version_is_refused_by_name():
+    design = make_design("shapley-permutation", [1] * 3, 512, block_size=1000)
+    assert design.to_dict()["min_blocks"] == 8 and Design.from_dict(design.to_dict()) == design
+    old = {k: v for k, v in design.to_dict().items() if k != "min_blocks"} | {"block_size": 16}
+    with pytest.raises(AugsenseError, match="at least 32 blocks of rows, this version at least 8.*start the run again"):
+        Design.from_dict(old)
+
+
 def test_blocks_are_independent_replicates():
     """Block means of a smooth function are uncorrelated across blocks (one randomisation each)."""
     design = make_design("sobol", [1, 1], 4096, seed=1, block_size=16)
@@ -44,7 +63,7 @@ def test_block_regenerated_from_seed_and_index_alone():
         pass
     np.testing.assert_array_equal(a.block(2).points, b.block(2).points)
     np.testing.assert_array_equal(a.block(2).permutations, b.block(2).permutations)
-    assert [blk.index for blk in a.blocks(1, 9, 2)] == [1, 3, 5, 7] and a.n_blocks == 32
+    assert [blk.index for blk in a.blocks(1, 9, 2)] == [1, 3, 5, 7] and a.n_blocks == 8   # 16-row blocks
 
 
 def test_pick_freeze_layout_swaps_whole_players():

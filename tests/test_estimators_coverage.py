@@ -12,6 +12,8 @@ formulas on iid inputs, units and layers, are in tests/test_interval_strength.py
 import numpy as np
 import pytest
 
+from augsense.design import make_design
+from augsense.estimators._delta import z_value
 from augsense.estimators.api import shapley_effects, sobol_indices
 
 SEEDS = range(200)
@@ -31,8 +33,9 @@ def truth(a=7.0, b=0.1):
             "shapley": np.array([V1 + V13 / 2, V2, V13 / 2]) / V}
 
 
-def coverage(run, quantities):
-    """Per quantity: (coverage of the truth, mean SE / SD of the estimates over SEEDS), each (d,)."""
+def coverage(run, quantities, z=1.959963984540054):
+    """Per quantity: (coverage of the truth, mean SE / SD of the estimates over SEEDS), each (d,);
+    z: the quantile the intervals use (SE = half-width / z)."""
     results = [run(seed) for seed in SEEDS]
     out = {}
     for q in quantities:
@@ -40,7 +43,7 @@ def coverage(run, quantities):
         est = np.array([getattr(r, q)[0] for r in results])
         ci = np.array([getattr(r, q + "_ci")[:, 0] for r in results])          # (seeds, 2, d)
         hits = ((ci[:, 0] <= t) & (t <= ci[:, 1])).mean(0)
-        se = (ci[:, 1] - ci[:, 0]) / (2 * 1.959963984540054)
+        se = (ci[:, 1] - ci[:, 0]) / (2 * z)
         out[q] = hits, se.mean(0) / est.std(0, ddof=1)
     return out
 
@@ -62,5 +65,6 @@ def test_sobol_intervals_cover_95_percent():
 @pytest.mark.parametrize("method, n", [("exact", 256), ("permutation", 512)])
 def test_shapley_intervals_cover_95_percent(method, n):
     run = lambda s: shapley_effects(ishigami, BOUNDS, n, method=method, seed=s)  # noqa: E731
-    hits, ratio = coverage(run, ("shapley",))["shapley"]
+    blocks = make_design(f"shapley-{method}", [1] * 3, n, block_size=1 << 13).n_blocks   # 8 for permutation: t_7
+    hits, ratio = coverage(run, ("shapley",), z_value(0.95, blocks))["shapley"]
     check(method, hits, ratio)

@@ -170,9 +170,10 @@ class RunPlan:
         """``factors: [a, b] → [a, c]; images: sha256 1f2e… → 9a8b…`` for the differing keys (one line)."""
         theirs = other.entries if isinstance(other, RunPlan) else (other if isinstance(other, dict) else {})
         parts: list[str] = []
-        for key in self.differences(other):
+        keys = self.differences(other)
+        for key in keys:
             _changes(key, theirs.get(key), self.entries.get(key), parts, old, new)
-            if key == "block_size":
+            if key == "block_size" and "generator" not in keys:   # else the design's rule changed, not batch_size
                 parts[-1] += (" — the rows per block follow batch_size (batch_size // group size, capped by the "
                               f"design); use a batch_size that gives {theirs.get(key)}")
         return "; ".join(parts[:8] + (["…"] if len(parts) > 8 else []))
