@@ -151,6 +151,10 @@ def bench_shapley_rmse(reps: int) -> None:
         sns.append((f"SNS perms={n_perm} N_V={n_v} N_O={n_o} N_I=3", evals, _rmse(err)))
     for name, curve in curves.items():
         print(f"    {name:18s} " + "  ".join(f"{e}:{r:.4f}" for e, r in curve) + "  (evaluations:RMSE)")
+    for method, G in (("exact", 8), ("permutation", 4)):   # the blocks (replicates) behind each grid point
+        blocks = [make_design(f"shapley-{method}", [1] * 3, n, block_size=65536 // G).n_blocks for n, _ in
+                  ((e // G, r) for e, r in curves[f"ours-{method}"])]
+        print(f"    ours-{method:11s} blocks " + " ".join(map(str, blocks)))
     ratios: dict[str, list[tuple[float, bool] | None]] = {name: [] for name in curves}
     for label, e_sns, r_sns in sns:
         line = f"    {label:36s} evaluations {e_sns:7d} RMSE {r_sns:.4f}"
