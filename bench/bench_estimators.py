@@ -152,8 +152,8 @@ def bench_shapley_rmse(reps: int) -> None:
     for name, curve in curves.items():
         print(f"    {name:18s} " + "  ".join(f"{e}:{r:.4f}" for e, r in curve) + "  (evaluations:RMSE)")
     for method, G in (("exact", 8), ("permutation", 4)):   # the blocks (replicates) behind each grid point
-        blocks = [make_design(f"shapley-{method}", [1] * 3, n, block_size=65536 // G).n_blocks for n, _ in
-                  ((e // G, r) for e, r in curves[f"ours-{method}"])]
+        blocks = [make_design(f"shapley-{method}", [1] * 3, e // G, block_size=65536 // G).n_blocks
+                  for e, _ in curves[f"ours-{method}"]]
         print(f"    ours-{method:11s} blocks " + " ".join(map(str, blocks)))
     ratios: dict[str, list[tuple[float, bool] | None]] = {name: [] for name in curves}
     for label, e_sns, r_sns in sns:
