@@ -271,3 +271,22 @@ def test_sigkill_mid_write_leaves_the_previous_table_whole_and_the_next_commit_t
     assert not [p for p in folder.iterdir() if ".tmp" in p.name] and not (folder / LOCK_NAME).exists()
     page = write_report(folder).read_text(encoding="utf-8")
     assert "could not be read" not in page
+
+
+def test_a_response_analysis_commits_its_run_folder_as_one_new_set(folder, tmp_path):
+    """augsense responses into a run folder: a new result set whose commit removes the old set's analysis tables."""
+    from augsense.analyses.responses import analyse_responses
+    from augsense.analyses.stimuli import StimulusDesign
+    from test_responses import config, record_from_pngs
+
+    run_masking(folder, SMALL_MASK, model=planted_bundle(), images=planted_images())
+    old = current_result_set(folder)
+    export = tmp_path / "export"
+    StimulusDesign.from_config(config(n=32), images=planted_images(), size=32).export(export)
+    analyse_responses(export / "design.parquet", record_from_pngs(export), out_dir=folder)
+    new = current_result_set(folder)
+    assert new and new != old and not new.startswith("legacy-")
+    names = {p.name for p in folder.iterdir()}
+    assert not {n for n in names if n.startswith(("masking", ".staging", ".")) or ".tmp" in n}, names
+    assert "config.toml" not in names  # it described the run this set replaced
+    assert {"indices.parquet", "layers.parquet", "maps.npz", "run.json"} <= names
