@@ -290,3 +290,18 @@ def test_a_response_analysis_commits_its_run_folder_as_one_new_set(folder, tmp_p
     assert not {n for n in names if n.startswith(("masking", ".staging", ".")) or ".tmp" in n}, names
     assert "config.toml" not in names  # it described the run this set replaced
     assert {"indices.parquet", "layers.parquet", "maps.npz", "run.json"} <= names
+
+
+def test_a_crafted_lock_record_still_gives_one_printable_line(folder, capsys):
+    """A live holder whose record holds newlines and a terminal escape: the refusal stays one clean line."""
+    holder = hold_in_another_process(folder, "augsense mask\nrm -rf /\x1b[2J")
+    try:
+        record = json.loads((folder / LOCK_NAME).read_text())
+        record["started"] = 1e300  # and a start time no clock can show
+        (folder / LOCK_NAME).write_text(json.dumps(record))
+        assert main(["maps", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "\x1b" not in err and "augsense mask?rm -rf /?[2J" in err, err
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)

@@ -73,13 +73,21 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def _printable(value: Any, limit: int = 300) -> str:
+    """``value`` as one line of printable text (a crafted lock record may hold newlines or terminal escapes)."""
+    return "".join(c if c.isprintable() else "?" for c in str(value)[:limit])
+
+
 def describe(holder: dict[str, Any]) -> str:
-    """'PID 123 on host h (since 2026-01-01 10:00:00 UTC: augsense run …)'."""
+    """'PID 123 on host h (since 2026-01-01 10:00:00 UTC: augsense run …)', always one printable line."""
     since = holder.get("started")
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since)) if isinstance(since, (int, float)) else "?"
+    try:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since)) if isinstance(since, (int, float)) else "?"
+    except (OverflowError, OSError, ValueError):
+        when = "?"
     command = holder.get("command")
-    return (f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')} (since {when}"
-            + (f": {command}" if command else "") + ")")
+    return (f"PID {_printable(holder.get('pid', '?'), 20)} on host {_printable(holder.get('host', '?'), 100)} "
+            f"(since {when}" + (f": {_printable(command)}" if command else "") + ")")
 
 
 def _read_record(fd: int) -> dict[str, Any] | None:
