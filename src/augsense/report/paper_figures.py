@@ -191,7 +191,7 @@ def segment_neurons_figure(table: pd.DataFrame) -> Figure:
     layers = list(dict.fromkeys(whole["layer"].astype(str)))[:3]
     channels = list(dict.fromkeys(whole["channel"].astype(str)))
     sizes = [min(MAX_NEURONS, whole.loc[whole["layer"] == layer, "neuron"].nunique()) for layer in layers]
-    fig = Figure(figsize=(max(4.0, 0.55 * len(channels) + 3.2), 0.22 * sum(sizes) + 1.1 * len(layers) + 0.6),
+    fig = Figure(figsize=(max(5.5, 0.55 * len(channels) + 4.6), 0.22 * sum(sizes) + 1.1 * len(layers) + 0.6),
                  layout="constrained")
     axes = np.atleast_1d(fig.subplots(len(layers), 1, squeeze=False, height_ratios=[max(s, 2) for s in sizes])).ravel()
     image = None
@@ -207,16 +207,21 @@ def segment_neurons_figure(table: pd.DataFrame) -> Figure:
                 ax.text(list(share.columns).index(best[neuron]), i, "•", ha="center", va="center", fontsize=8,
                         color="#00a0ff")
         reasons = part.drop_duplicates("neuron").set_index("neuron").get("selected_for", pd.Series(dtype=str))
-        labels = [f"{n}" + (f" ({reasons[n]})" if n in reasons.index and str(reasons[n]) else "") for n in share.index]
+        labels = [f"{n}" + (f" ({_shorten(str(reasons[n]))})" if n in reasons.index and str(reasons[n]) else "")
+                  for n in share.index]
         ax.set_yticks(np.arange(len(share.index)), labels, fontsize=6)
         ax.set_xticks(np.arange(len(share.columns)), [c.upper() for c in share.columns], fontsize=7)
         ax.set_ylabel("neuron (channel)", fontsize=7)
         more = part["neuron"].nunique() - len(share.index)
-        ax.set_title(f"segment layer {layer}: share of each neuron's variance per input channel"
-                     + (f" (first {len(share.index)}; {more} more in the table)" if more > 0 else ""), fontsize=9)
+        ax.set_title(f"segment layer {layer}: each unit's variance by input"
+                     + (f"\n(first {len(share.index)}; {more} more in the table)" if more > 0 else ""), fontsize=9)
     if image is not None:
-        fig.colorbar(image, ax=list(axes), shrink=0.8, label="share of variance (grey: moves under no input)")
+        fig.colorbar(image, ax=list(axes), shrink=0.8, label="share of variance (grey: none)")
     return fig
+
+
+def _shorten(text: str, width: int = 30) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def paper_sections(page: Page, data: ReportData) -> None:
