@@ -332,3 +332,19 @@ def test_cli_neurons_option(tmp_path, capsys):
                  "--quiet", "--segment", "conv1,bn1", "--neurons", "bn1:64", "--out", str(tmp_path / "t")])
     err = capsys.readouterr().err
     assert code == 2 and "64 channels" in err and err.count("\n") == 1, err
+
+
+def test_neuron_table_sums_a_neurons_units_per_input_channel():
+    """Per-unit maps: a neuron has several units (positions); its variance per input channel is their sum."""
+    from augsense.analyses.segments import neuron_table
+
+    attribution = pd.DataFrame({
+        "layer": ["L"] * 8, "unit": [0, 1, 2, 3] * 2, "factor": ["all"] * 8, "channel": ["h"] * 4 + ["v"] * 4,
+        "variance": [1.0, 2.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0], "share": np.nan, "attributed": False,
+        "neuron": [5, 5, 9, 9] * 2})
+    table = neuron_table(attribution, {5: ["hue", "brightness"]}).set_index(["neuron", "channel"])
+    assert table.loc[(5, "h"), "variance"] == 3.0 and table.loc[(5, "v"), "variance"] == 3.0
+    assert table.loc[(5, "h"), "share"] == 0.5 and table.loc[(5, "h"), "n_units"] == 2
+    assert table.loc[(5, "h"), "attributed"] and not table.loc[(5, "v"), "attributed"]  # a tie: the first channel
+    assert np.isnan(table.loc[(9, "h"), "share"]) and not table.loc[(9, "h"), "attributed"]  # moves under none
+    assert table.loc[(5, "h"), "selected_for"] == "hue,brightness" and table.loc[(9, "h"), "selected_for"] == ""
