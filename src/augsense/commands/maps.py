@@ -243,7 +243,7 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def cmd_maps(args: argparse.Namespace) -> int:
-    if not Path(args.run_dir, "run.json").is_file():
+    if not Path(args.run_dir).is_dir():
         load_run(args.run_dir)  # says what is wrong with the folder before it is locked
     with holding(args.run_dir):  # one writer at a time: a second is refused at once, naming the holder
         tables = map_statistics_of_run(args.run_dir, replicate_dir=args.replicate, quantities=_names(args.quantities),

@@ -26,7 +26,7 @@ def run_folder_lock(run_dir: str | Path) -> Iterator[None]:
     ``augsense run --overwrite`` into the folder, is refused with one line naming the holder."""
     from augsense.io.lock import holding
 
-    if not Path(run_dir, "run.json").is_file():
+    if not Path(run_dir).is_dir():
         from augsense.io.results import load_run
 
         load_run(run_dir)  # says what is wrong with the folder

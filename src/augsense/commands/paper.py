@@ -128,7 +128,7 @@ def run_paper(run_dir: str | Path, options: PaperOptions | None = None, *, model
     from augsense.io.lock import holding
     from augsense.io.results import load_run
 
-    if not Path(run_dir, "run.json").is_file():
+    if not Path(run_dir).is_dir():
         load_run(run_dir)  # says what is wrong with the folder
     with holding(run_dir):  # one writer at a time: a run --overwrite or another analysis is refused meanwhile
         return _run_paper(run_dir, options, model=model, images=images, progress=progress, report=report)
