@@ -133,6 +133,28 @@ def minmax_stretch(images: torch.Tensor) -> torch.Tensor:
     return (images - low) / (high - low).clamp_min(1e-8)
 
 
+def normalise_into(images: torch.Tensor, out: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+                   stretch: bool = False) -> torch.Tensor:
+    """Write the model inputs of ``images`` (n, 3, H, W) in [0, 1] into ``out`` (same shape, any layout).
+
+    ``(x − mean) / std`` per channel, after the paper's min-max stretch (:func:`minmax_stretch`) with
+    ``stretch``: both are one affine map per image and channel, x·scale + shift (scale and shift in
+    float64), so the write is one pass into ``out`` (e.g. a channels-last input buffer) instead of five.
+    Equal to ``normalise(minmax_stretch(images))`` up to float32 rounding.
+    """
+    n, c = images.shape[:2]
+    mean_t = torch.tensor(mean, dtype=torch.float64, device=images.device).view(1, c, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float64, device=images.device).view(1, c, 1, 1)
+    if stretch:
+        low, high = images.reshape(n, c, -1).aminmax(dim=2)
+        low, high = low.double().view(n, c, 1, 1), high.double().view(n, c, 1, 1)
+        span = (high - low).clamp_min(1e-8)
+        scale, shift = 1.0 / (span * std_t), -(low / span + mean_t) / std_t
+    else:
+        scale, shift = (1.0 / std_t).expand(n, c, 1, 1), (-mean_t / std_t).expand(n, c, 1, 1)
+    return torch.addcmul(shift.to(images.dtype), images, scale.to(images.dtype), out=out)
+
+
 @dataclass
 class SensitivityRun:
     """The outcome of a run: the estimator result and what is needed to read it."""
@@ -299,13 +321,14 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
     ``stop`` is the SIGINT/SIGTERM request (true: stop at the next block round), ``folder`` what rank 0
     found in ``out`` and whether this run has marked it "running".
     """
-    started = time.perf_counter()
+    started, started_unix = time.perf_counter(), time.time()
     shard = current_shard(config.device)
     device = pick_device(config.device) if shard.device is None else shard.device
     bundle = model if isinstance(model, ModelBundle) else load_model(model if model is not None else config.model,
                                                                      weights=config.weights, seed=config.seed,
                                                                      categories=config.categories)
     bundle.module.to(device).eval()
+    model_s = time.perf_counter() - started
     broadcast_module(bundle.module, shard)
     if model is not None:
         config = dataclasses.replace(config, model=bundle.name)
@@ -315,6 +338,7 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
         image_set = images
     else:
         image_set = images_for(config, bundle, images)
+    images_s = time.perf_counter() - started - model_s
     space = build_factor_space(config)
     probe = ActivationProbe(bundle.module, config.layers, reduction=config.reduction, output=config.output,  # type: ignore[arg-type]
                             input_size=bundle.input_size, device=device, layouts=config.layouts,
@@ -328,7 +352,10 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
                                    else "pooled", groups=groups, device=device,
                                    second_order_intervals=config.second_order_intervals)
     stretch = minmax_stretch if config.preprocessing == "paper" else None
-    timings: dict[str, float] = {"setup_s": time.perf_counter() - started}
+    # seconds of each step (on CUDA the loop's steps count their launch time only); started_unix: the run's start
+    # (time.time()), so a caller timing the whole process can tell the imports before it from the run
+    timings: dict[str, float] = {"started_unix": started_unix, "model_s": model_s, "images_s": images_s,
+                                 "setup_s": time.perf_counter() - started}
     notices = image_set.notices + run_warnings(config, bundle, len(image_set))
 
     checkpoint = checkpoint_path(out) if out is not None else None
@@ -370,7 +397,9 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
                              stop_requested=lambda: bool(stop))
     my_blocks, todo = shard.blocks(design.n_blocks), schedule.todo
 
+    top1_started = time.perf_counter()
     accuracy = clean_top1(bundle, image_set, device, config.batch_size, stretch) if shard.rank == 0 else None
+    timings["clean_top1_s"] = time.perf_counter() - top1_started
     n_images = image_set.strata() if space.image_factors else len(image_set)
     loop_started = time.perf_counter()
     bar = Progress(total=len(my_blocks) * design.block_size * design.group_size, initial=(len(my_blocks) - len(todo))
@@ -381,12 +410,21 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
     feed = ImageFeed(image_set, device)
     per_batch = max(1, config.batch_size // (design.block_size * design.group_size))  # whole blocks per forward
 
-    def augmented(index: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Augmented (and, with the paper's preprocessing, stretched) images, not yet normalised."""
+    # the bundle's own normalise, unless it is ModelBundle's (x - mean) / std: that one is fused with the paper's
+    # stretch and the write into the channels-last input buffer (normalise_into)
+    fused = type(bundle).normalise is ModelBundle.normalise
+
+    def write_inputs(index: torch.Tensor, u: torch.Tensor, out: torch.Tensor) -> None:
+        """The model inputs of rows ``u`` (augmented, stretched with the paper's preprocessing, normalised)
+        written into ``out``."""
         x = space.apply(feed.batch(index), u)
-        return stretch(x) if stretch is not None else x
+        if fused:
+            normalise_into(x, out, bundle.mean, bundle.std, stretch=stretch is not None)
+        else:
+            out.copy_(bundle.normalise(stretch(x) if stretch is not None else x))
 
     buffers: dict[str, torch.Tensor] = {}
+    seconds = {"augment": 0.0, "forward": 0.0}  # the loop's augmentation and forward passes
 
     def reused(name: str, shape: tuple[int, ...], layout: torch.memory_format) -> torch.Tensor:
         """A float32 buffer of ``shape`` (in ``layout``) kept across forward passes: the first rows of the
@@ -417,16 +455,24 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
             one buffer, so the augmentation's temporaries scale with the sub-chunk, not the batch."""
             n, size = part.stop - part.start, feed.images.size
             x = reused("inputs", (n, 3, size, size), layout)
+            augmenting = time.perf_counter()
             for low in range(0, n, AUGMENT_CHUNK):
                 sub = slice(part.start + low, min(part.start + low + AUGMENT_CHUNK, part.stop))
-                x[low:low + sub.stop - sub.start] = bundle.normalise(augmented(index[sub], u[sub]))
+                write_inputs(index[sub], u[sub], x[low:low + sub.stop - sub.start])
+            seconds["augment"] += time.perf_counter() - augmenting
             return x
+
+        def forwarded(inputs: torch.Tensor) -> torch.Tensor:
+            forwarding = time.perf_counter()
+            reduced = probe(inputs)
+            seconds["forward"] += time.perf_counter() - forwarding
+            return reduced
 
         start = 0
         while start < total:  # forward chunks; halve them when the device runs out of memory
             part = slice(start, min(start + chunk, total))
             try:
-                outputs[part] = probe(model_inputs(part, layout))
+                outputs[part] = forwarded(model_inputs(part, layout))
             except RuntimeError as error:
                 if not is_out_of_memory(error):
                     raise
@@ -470,6 +516,7 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
                              rank=shard.rank)
     timings["loop_s"] = time.perf_counter() - loop_started
     timings["accumulate_s"] = accumulating
+    timings["augment_s"], timings["forward_s"] = seconds["augment"], seconds["forward"]
     timings["images_per_s"] = evaluated / timings["loop_s"] if timings["loop_s"] > 0 else float("nan")
     accumulator = gather_states(accumulator, shard)
     result = accumulator.compute(confidence=config.confidence) if accumulator is not None else None
