@@ -12,7 +12,15 @@ top-1 pass, the loop and writing the results all count. The floor is the bare fo
 on the same number of images at the same batch, in the faster of the NCHW and channels-last layouts,
 measured in this process before and after the run (median), under the run's allocator setting.
 Prints the ratio (wall time of the run / floor time), the run's own timings and the peak RSS of the
-run process (``resource.getrusage(RUSAGE_CHILDREN)``).
+run process (``os.wait4``).
+
+The floor leaves out the interpreter's start and ``import torch``, which the run process pays, so the
+script also times, as processes of their own (median of three): ``python -c pass``, ``import torch`` and
+``import torch, torchvision``; and the *process floor*: one process that imports torch and torchvision,
+builds AlexNet and forwards the same number of random images at the same batch in the floor's faster
+layout (the run's work minus augsense's). Ratios are printed raw, with the ``import torch`` process
+subtracted from the run, and against the process floor; each also in CPU seconds (user + sys of the
+process), which a shared machine's load disturbs less than wall time.
 """
 
 from __future__ import annotations
@@ -20,12 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,6 +68,57 @@ def forward_seconds(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> f
     return statistics.median(times)
 
 
+PROCESS_FLOOR = """
+import ctypes, sys, time
+import torch, torchvision
+ctypes.CDLL(None).mallopt(-4, 0); ctypes.CDLL(None).mallopt(-1, 1 << 30)  # as augsense.allocator.heap_allocations
+evaluations, batch, layout = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+model = torchvision.models.alexnet(weights=None).eval()
+fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+model = model.to(memory_format=fmt)
+with torch.inference_mode():
+    for start in range(0, evaluations, batch):
+        x = torch.rand(min(batch, evaluations - start), 3, 224, 224).contiguous(memory_format=fmt)
+        model(x)
+"""
+
+
+@dataclass
+class Child:
+    """One finished child process: wall and CPU (user + sys) seconds, peak RSS in GB, exit status, stderr."""
+
+    wall: float
+    cpu: float
+    peak_gb: float
+    returncode: int
+    stderr: str
+
+
+def child(argv: list[str]) -> Child:
+    """Run ``argv`` (stdout discarded) and measure it alone: ``os.wait4`` gives this child's own usage."""
+    with tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return Child(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1e6, process.returncode, err.read())
+
+
+def checked(argv: list[str]) -> Child:
+    done = child(argv)
+    if done.returncode != 0:
+        sys.exit(f"{argv[:3]} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return done
+
+
+def median_process(argv: list[str], repeats: int = 3) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of ``repeats`` runs of a short process."""
+    runs = [checked(argv) for _ in range(repeats)]
+    return statistics.median(r.wall for r in runs), statistics.median(r.cpu for r in runs)
+
+
 def floors(args: argparse.Namespace, evaluations: int) -> dict[str, float]:
     """Seconds of the bare forward over ``evaluations`` images, per layout (NCHW, channels-last)."""
     device = torch.device(args.device)
@@ -92,32 +151,57 @@ def main() -> None:
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
           f"load average {load:.2f}; {evaluations} evaluations, batch {args.batch_size}")
     before = floors(args, evaluations)
+    python = sys.executable
+    starts = {label: median_process([python, "-c", code]) for label, code in
+              (("python -c pass", "pass"), ("import torch", "import torch"),
+               ("import torch, torchvision", "import torch, torchvision"))}
+    layout = "channels_last" if before["channels_last"] < before["nchw"] else "nchw"
+    floor_argv = [python, "-c", PROCESS_FLOOR, str(evaluations), str(args.batch_size), layout]
+    process_floor = [checked(floor_argv)]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep) if args.keep else Path(tmp) / "run"
         command = run_command(out, args)
         print("run:", " ".join(command[:1] + [c for c in command[1:]]).replace(str(Path(sys.executable).parent) + "/", ""))
-        start = time.perf_counter()
-        finished = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wall = time.perf_counter() - start
-        if finished.returncode != 0:
-            sys.exit(f"augsense run failed ({finished.returncode}): {finished.stderr.strip()[-2000:]}")
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6  # kB → GB (Linux)
+        launched = time.time()
+        run = checked(command)
+        wall, cpu, peak = run.wall, run.cpu, run.peak_gb
         info = json.loads((out / "run.json").read_text())
         sizes = {p.name: p.stat().st_size / 1e6 for p in sorted(out.rglob("*")) if p.is_file()}
+    process_floor.append(checked(floor_argv))
     after = floors(args, evaluations)
     nchw = statistics.median([before["nchw"], after["nchw"]])
     last = statistics.median([before["channels_last"], after["channels_last"]])
     floor = min(nchw, last)
     timings = info.get("timings", {})
+    nan = float("nan")
+    t = {key: timings.get(key, nan) for key in ("model_s", "images_s", "setup_s", "clean_top1_s", "loop_s",
+                                                  "augment_s", "forward_s", "accumulate_s", "total_s")}
+    before_run = timings.get("started_unix", nan) - launched  # interpreter start + imports (+ argument checks)
+    after_run = wall - before_run - t["total_s"]  # final indices are in total_s; this is writing + exit
     print(f"floor: NCHW {nchw:.2f} s ({evaluations / nchw:.0f} img/s), channels-last {last:.2f} s "
           f"({evaluations / last:.0f} img/s)  [before/after the run: {before['nchw']:.2f}/{after['nchw']:.2f}, "
           f"{before['channels_last']:.2f}/{after['channels_last']:.2f} s]")
-    print(f"run: {wall:.2f} s wall ({evaluations / wall:.0f} img/s); loop {timings.get('loop_s', float('nan')):.2f} s "
-          f"({timings.get('images_per_s', float('nan')):.0f} img/s; accumulator {timings.get('accumulate_s', float('nan')):.2f} s), setup {timings.get('setup_s', float('nan')):.2f} s, "
-          f"in-process total {timings.get('total_s', float('nan')):.2f} s")
+    print("process starts (median of 3, wall / CPU s): " + ", ".join(f"{label} {w:.2f}/{c:.2f}"
+                                                                    for label, (w, c) in starts.items()))
+    floor_wall = statistics.median(p.wall for p in process_floor)
+    floor_cpu = statistics.median(p.cpu for p in process_floor)
+    print(f"process floor (import torch, torchvision; AlexNet; {evaluations} forwards {layout}): {floor_wall:.2f} s "
+          f"wall, {floor_cpu:.2f} s CPU  [before/after the run: " + "/".join(f"{p.wall:.2f}" for p in process_floor)
+          + " s]")
+    print(f"run: {wall:.2f} s wall, {cpu:.2f} s CPU ({evaluations / wall:.0f} img/s)")
+    print(f"  start + imports {before_run:.2f} s | model {t['model_s']:.2f} s, images {t['images_s']:.2f} s, setup "
+          f"{t['setup_s']:.2f} s in all | clean top-1 {t['clean_top1_s']:.2f} s | loop {t['loop_s']:.2f} s = "
+          f"augment {t['augment_s']:.2f} + forward {t['forward_s']:.2f} + accumulate {t['accumulate_s']:.2f} + "
+          f"other {t['loop_s'] - t['augment_s'] - t['forward_s'] - t['accumulate_s']:.2f} | indices "
+          f"{t['total_s'] - t['setup_s'] - t['clean_top1_s'] - t['loop_s']:.2f} s | write + exit {after_run:.2f} s")
     print("files (MB): " + ", ".join(f"{name} {size:.1f}" for name, size in sizes.items()))
+    torch_wall, torch_cpu = starts["import torch"]
     print(f"ratio to the faster floor: {wall / floor:.2f}x  (to NCHW {wall / nchw:.2f}x, to channels-last "
-          f"{wall / last:.2f}x); loop alone {timings.get('loop_s', float('nan')) / floor:.2f}x")
+          f"{wall / last:.2f}x); without the import-torch process {(wall - torch_wall) / floor:.2f}x; in-process "
+          f"{t['total_s'] / floor:.2f}x; loop alone {t['loop_s'] / floor:.2f}x (forward alone "
+          f"{t['forward_s'] / floor:.2f}x)")
+    print(f"ratio to the process floor: {wall / floor_wall:.2f}x wall, {cpu / floor_cpu:.2f}x CPU "
+          f"(CPU, without the import-torch process: {(cpu - torch_cpu) / (floor_cpu - torch_cpu):.2f}x)")
     print(f"peak RSS of the run process: {peak:.2f} GB  (load average now {os.getloadavg()[0]:.2f})")
 
 
