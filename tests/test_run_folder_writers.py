@@ -304,3 +304,30 @@ def test_a_crafted_lock_record_still_gives_one_printable_line(folder, capsys):
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
+
+
+def test_a_full_disk_during_a_commit_leaves_every_previous_table_and_no_temporary_file(folder, monkeypatch):
+    import errno
+
+    import pyarrow.parquet as pq
+
+    source = Source.of(folder, json.loads((folder / "run.json").read_text()))
+    old = {"masking": pd.DataFrame({"top1": [0.5]}), "masking_gap": pd.DataFrame({"gap": [0.1]}),
+           "masking_pairs": pd.DataFrame({"leaf": [0]})}
+    commit_tables(source, list(old.items()))
+    real, calls = pq.write_table, []
+
+    def full(table, where, **kwargs):
+        calls.append(where)
+        if len(calls) == 2:
+            Path(where).write_bytes(b"PAR1 half")  # some bytes reached the disk, then it filled up
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(table, where, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", full)
+    new = pd.DataFrame({"top1": [0.9]})
+    with pytest.raises(AugsenseError, match="No space left on device.*unchanged"):
+        commit_tables(source, [("masking", new), ("masking_gap", new)], replaces=list(old))
+    for name, table in old.items():  # all three as they were: none replaced, none removed
+        pd.testing.assert_frame_equal(pd.read_parquet(folder / f"{name}.parquet"), table)
+    assert not [p for p in folder.iterdir() if ".tmp" in p.name] and not (folder / LOCK_NAME).exists()
