@@ -155,3 +155,19 @@ def test_per_element_layers_are_arrays_and_their_rows_are_rebuilt_exactly(per_el
     assert set(folder.unit_rows("readout")["layer"]) == {"readout"}
     assert set(read_report_data(out).indices["layer"]) == {"colour", "readout"}
     assert map_rows({}, "colour", run.players).empty
+
+
+def test_normalise_into_is_the_stretch_and_normalisation_written_in_one_pass():
+    from augsense.analyses.sensitivity import minmax_stretch, normalise_into
+    from augsense.io.models import IMAGENET_MEAN, IMAGENET_STD, ModelBundle
+
+    torch.manual_seed(0)
+    images = torch.rand(5, 3, 16, 16) * 0.6 + 0.2
+    images[1] = 0.5  # a flat image: the stretch's span is clamped, as minmax_stretch does
+    bundle = ModelBundle(nn.Identity(), "identity")
+    for stretch in (True, False):
+        out = torch.empty(5, 3, 16, 16, memory_format=torch.channels_last)
+        expected = bundle.normalise(minmax_stretch(images) if stretch else images)
+        assert normalise_into(images, out, IMAGENET_MEAN, IMAGENET_STD, stretch=stretch) is out
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)

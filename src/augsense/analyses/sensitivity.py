@@ -138,21 +138,22 @@ def normalise_into(images: torch.Tensor, out: torch.Tensor, mean: tuple[float, .
     """Write the model inputs of ``images`` (n, 3, H, W) in [0, 1] into ``out`` (same shape, any layout).
 
     ``(x − mean) / std`` per channel, after the paper's min-max stretch (:func:`minmax_stretch`) with
-    ``stretch``: both are one affine map per image and channel, x·scale + shift (scale and shift in
-    float64), so the write is one pass into ``out`` (e.g. a channels-last input buffer) instead of five.
+    ``stretch``: ``(x − low)·scale + shift`` with one scale and shift per image and channel (from float64),
+    in one or two passes over ``out`` (e.g. a channels-last input buffer) instead of five and a copy.
+    The subtraction comes first, as in the stretch, so a flat or low-contrast channel loses no precision.
     Equal to ``normalise(minmax_stretch(images))`` up to float32 rounding.
     """
     n, c = images.shape[:2]
     mean_t = torch.tensor(mean, dtype=torch.float64, device=images.device).view(1, c, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float64, device=images.device).view(1, c, 1, 1)
-    if stretch:
-        low, high = images.reshape(n, c, -1).aminmax(dim=2)
-        low, high = low.double().view(n, c, 1, 1), high.double().view(n, c, 1, 1)
-        span = (high - low).clamp_min(1e-8)
-        scale, shift = 1.0 / (span * std_t), -(low / span + mean_t) / std_t
-    else:
-        scale, shift = (1.0 / std_t).expand(n, c, 1, 1), (-mean_t / std_t).expand(n, c, 1, 1)
-    return torch.addcmul(shift.to(images.dtype), images, scale.to(images.dtype), out=out)
+    shift = (-mean_t / std_t).to(images.dtype).expand(n, c, 1, 1)
+    if not stretch:
+        return torch.addcmul(shift, images, (1.0 / std_t).to(images.dtype).expand(n, c, 1, 1), out=out)
+    low, high = images.reshape(n, c, -1).aminmax(dim=2)
+    low, high = low.view(n, c, 1, 1), high.view(n, c, 1, 1)
+    span = (high.double() - low.double()).clamp_min(1e-8)
+    torch.sub(images, low, out=out)
+    return torch.addcmul(shift, out, (1.0 / (span * std_t)).to(images.dtype), out=out)
 
 
 @dataclass
