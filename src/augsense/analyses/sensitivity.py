@@ -530,7 +530,12 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
                     prepared, blocks = None, None
                     if pending is not None:
                         if pending.key[0] == tuple(group):
-                            prepared, blocks = pending.result(), pending.key[1]
+                            blocks = pending.key[1]
+                            try:
+                                prepared = pending.result()
+                            except RuntimeError as error:  # out of memory: forward() augments again, in halves
+                                if not is_out_of_memory(error):
+                                    raise
                         else:
                             pending.wait()
                         pending = None
