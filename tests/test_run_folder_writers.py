@@ -331,3 +331,23 @@ def test_a_full_disk_during_a_commit_leaves_every_previous_table_and_no_temporar
     for name, table in old.items():  # all three as they were: none replaced, none removed
         pd.testing.assert_frame_equal(pd.read_parquet(folder / f"{name}.parquet"), table)
     assert not [p for p in folder.iterdir() if ".tmp" in p.name] and not (folder / LOCK_NAME).exists()
+
+
+def test_the_report_after_a_run_is_written_under_the_lock_or_skipped_with_one_line(folder, capsys):
+    """``run``/``demo`` write report.html after the run released the folder: another writer that took it in
+    between keeps it (the report is skipped, the results stay); otherwise the report is written."""
+    from augsense.commands.run import write_report_locked
+
+    (folder / "report.html").unlink(missing_ok=True)
+    holder = hold_in_another_process(folder, "mask")
+    try:
+        write_report_locked(folder)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    err = capsys.readouterr().err
+    assert "report skipped" in err and "augsense report" in err and "mask" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (folder / "report.html").exists()
+    write_report_locked(folder)
+    assert (folder / "report.html").exists()

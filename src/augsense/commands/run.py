@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,27 @@ def summary_warnings(run: Any) -> list[str]:
 
 def finish(run: Any, out: Path | None, report: bool) -> None:
     if out is not None and report and run.shard.rank == 0:
-        from augsense.report.html import write_report
-
-        write_report(out)
+        write_report_locked(out)
     if run.shard.rank == 0:
         print_summary(run, out)
+
+
+def write_report_locked(out: Path) -> None:
+    """Write the report of the results just committed, holding the folder's lock (the run released it).
+
+    Another writer that took the folder in between (a ``run --overwrite``, ``augsense mask``) leaves the
+    committed results alone: the report is skipped with one line saying how to write it later.
+    """
+    from augsense.errors import AugsenseError
+    from augsense.io.lock import holding
+    from augsense.report.html import write_report
+
+    try:
+        with holding(out, command="report"):
+            write_report(out)
+    except AugsenseError as error:
+        print(f"augsense: report skipped, the results are written: {error}; write it later with "
+              f"`augsense report {out}`", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -99,8 +116,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         # the default layers belong to the whole network: a segment defaults to its last module
         layers = None if config.layers == DEMO_LAYERS else config.layers
-        result = run_segments(config, config.segment, channels=config.segment_channel, out_dir=out, layers=layers,
-                              progress=not args.quiet, overwrite=args.overwrite)
+        from augsense.io.lock import ADVICE, holding
+
+        with holding(out, advice=ADVICE):  # segments.parquet …: one writer at a time, as `augsense segments`
+            result = run_segments(config, config.segment, channels=config.segment_channel, out_dir=out,
+                                  layers=layers, progress=not args.quiet, overwrite=args.overwrite)
         print_segments(result, out)
         return 0
     run = run_sensitivity(config, out_dir=out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
