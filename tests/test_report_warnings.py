@@ -85,3 +85,42 @@ def test_report_command_prints_the_banner_on_the_console(unlabelled_run, capsys)
     err = capsys.readouterr().err
     for text in EXPECTED:
         assert text in err, text
+
+
+def test_wide_layer_second_order_intervals_are_warned_on_the_console():
+    """A sobol2 run's layer-level S2 intervals count among the very wide ones (named as a factor pair)."""
+    import types
+
+    import numpy as np
+
+    from augsense.commands.run import summary_warnings
+
+    narrow = np.zeros((2, 1, 3))
+    s2 = np.full((2, 1, 3, 3), np.nan)
+    s2[0, 0, 0, 2], s2[1, 0, 0, 2] = -0.3, 0.4  # hue×blur only: width 0.7
+    aggregated = types.SimpleNamespace(first_order_ci=narrow, total_order_ci=narrow, second_order_ci=s2)
+    run = types.SimpleNamespace(warnings=[], images=types.SimpleNamespace(skipped=[]), layers=["L"],
+                                players=["hue", "sharpness", "blur"],
+                                result=types.SimpleNamespace(aggregated=aggregated))
+    (line,) = summary_warnings(run)
+    assert "very wide intervals: 1 layer-aggregated" in line and "hue×blur at L (second order, width 0.70)" in line
+
+
+def test_the_report_banner_counts_wide_layer_second_order_intervals(tmp_path):
+    """The banner reads layers.parquet's second_order rows too (the planted network is additive, so one
+    pair's interval is widened by hand), naming the pair."""
+    import pandas as pd
+
+    values = {k: v for k, v in PLANTED_CONFIG.items() if k not in ("model", "images")}
+    out = tmp_path / "run"
+    run_sensitivity(SensitivityConfig(**{**values, "n": 16, "estimator": "sobol2"}), model=planted_bundle(),
+                    images=planted_images(), out_dir=out, progress=False)
+    layers = pd.read_parquet(out / "layers.parquet")
+    pair = layers.index[layers["quantity"] == "second_order"][0]
+    layers.loc[pair, ["ci_low", "ci_high"]] = [-0.45, 0.54]
+    layers.to_parquet(out / "layers.parquet")
+    rows = layers[layers["factor"].notna() & layers["quantity"].isin(["first_order", "total_order", "second_order"])]
+    wide = int(((rows["ci_high"] - rows["ci_low"]) > 0.3).sum())
+    page = write_report(out).read_text(encoding="utf-8")
+    name = f"{layers.loc[pair, 'factor']}×{layers.loc[pair, 'factor2']} at {layers.loc[pair, 'layer']}"
+    assert f"very wide intervals: {wide} layer-aggregated" in page and f"{name} (second order, width 0.99)" in page

@@ -180,8 +180,12 @@ def banner_warnings(data: ReportData) -> list[str]:
     if skipped:
         out.append(skipped)
     if data.layers is not None and {"factor", "quantity", "ci_low", "ci_high"} <= set(data.layers.columns):
-        rows = data.layers[data.layers["factor"].notna() & data.layers["quantity"].isin(data.factor_quantities())]
-        wide = wide_interval_warning(zip(rows["layer"].astype(str), rows["factor"].astype(str),
+        rows = data.layers[data.layers["factor"].notna()
+                           & data.layers["quantity"].isin([*data.factor_quantities(), "second_order"])]
+        factors = rows["factor"].astype(str)
+        if "factor2" in rows.columns:  # a pair of factors (layer-level S2): "hue×blur"
+            factors = factors.where(rows["factor2"].isna(), factors + "×" + rows["factor2"].astype(str))
+        wide = wide_interval_warning(zip(rows["layer"].astype(str), factors,
                                          rows["quantity"].astype(str), rows["ci_low"].astype(float),
                                          rows["ci_high"].astype(float)))
         if wide:
