@@ -180,3 +180,21 @@ def test_precomputed_outputs_match_scipy_dict_and_design_order():
     np.testing.assert_allclose(ours.total_order[0], reference.total_order, atol=1e-10)
     with pytest.raises(AugsenseError, match="design order"):
         sensitivity_from_outputs(design, y[:10])
+
+
+def test_responses_into_a_finished_run_folder_needs_overwrite(round_trip, tmp_path, capsys):
+    """Like `augsense run`: another run's results are not silently replaced."""
+    _, out, responses = round_trip
+    path = tmp_path / "recording.parquet"
+    responses.to_parquet(path)
+    run_folder = tmp_path / "run"
+    command = ["responses", str(out), str(path), "--out", str(run_folder), "--no-report"]
+    assert main(command) == 0
+    first = load_run(run_folder).info["result_set"]
+    capsys.readouterr()
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert load_run(run_folder).info["result_set"] == first
+    assert main(command + ["--overwrite"]) == 0
+    assert load_run(run_folder).info["result_set"] != first

@@ -22,17 +22,21 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--layer", default="responses", help="name the units are reported under (default: responses)")
     parser.add_argument("--confidence", default=None, help="CI level (default: the exported config's, 0.95)")
     parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write report.html")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of a finished run in --out (refused without it)")
     parser.set_defaults(func=cmd_responses)
 
 
 def cmd_responses(args: argparse.Namespace) -> int:
     from augsense.commands._options import parse_number
-    from augsense.io.lock import acquire, prepare_out_dir
+    from augsense.io.lock import open_run_folder
 
     confidence = parse_number("confidence", args.confidence, float) if args.confidence is not None else None
     units = [u.strip() for u in args.units.split(",") if u.strip()] if args.units else None
-    out = prepare_out_dir(args.out)  # writable, before any computing
-    held = acquire(out)  # one writer at a time (the results and the report): a second is refused, naming the holder
+    # writable, one writer at a time (a second is refused, naming the holder), and another run's results
+    # are replaced only with --overwrite: all before any computing
+    held, _ = open_run_folder(args.out, overwrite=args.overwrite)
+    out = Path(args.out)
     try:
         return _responses(args, out, units, confidence)
     finally:
