@@ -205,6 +205,9 @@ class ShapleyExactAccumulator(_ShapleyAccumulator):
     """
 
     kinds = ("shapley-exact",)
+    #: 2: with groups and d >= 2, the layer-level pair sums "gi1", "gi2" as well
+    layout = 2
+    group_sums = ("g1", "gi1")
 
     def __init__(self, design: Design, n_outputs: int, *, groups: torch.Tensor | None = None,
                  device: torch.device | str | None = None, dead_tolerance: float = DEAD_TOLERANCE) -> None:
@@ -219,9 +222,38 @@ class ShapleyExactAccumulator(_ShapleyAccumulator):
     def _new_sums(self) -> dict[str, torch.Tensor]:
         d = self.design.n_players
         n_pairs = d * (d - 1) // 2
-        return super()._new_sums() | {"t": self._zeros(self.n_outputs, 1 << d),
+        sums = super()._new_sums() | {"t": self._zeros(self.n_outputs, 1 << d),
                                       "i1": self._zeros(self.n_outputs, n_pairs, 2),
                                       "i2": self._zeros(self.n_outputs, n_pairs, 3)}
+        if self.groups is not None and n_pairs:   # layer-level interactions: [interaction, V] per (group, pair)
+            sums |= {"gi1": self._zeros(self.n_groups, n_pairs, 2), "gi2": self._zeros(self.n_groups, n_pairs, 3)}
+        return sums
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """As the base class. Layout 1 differs from 2 only by the layer-level pair sums of a grouped run
+        with d >= 2: a layout-1 state of any other run holds the same sums and is read; that one is
+        refused by layout ("state has sums in layout 1 of an earlier augsense ...")."""
+        if state.get("layout", 1) == 1 and set(state.get("sums", {})) == set(self.sums):
+            state = state | {"layout": self.layout}
+        super().load_state_dict(state)
+
+    @property
+    def _layer_pairs(self) -> bool:
+        return "gi1" in self.sums
+
+    def _update_chunk(self, block: DesignBlock, values: torch.Tensor, sl: slice, carry: Any) -> Any:
+        """As the base class; with layer-level pairs the carry is [base carry, group interactions (r, P, ng)]."""
+        if not self._layer_pairs:
+            return super()._update_chunk(block, values, sl, carry)
+        base = super()._update_chunk(block, values, sl, None if carry is None else carry[0])
+        return [base, self._group_sum(self._inter_rows, sl, None if carry is None else carry[1], dim=2)]
+
+    def _finish_block(self, carry: Any) -> None:
+        if carry is None or not self._layer_pairs:
+            return super()._finish_block(carry)
+        base, inter = carry                                            # [(r, d, ng), (r, 1, ng)], (r, P, ng)
+        super()._finish_block(base)
+        self.sums["gi1"] += _delta.row_sums_of([inter, base[1]]).transpose(0, 1)   # (ng, P, 2)
 
     def _per_output(self, r: int) -> int:
         return r * (self.design.group_size * 4 + self._inter_map.shape[0] * 3)
@@ -239,11 +271,35 @@ class ShapleyExactAccumulator(_ShapleyAccumulator):
         if self._inter_map.shape[0]:
             inter = torch.einsum("kg,rgm->rkm", self._inter_map, T)
             self.sums["i1"][sl] += _delta.row_sums_of([inter, v[:, None]]).transpose(0, 1)   # (mc, P, 2)
+            self._inter_rows = inter                                   # (r, P, mc), for the layer-level sums
         return torch.einsum("kg,rgm->rkm", self._shap_map, T), v
 
     def _compute_per_output(self) -> int:
         d = self.design.n_players
         return 4 * (1 << d) + 4 * d * d + 4 * (d * (d - 1) // 2) * 4
+
+    def compute(self, confidence: float = 0.95) -> SensitivityResult:
+        """As the base class; a grouped run's aggregate also carries layer-level pairwise interactions
+        Sum_c I_ij^(c) / Sum_c V^(c) (diagonal: the layer's Shapley effects) with delta-method intervals
+        from the same per-row statistics as the per-output ones, summed over each layer's outputs."""
+        res = super().compute(confidence)
+        if not self._layer_pairs or res.aggregated is None:
+            return res
+        agg, d = res.aggregated, self.design.n_players
+        z = _delta.z_value(confidence, self.n_blocks_seen)
+        gdead = torch.as_tensor(agg.dead, device=self.device)
+        val, ci, _, _ = self._ratio(self.sums["gi1"], self.sums["gi2"], self.n, z, gdead[:, None])
+        ng = val.shape[0]
+        inter = np.full((ng, d, d), np.nan)
+        inter_ci = np.full((2, ng, d, d), np.nan)
+        idx = np.arange(d)
+        inter[:, idx, idx], inter_ci[:, :, idx, idx] = agg.shapley, agg.shapley_ci
+        pi, pj = np.triu_indices(d, 1)
+        val, ci = val.cpu().numpy(), ci.cpu().numpy()
+        inter[:, pi, pj] = inter[:, pj, pi] = val
+        inter_ci[:, :, pi, pj] = inter_ci[:, :, pj, pi] = ci
+        agg.interactions, agg.interactions_ci = inter, inter_ci
+        return res
 
     def _extra(self, sl: slice, z: float, dead: torch.Tensor, shapley: torch.Tensor,
                shapley_ci: torch.Tensor) -> dict[str, torch.Tensor | None]:

@@ -307,8 +307,8 @@ def spatial_maps(data: ReportData, layer: str, quantity: str, max_channels: int 
 def pair_panels(data: ReportData, quantity: str) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
     """Per layer (layer, d × d estimates, (2, d, d) interval or None) of a pairwise quantity, diagonal NaN.
 
-    The run's layer-level estimates with their intervals (``layers.parquet``, sobol2) where it wrote
-    them; otherwise (older result folders, pairwise Shapley interactions) the variance-weighted
+    The run's layer-level estimates with their intervals (``layers.parquet``: sobol2's S2, exact
+    Shapley's interactions) where it wrote them; otherwise (older result folders) the variance-weighted
     pooling of the unit maps, without an interval.
     """
     panels: list[tuple[str, np.ndarray, np.ndarray | None]] = []

@@ -293,15 +293,15 @@ def _interaction_section(page: Page, data: ReportData) -> None:
     panels = figures.pair_panels(data, quantity)
     label = QUANTITY_LABELS[quantity]
     if all(ci is not None for _, _, ci in panels):
-        caption = (f"Layer-level {label} of each pair of factors, Σ_c V_ij^(c) / Σ_c V^(c) over the layer's units, "
+        ratio = "Σ_c I_ij^(c) / Σ_c V^(c)" if quantity == "interactions" else "Σ_c V_ij^(c) / Σ_c V^(c)"
+        caption = (f"Layer-level {label} of each pair of factors, {ratio} over the layer's units, "
                    "with its confidence interval (red: synergy, blue: redundancy; hatched: the interval contains 0")
         caption += ")." if len(data.players) <= figures.CELL_TEXT_FACTORS else \
             "; the intervals are in the table below)."
     else:
         caption = (f"Layer-aggregated {label} of each pair of factors (variance-weighted over units; red: synergy, "
-                   "blue: redundancy). This run folder holds no layer-level pairwise intervals (pairwise Shapley "
-                   "interactions, or a run by an earlier augsense); each unit's pairwise indices with intervals are "
-                   "in indices.parquet.")
+                   "blue: redundancy). This run folder holds no layer-level pairwise intervals (a run by an earlier "
+                   "augsense); each unit's pairwise indices with intervals are in indices.parquet.")
     page.figure(section, fig, "interactions", caption)
     rows = [(layer, players[i], players[j], interval(est[i, j], ci[0, i, j], ci[1, i, j]))
             for layer, est, ci in panels if ci is not None
