@@ -71,12 +71,14 @@ def summary_warnings(run: Any) -> list[str]:
             for g, layer in enumerate(run.layers):
                 for j, factor in enumerate(run.players):
                     rows.append((layer, factor, quantity, float(ci[0][g, j]), float(ci[1][g, j])))
-        ci = getattr(aggregated, "second_order_ci", None)  # layer-level S2: (2, groups, d, d), NaN on the diagonal
-        if ci is not None:
+        for quantity in ("second_order", "interactions"):  # layer-level pairs: (2, groups, d, d)
+            ci = getattr(aggregated, f"{quantity}_ci", None)
+            if ci is None:
+                continue
             for g, layer in enumerate(run.layers):
                 for i, first in enumerate(run.players):
                     for j in range(i + 1, len(run.players)):
-                        rows.append((layer, f"{first}×{run.players[j]}", "second_order", float(ci[0][g, i, j]),
+                        rows.append((layer, f"{first}×{run.players[j]}", quantity, float(ci[0][g, i, j]),
                                      float(ci[1][g, i, j])))
         wide = wide_interval_warning(rows)
         if wide:

@@ -181,9 +181,9 @@ def banner_warnings(data: ReportData) -> list[str]:
         out.append(skipped)
     if data.layers is not None and {"factor", "quantity", "ci_low", "ci_high"} <= set(data.layers.columns):
         rows = data.layers[data.layers["factor"].notna()
-                           & data.layers["quantity"].isin([*data.factor_quantities(), "second_order"])]
+                           & data.layers["quantity"].isin([*data.factor_quantities(), "second_order", "interactions"])]
         factors = rows["factor"].astype(str)
-        if "factor2" in rows.columns:  # a pair of factors (layer-level S2): "hue×blur"
+        if "factor2" in rows.columns:  # a pair of factors (layer-level S2, interactions): "hue×blur"
             factors = factors.where(rows["factor2"].isna(), factors + "×" + rows["factor2"].astype(str))
         wide = wide_interval_warning(zip(rows["layer"].astype(str), factors,
                                          rows["quantity"].astype(str), rows["ci_low"].astype(float),
