@@ -67,6 +67,9 @@ class DesignAccumulator:
     group_sums: tuple[str, ...] = ("g1",)
     #: per-chunk temporary target; kernels contiguous along the outputs want long chunks
     chunk_elements: int = CHUNK_ELEMENTS
+    #: true: ``_update_chunk`` adds each block's outer products to the per-output "x2" sums itself (from the
+    #: increments it computes, no before/after copies of "x1"); the group sums still go through ``_finish_block``
+    moments_in_chunk: bool = False
 
     def __init__(self, design: Design, n_outputs: int, *, groups: torch.Tensor | None = None,
                  device: torch.device | str | None = None, dead_tolerance: float = DEAD_TOLERANCE) -> None:
@@ -155,7 +158,7 @@ class DesignAccumulator:
         if self.shift is None:
             self.shift = outputs[:, :2].to(self.device, torch.float64).mean(dim=(0, 1))
         carry = None
-        pairs = [(a, b) for a, b in self._moment_pairs() if a not in self.group_sums]
+        pairs = [] if self.moments_in_chunk else [(a, b) for a, b in self._moment_pairs() if a not in self.group_sums]
         for sl in self._chunks(self._per_output(r)):
             values = outputs[:, :, sl].to(self.device, torch.float64) - self.shift[sl]
             with self._block_moments(pairs, sl):
