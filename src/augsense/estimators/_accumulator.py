@@ -95,6 +95,7 @@ class DesignAccumulator:
                 raise AugsenseError("group ids must be >= 0")
             self.groups = groups.to(self.device, torch.int64)
             self.n_groups = int(self.groups.max()) + 1
+        self._uniform_groups: dict[tuple[int, int], int] = {}   # chunk -> its one group, or -1 (see _group_sum)
         self.n = 0
         self.blocks_seen = np.zeros(design.n_blocks, dtype=bool)
         self.shift: torch.Tensor | None = None
@@ -253,7 +254,15 @@ class DesignAccumulator:
             shape = list(x.shape)
             shape[dim] = self.n_groups
             into = x.new_zeros(shape)
-        return into.index_add_(dim, self.groups[outputs], x)
+        key = (outputs.start, outputs.stop)
+        if key not in self._uniform_groups:   # groups are layers: most chunks lie inside one
+            g = self.groups[outputs]
+            self._uniform_groups[key] = int(g[0]) if g.numel() and bool((g == g[0]).all()) else -1
+        g = self._uniform_groups[key]
+        if g < 0:
+            return into.index_add_(dim, self.groups[outputs], x)
+        into.select(dim, g).add_(x.sum(dim))
+        return into
 
     def _dead(self, variance: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         return dead_outputs(variance, mean, self.dead_tolerance)

@@ -137,20 +137,21 @@ class SobolAccumulator(DesignAccumulator):
         if not (self._second or self.groups is not None):
             return carry
         if self._second:
-            pi, pj = self._pairs()
+            pi, pj = _pair_index(d, values.device)
             ba = values[:, 2 + d:]                                       # (r, d, mc)
             # y = f_BA_i f_AB_j - f_A f_B - f_B D_i - f_B D_j, t = f_BA_i + f_AB_j - f_A - f_B - D_i - D_j, row sums
             sbD, sD = bD.sum(0), c[1]
             pair = D.new_empty(2, len(pi), D.shape[-1])                  # (2, P, mc)
-            torch.sum(ba[:, pi] * ab[:, pj], 0, out=pair[0])
-            pair[0] -= (a * b).sum(0) + sbD[pi] + sbD[pj]
-            pair[1] = ba.sum(0)[pi] + ab.sum(0)[pj] - (a + b).sum(0) - sD[pi] - sD[pj]
+            torch.sum(ba.index_select(1, pi) * ab.index_select(1, pj), 0, out=pair[0])
+            pair[0] -= (a * b).sum(0) + sbD.index_select(0, pi) + sbD.index_select(0, pj)
+            torch.sub(ba.sum(0).index_select(0, pi) + ab.sum(0).index_select(0, pj), (a + b).sum(0), out=pair[1])
+            pair[1] -= sD.index_select(0, pi) + sD.index_select(0, pj)
             self._add_cell("p", pair, w, sl)
         if self.groups is not None:
             # shift-invariant companions for the group intervals (same expectations), row sums (k, mc)
             terms = [((b[:, None] - 0.5 * (a[:, None] + ab)) * D).sum(0), c[2], (0.5 * (a - b) ** 2).sum(0)[None]]
             if self._second:   # pure second-order V_ij of the pairs i < j (see _aggregate)
-                terms.append(((ba[:, pi] - b[:, None]) * D[:, pj]).sum(0))   # (P, mc)
+                terms.append(((ba - b[:, None]).index_select(1, pi) * D.index_select(1, pj)).sum(0))   # (P, mc)
             carry = [self._group_sum(x, sl, None if carry is None else carry[k], dim=1)
                      for k, x in enumerate(terms)]
         return carry
@@ -341,20 +342,10 @@ class SobolAccumulator(DesignAccumulator):
 
 
 @lru_cache(maxsize=None)
-def _power_table(denominator: str) -> tuple[list[tuple[int, ...]], torch.Tensor]:
-    """Per-row statistic vectors z of one (output, factor) cell as polynomials in D = f_AB_i - f_A
-    (their row sums; powers of D up to 2).
-
-    pooled, atom f_B: z = [f_B D, D, D^2/2]; paired, atom e = f_B - f_A: z = [e D - D^2/2
-    (= (f_B - (f_A + f_AB_i)/2) D), D, D^2/2]. The denominator terms ((f_A^2 + f_B^2)/2, f_A + f_B;
-    paired e^2/2) do not depend on the factor and are summed once per output ("w1").
-    """
-    if denominator == "pooled":
-        z = [[(1.0, (1,), 1)], [(1.0, (0,), 1)], [(0.5, (0,), 2)]]
-    else:
-        z = [[(1.0, (1,), 1), (-0.5, (0,), 2)], [(1.0, (0,), 1)], [(0.5, (0,), 2)]]
-    weights, coef = _delta.power_basis(z)   # first moments: second moments are kept per block
-    return weights, torch.as_tensor(coef)
+def _pair_index(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factors i, j (P,) of the pairs i < j, in :meth:`SobolAccumulator._pairs` order."""
+    i, j = torch.triu_indices(d, d, 1, device=device)
+    return i, j
 
 
 def _stat_outer(s: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
