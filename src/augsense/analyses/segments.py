@@ -92,6 +92,25 @@ class Segment:
     spec: str
 
 
+def _traced_shape(model: nn.Module, module: nn.Module, input_size: int, *, output: bool) -> tuple[int, ...] | None:
+    """The shape (batch of 1 included) of ``module``'s first tensor input (or its output) during one pass of
+    a blank (1, 3, input_size, input_size) image; None when it never sees a tensor."""
+    shapes: list[tuple[int, ...]] = []
+
+    def record(_: nn.Module, args: tuple[object, ...], result: object = None) -> None:
+        tensor = result if output else args[0] if args else None
+        if isinstance(tensor, torch.Tensor) and not shapes:
+            shapes.append(tuple(tensor.shape))
+
+    hook = module.register_forward_hook(record) if output else module.register_forward_pre_hook(record)
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        hook.remove()
+    return shapes[0] if shapes else None
+
+
 def parse_segment(model: nn.Module, spec: str, input_size: int = 224) -> Segment:
     """Resolve ``"parent.A-B"`` (children A..B inclusive), ``"a,b,c"`` or ``"name"`` on ``model``.
 
@@ -114,19 +133,8 @@ def parse_segment(model: nn.Module, spec: str, input_size: int = 224) -> Segment
         children = [n for n in modules if n and "." not in n]
         raise AugsenseError(f"segment {spec!r}: the model has no module {unknown[0]!r}; top-level modules: "
                             f"{', '.join(children)} (see `augsense layers MODEL`)")
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def record(module: nn.Module, args: tuple[object, ...]) -> None:
-        if isinstance(args[0], torch.Tensor) and "input" not in shapes:
-            shapes["input"] = tuple(args[0].shape[1:])
-
-    handle = modules[names[0]].register_forward_pre_hook(record)
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, input_size, input_size))
-    finally:
-        handle.remove()
-    shape = shapes.get("input")
+    traced = _traced_shape(model, modules[names[0]], input_size, output=False)
+    shape = traced[1:] if traced is not None else None
     if shape is None or len(shape) != 3:
         raise AugsenseError(f"segment {spec!r}: module {names[0]!r} does not take an image-like (C, H, W) input "
                             f"(got {shape}); start the segment at a convolutional block")
@@ -208,19 +216,7 @@ def parse_neurons(model: nn.Module, segment: Segment, spec: object, input_size: 
         raise AugsenseError(f"neurons: no channel index given for {module!r}")
     if len(set(indices)) != len(indices):
         raise AugsenseError(f"neurons: channel indices of {module!r} repeat: {indices}")
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def record(mod: nn.Module, args: object, output: object) -> None:
-        if isinstance(output, torch.Tensor):
-            shapes.setdefault("output", tuple(output.shape))
-
-    handle = dict(model.named_modules())[module].register_forward_hook(record)
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, input_size, input_size))
-    finally:
-        handle.remove()
-    shape = shapes.get("output")
+    shape = _traced_shape(model, dict(model.named_modules())[module], input_size, output=True)
     if shape is None or len(shape) not in (2, 4):
         raise AugsenseError(f"neurons: {module!r} gives {shape}, not (n, C) or (n, C, H, W); channels are selected on "
                             "axis 1 (convolutional or linear outputs)")
