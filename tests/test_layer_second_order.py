@@ -135,27 +135,33 @@ def test_layer_second_order_intervals_cover_95_percent_two_sided():
     check_two_sided("layer second_order", est[:, iu, ju], ci[:, :, iu, ju], truth[iu, ju])
 
 
-@pytest.mark.parametrize("denominator", ["pooled", "paired"])
-def test_shards_with_other_shifts_and_a_resume_equal_one_pass(denominator):
-    whole = filled(512, denominator=denominator).compute().aggregated
-    n_blocks = make_design("sobol2", [1] * D, 512, seed=3, block_size=64).n_blocks
-    parts = [filled(512, blocks=range(r, n_blocks, 3), denominator=denominator) for r in range(3)]
+def check_shards_and_resume_equal_one_pass(fill, names: tuple[str, ...], **options) -> None:
+    """Three shards with other shifts merged, and a resume through a state dict, equal one pass over
+    512 rows (``fill(n, blocks=…, **options)``: a grouped accumulator over the polynomial units)."""
+    whole = fill(512, **options).compute().aggregated
+    n_blocks = fill(512, blocks=[], **options).design.n_blocks
+    parts = [fill(512, blocks=range(r, n_blocks, 3), **options) for r in range(3)]
     assert not torch.equal(parts[0].shift, parts[1].shift)
     for part in parts[1:]:
         parts[0].merge(part)
     # resume: half the blocks, through a state dict, then the rest
-    first = filled(512, blocks=range(0, n_blocks // 2), denominator=denominator)
-    resumed = make_accumulator(first.design, len(POLY_GROUPS), groups=torch.as_tensor(POLY_GROUPS),
-                               denominator=denominator)
+    first = fill(512, blocks=range(0, n_blocks // 2), **options)
+    resumed = make_accumulator(first.design, len(POLY_GROUPS), groups=torch.as_tensor(POLY_GROUPS), **options)
     resumed.load_state_dict(first.state_dict())
     for k in range(n_blocks // 2, n_blocks):
         block = first.design.block(k)
         resumed.update(block, torch.as_tensor(polynomial_units(block.points)))
     for other in (parts[0], resumed):
         agg = other.compute().aggregated
-        for name in ("second_order", "second_order_ci", "first_order_ci"):
+        for name in names:
             np.testing.assert_allclose(getattr(agg, name), getattr(whole, name), rtol=1e-9, atol=1e-12,
                                        equal_nan=True, err_msg=name)
+
+
+@pytest.mark.parametrize("denominator", ["pooled", "paired"])
+def test_shards_with_other_shifts_and_a_resume_equal_one_pass(denominator):
+    check_shards_and_resume_equal_one_pass(filled, ("second_order", "second_order_ci", "first_order_ci"),
+                                           denominator=denominator)
 
 
 def test_layer_second_order_does_not_see_output_shifts_and_keeps_intervals_without_unit_ones():

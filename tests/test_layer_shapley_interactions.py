@@ -21,7 +21,7 @@ from augsense.errors import AugsenseError
 from augsense.estimators import make_accumulator
 from exact import closed_variances, gauss_legendre
 from test_interval_strength import D, UNITS, _blocks, _from_b, check_two_sided, components
-from test_layer_second_order import OFFSET, POLY_GROUPS, polynomial_units
+from test_layer_second_order import OFFSET, POLY_GROUPS, check_shards_and_resume_equal_one_pass, polynomial_units
 
 
 def exact_layer_interactions(groups: np.ndarray, nodes: int = 4) -> np.ndarray:
@@ -101,23 +101,7 @@ def test_layer_interaction_intervals_cover_95_percent_two_sided():
 
 
 def test_shards_with_other_shifts_and_a_resume_equal_one_pass():
-    whole = filled(512).compute().aggregated
-    n_blocks = make_design("shapley-exact", [1] * D, 512, seed=3, block_size=64).n_blocks
-    parts = [filled(512, blocks=range(r, n_blocks, 3)) for r in range(3)]
-    assert not torch.equal(parts[0].shift, parts[1].shift)
-    for part in parts[1:]:
-        parts[0].merge(part)
-    first = filled(512, blocks=range(0, n_blocks // 2))
-    resumed = make_accumulator(first.design, len(POLY_GROUPS), groups=torch.as_tensor(POLY_GROUPS))
-    resumed.load_state_dict(first.state_dict())
-    for k in range(n_blocks // 2, n_blocks):
-        block = first.design.block(k)
-        resumed.update(block, torch.as_tensor(polynomial_units(block.points)))
-    for other in (parts[0], resumed):
-        agg = other.compute().aggregated
-        for name in ("interactions", "interactions_ci", "shapley_ci"):
-            np.testing.assert_allclose(getattr(agg, name), getattr(whole, name), rtol=1e-9, atol=1e-12,
-                                       equal_nan=True, err_msg=name)
+    check_shards_and_resume_equal_one_pass(filled, ("interactions", "interactions_ci", "shapley_ci"))
 
 
 def test_a_grouped_layout_1_state_is_refused_and_other_layout_1_states_are_read():
