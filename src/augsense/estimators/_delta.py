@@ -14,10 +14,8 @@ the ordinary i.i.d. delta method.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import lru_cache
 
-import numpy as np
 import torch
 from scipy.stats import norm
 from scipy.stats import t as student_t
@@ -43,59 +41,8 @@ def row_sums_of(terms: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.sum(0).expand(shape) for t in terms], -1)
 
 
-#: one term coef * prod(atom_k ** exps[k]) * D ** power of a per-row statistic
-Term = tuple[float, tuple[int, ...], int]
 #: the highest power of D in a first-moment statistic (D^2 / 2 in Jansen's total-order numerator)
 MAX_POWER = 2
-
-
-def power_basis(components: Sequence[Sequence[Term]]) -> tuple[list[tuple[int, ...]], np.ndarray]:
-    """Express the row sums of z through weighted power sums.
-
-    Each statistic z_c of a (row, output, factor) is a polynomial sum coef * w(row, output) *
-    D(row, output, factor)**power in per-output weights w (monomials in a few per-output atoms,
-    e.g. f_B) and powers of one per-factor difference D. Every sum of z is then a linear
-    combination of Sum_rows w_k D**l, which one batched matmul (rows contracted) gives for all
-    factors at once. Returns the weight monomials (exponent tuples) and C (p, k (MAX_POWER + 1)),
-    the coefficients on the basis index k (MAX_POWER + 1) + l.
-    """
-    weights = sorted({e for poly in components for _, e, _ in poly})
-    coef = np.zeros((len(components), len(weights) * (MAX_POWER + 1)))
-    for row, poly in enumerate(components):
-        for c, e, l in poly:
-            if l > MAX_POWER:
-                raise ValueError(f"power {l} > {MAX_POWER}")
-            coef[row, weights.index(e) * (MAX_POWER + 1) + l] += c
-    return weights, coef
-
-
-def power_moments(D: torch.Tensor, atoms: Sequence[torch.Tensor], weights: Sequence[tuple[int, ...]],
-                  coef: torch.Tensor) -> torch.Tensor:
-    """The row sums of z (mc, d, p) from :func:`power_basis`.
-
-    D: (mc, r, d) per-factor differences; atoms: per-output row values, each (mc, r). Cost: the
-    powers D**1..MAX_POWER plus one (k x r) @ (r x (MAX_POWER d + 1)) product per output.
-    """
-    mc, r, d = D.shape
-    P = D.new_empty(mc, r, 1 + MAX_POWER * d)
-    P[..., 0] = 1.0
-    P[..., 1:1 + d] = D
-    for l in range(2, MAX_POWER + 1):
-        torch.mul(P[..., 1 + (l - 2) * d:1 + (l - 1) * d], D, out=P[..., 1 + (l - 1) * d:1 + l * d])
-    W = D.new_empty(mc, len(weights), r)
-    for k, exps in enumerate(weights):
-        w = None
-        for atom, e in zip(atoms, exps):
-            for _ in range(e):
-                w = atom if w is None else w * atom
-        if w is None:
-            W[:, k] = 1.0
-        else:
-            W[:, k] = w
-    B = torch.bmm(W, P)                                                  # (mc, k, 1 + MAX_POWER d)
-    full = torch.cat([B[..., :1, None].expand(mc, len(weights), 1, d),
-                      B[..., 1:].reshape(mc, len(weights), MAX_POWER, d)], 2)   # (mc, k, MAX_POWER + 1, d)
-    return full.reshape(mc, -1, d).transpose(1, 2) @ coef.T             # (mc, d, p)
 
 
 def _full(s2: torch.Tensor, p: int, like: torch.Tensor) -> torch.Tensor:
