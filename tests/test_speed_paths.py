@@ -171,16 +171,3 @@ def test_normalise_into_is_the_stretch_and_normalisation_written_in_one_pass():
         assert normalise_into(images, out, IMAGENET_MEAN, IMAGENET_STD, stretch=stretch) is out
         assert out.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
-
-
-def test_background_work_hands_back_its_value_or_its_error_and_runs_in_inference_mode():
-    from augsense.analyses.feed import Background
-
-    assert Background(lambda: torch.is_inference_mode_enabled(), key="g").result() is True
-
-    def failing():
-        raise ValueError("augmentation failed")
-
-    with pytest.raises(ValueError, match="augmentation failed"):
-        Background(failing).result()
-    Background(failing).wait()  # a result no longer wanted: waited for, its error dropped

@@ -16,9 +16,7 @@
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -117,40 +115,6 @@ def _restore_layouts(before: list[tuple[nn.Module, str, bool, torch.Tensor]]) ->
                 current.data = original
             else:
                 owner._buffers[name] = original
-
-
-class Background:
-    """``work()`` run in a thread (inside inference mode, which is per thread); :meth:`result` waits for it.
-
-    The run loop augments the next group's images with it while the accumulator takes the current
-    group's outputs (torch releases the GIL inside its operations, so the two overlap on a CPU).
-    """
-
-    def __init__(self, work: Callable[[], Any], key: Any = None) -> None:
-        self.key = key
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-        def target() -> None:
-            try:
-                with torch.inference_mode():
-                    self._value = work()
-            except BaseException as error:  # handed to the thread that asks for the result
-                self._error = error
-
-        self._thread = threading.Thread(target=target, name="augsense-prefetch", daemon=True)
-        self._thread.start()
-
-    def result(self) -> Any:
-        """Wait for the work; its value, or its exception raised here."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-    def wait(self) -> None:
-        """Wait for the work, whatever its outcome (for a result no longer wanted)."""
-        self._thread.join()
 
 
 def group_of(blocks: range, per_batch: int, k: int) -> range:

@@ -24,7 +24,7 @@ from torch import nn
 
 from augsense.allocator import heap_allocations
 from augsense.blockset import BlockSet
-from augsense.analyses.feed import Background, ImageFeed, channels_last, group_of, to_device
+from augsense.analyses.feed import ImageFeed, channels_last, group_of, to_device
 from augsense.analyses.plan import RunPlan, check_ranks_agree
 from augsense.config import SensitivityConfig
 from augsense.design import Design, DesignBlock, layouts, make_design
@@ -462,16 +462,10 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
     def inputs_buffer(n: int, layout: torch.memory_format) -> torch.Tensor:
         return reused("inputs", (n, 3, feed.images.size, feed.images.size), layout)
 
-    def forward(blocks: list[DesignBlock], layout: torch.memory_format,
-                prepared: tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-                ) -> dict[int, tuple[DesignBlock, torch.Tensor]]:
-        """One forward pass (in chunks) over several blocks: {block index: (block, (rows, G, m) outputs)}.
-
-        ``prepared``: the blocks' rows (:func:`group_rows`) and their inputs, already written into the
-        inputs buffer for the whole group (by the prefetch), used when the group is one forward chunk.
-        """
+    def forward(blocks: list[DesignBlock], layout: torch.memory_format) -> dict[int, tuple[DesignBlock, torch.Tensor]]:
+        """One forward pass (in chunks) over several blocks: {block index: (block, (rows, G, m) outputs)}."""
         nonlocal chunk
-        sizes, u, index = prepared[:3] if prepared is not None else group_rows(blocks)
+        sizes, u, index = group_rows(blocks)
         total = sum(sizes)
         outputs = reused("outputs", (total, probe.n_units), torch.contiguous_format)
 
@@ -485,11 +479,7 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
         while start < total:  # forward chunks; halve them when the device runs out of memory
             part = slice(start, min(start + chunk, total))
             try:
-                if prepared is not None and part == slice(0, total):
-                    outputs[part] = forwarded(prepared[3])
-                else:
-                    outputs[part] = forwarded(model_inputs(u, index, part, inputs_buffer(part.stop - part.start,
-                                                                                         layout)))
+                outputs[part] = forwarded(model_inputs(u, index, part, inputs_buffer(part.stop - part.start, layout)))
             except RuntimeError as error:
                 if not is_out_of_memory(error):
                     raise
@@ -497,61 +487,26 @@ def _run_sensitivity(config: SensitivityConfig, *, model: nn.Module | ModelBundl
             else:
                 start, failure = part.stop, ""
             if failure:  # outside the handler, so the failed batch's tensors are already freed
-                prepared = None  # its inputs were in the buffer that goes now
                 buffers.pop("inputs", None)  # sized for the failed chunk
                 chunk = smaller_chunk(chunk, failure, device)
         pieces = outputs.split(sizes)
         return {b.index: (b, piece.view(b.points.shape[0], b.points.shape[1], probe.n_units))
                 for b, piece in zip(blocks, pieces)}
 
-    def prefetch(group: range, layout: torch.memory_format) -> Background | None:
-        """On the CPU: augment the group after ``group`` into the inputs buffer in a background thread, while
-        the accumulator takes this group's outputs (the buffer is free once this group's forward is done)."""
-        position = my_blocks.index(group[-1]) + 1
-        if device.type != "cpu" or position >= len(my_blocks):
-            return None
-        following = group_of(my_blocks, per_batch, my_blocks[position])
-        blocks = [design.block(j) for j in following]
-        sizes, u, index = group_rows(blocks)
-        if sum(sizes) > chunk:  # forwarded in several chunks: augmented chunk by chunk as it goes
-            return None
-        x = inputs_buffer(sum(sizes), layout)
-        return Background(lambda: (sizes, u, index, model_inputs(u, index, slice(0, sum(sizes)), x)),
-                         key=(tuple(following), blocks))
-
     ready: dict[int, tuple[DesignBlock, torch.Tensor]] = {}
     accumulating = 0.0  # seconds in the accumulator's updates (on CUDA: their launch time only)
-    pending: Background | None = None
     with probe, torch.inference_mode(), allocator, channels_last(bundle.module) as layout:
-        try:
-            for k in schedule:
-                if k not in ready:  # forward the blocks of k's group together (a resumed run: the same groups)
-                    group = group_of(my_blocks, per_batch, k)
-                    prepared, blocks = None, None
-                    if pending is not None:
-                        if pending.key[0] == tuple(group):
-                            blocks = pending.key[1]
-                            try:
-                                prepared = pending.result()
-                            except RuntimeError as error:  # out of memory: forward() augments again, in halves
-                                if not is_out_of_memory(error):
-                                    raise
-                        else:
-                            pending.wait()
-                        pending = None
-                    ready = forward(blocks or [design.block(j) for j in group], layout, prepared)
-                    pending = prefetch(group, layout)
-                block, outputs = ready.pop(k)
-                updating = time.perf_counter()
-                accumulator.update(block, outputs)
-                accumulating += time.perf_counter() - updating
-                rows, group_size = outputs.shape[:2]
-                evaluated += rows * group_size
-                bar.update(rows * group_size)
-                del outputs
-        finally:
-            if pending is not None:  # the run stopped before the prefetched group: its work is dropped
-                pending.wait()
+        for k in schedule:
+            if k not in ready:  # forward the blocks of k's group together (a resumed run: the same groups)
+                ready = forward([design.block(j) for j in group_of(my_blocks, per_batch, k)], layout)
+            block, outputs = ready.pop(k)
+            updating = time.perf_counter()
+            accumulator.update(block, outputs)
+            accumulating += time.perf_counter() - updating
+            rows, group_size = outputs.shape[:2]
+            evaluated += rows * group_size
+            bar.update(rows * group_size)
+            del outputs
         ready.clear()
         buffers.clear()
     bar.close()
