@@ -287,3 +287,25 @@ def test_the_label_files_used_are_printed_once_and_recorded_in_run_json(tmp_path
     explicit = load_folder(data / "val", 16, label_files=[str(tmp_path / "LOC_synset_mapping.txt"),
                                                           str(tmp_path / "LOC_val_solution.csv")])
     assert explicit.label_files[0].endswith("(given in label_files)") and explicit.labels is not None
+
+
+def test_clean_top1_counts_only_labelled_images_and_does_not_copy_them(monkeypatch):
+    """A partially labelled set: accuracy over the labelled images, read from the whole set batch by batch
+    (``ImageSet.labelled`` would copy the pixels of a memory-mapped cache)."""
+    from augsense.analyses.sensitivity import clean_top1
+    from augsense.io.images import ImageSet
+
+    pixels = torch.stack([torch.full((3, 4, 4), 40 * i, dtype=torch.uint8) for i in range(5)])
+    images = ImageSet(pixels, torch.tensor([0, -1, 2, -1, 0]), [f"img{i}" for i in range(5)])
+
+    class ImageIndexModulo3(nn.Module):  # predicts class (image number mod 3), read from the grey level
+        def forward(self, x):
+            number = torch.round(x[:, 0].mean((1, 2)) * 255 / 40).long()
+            return nn.functional.one_hot(number % 3, 3).float()
+
+    bundle = ModelBundle(ImageIndexModulo3(), "mod3", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    monkeypatch.setattr(ImageSet, "labelled", lambda self: pytest.fail("clean_top1 copied the labelled images"))
+    # image 0: predicted 0, label 0; image 2: 2 vs 2; image 4: 1 vs 0 -> 2 of 3, in batches of 1, 2 and 5
+    for batch_size in (1, 2, 5):
+        assert clean_top1(bundle, images, torch.device("cpu"), batch_size) == pytest.approx(2 / 3)
+    assert clean_top1(bundle, ImageSet(pixels, torch.full((5,), -1), images.sources), torch.device("cpu"), 2) is None

@@ -206,19 +206,22 @@ def layer_layouts(probe: ActivationProbe) -> dict[str, str]:
 
 def clean_top1(bundle: ModelBundle, images: ImageSet, device: torch.device, batch_size: int,
                transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float | None:
-    """Top-1 accuracy of the model on the labelled, unaugmented images (None without labels)."""
+    """Top-1 accuracy of the model on the labelled, unaugmented images (None without labels).
+
+    The labelled images are gathered batch by batch from the whole set (a partially labelled, memory-mapped
+    image set is not copied)."""
     if images.labels is None or not bool((images.labels >= 0).any()):
         return None
-    labelled = images.labelled()
+    labelled = torch.nonzero(images.labels >= 0).flatten()
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(labelled), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(labelled)))
-            x = labelled.batch(index, device)
+            index = labelled[start:start + batch_size]
+            x = images.batch(index, device)
             if transform is not None:
                 x = transform(x)
             logits = bundle.module(bundle.normalise(x))
-            correct += int((logits.argmax(1).cpu() == labelled.labels[index]).sum())  # type: ignore[index]
+            correct += int((logits.argmax(1).cpu() == images.labels[index]).sum())
     return correct / len(labelled)
 
 
