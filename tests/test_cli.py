@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,24 @@ def test_a_constant_layer_says_why_it_has_no_indices(folder, tmp_path, capsys):
     assert "no variance" in fc and "nan" not in fc
     layer1 = next(line for line in stdout.splitlines() if line.strip().startswith("layer1 "))
     assert "nan" not in layer1 and "no variance" not in layer1
+
+
+def _entry(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``augsense.cli.entry`` (the console script) in a fresh interpreter, after ``code``."""
+    script = f"import sys\n{code}\nsys.argv = ['augsense', *{list(args)!r}]\nfrom augsense.cli import entry\nentry()\n"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+
+def test_the_console_script_exits_fast_with_the_command_status_output_and_exit_handlers():
+    """entry() leaves with os._exit after the command: the exit status, every line of output (flushed) and the
+    atexit handlers (logging, temporary files) must survive that."""
+    done = _entry("import atexit; atexit.register(lambda: print('exit handler ran'))", "factors")
+    assert done.returncode == 0, done.stderr
+    listing = done.stdout.splitlines()
+    assert listing[-1] == "exit handler ran"
+    assert any(line.split()[:1] == ["hue"] for line in listing) and len(listing) > 20
+    bad = _entry("", "run", "--model", "no-such-model", "--out", "/nonexistent/x")
+    assert bad.returncode == 2 and bad.stderr.startswith("augsense: error:") and bad.stdout == ""
+    module = subprocess.run([sys.executable, "-m", "augsense", "layers", "no-such-model"], capture_output=True,
+                            text=True, timeout=300)
+    assert module.returncode == 2 and "augsense: error:" in module.stderr
