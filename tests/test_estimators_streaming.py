@@ -240,7 +240,8 @@ def test_power_basis_sums_equal_the_naive_row_sums_and_block_outer_product(denom
         parts = [(b[:, None] - 0.5 * (a[:, None] + ab)) * D, D, 0.5 * D * D, (0.5 * (a - b) ** 2)[:, None].expand_as(D)]
     s1 = torch.stack(parts, -1).transpose(1, 2).sum(0)                  # (m, d, p)
     # the denominator terms are stored once per output ("w1", "w2"); join_shared gives every cell its copy
-    c1, c2 = _delta.join_shared(acc.sums["c1"], acc.sums["c2"], acc.sums["w1"], acc.sums["w2"])
+    sums = acc.state_dict()["sums"]   # output-major, as saved
+    c1, c2 = _delta.join_shared(sums["c1"], sums["c2"], sums["w1"], sums["w2"])
     np.testing.assert_allclose(c1, s1, rtol=1e-10, atol=1e-10 * s1.abs().max().item())
     # second moments are kept per block (the replicates behind the intervals): the block sum's outer product
     block_outer = _delta.block_outer(s1)

@@ -42,7 +42,8 @@ def test_state_bytes_formula_equals_the_state_tensors_nbytes(kind, denominator, 
         pytest.skip("second order needs two factors")
     m = 7
     acc = filled(kind, denominator, d, m, blocks=[0], groups=torch.arange(m) % 2)
-    per_output = {k: v for k, v in acc.sums.items() if not k.startswith("g")}   # g1, g2: per group
+    sums = acc.state_dict()["sums"]   # output-major, as saved (inside, the per-output sums are stat-major)
+    per_output = {k: v for k, v in sums.items() if not k.startswith("g")}   # g1, g2: per group
     assert all(v.shape[0] == m and v.dtype == torch.float64 for v in per_output.values())
     actual = {k: v[0].numel() for k, v in per_output.items()} | {"shift": acc.shift.numel() // m}
     assert actual == state_floats(kind, d, denominator=denominator)

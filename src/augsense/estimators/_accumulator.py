@@ -3,7 +3,10 @@
 Sums are float64 tensors on the accumulator's device, shifted by a per-output constant K (the
 mean of the first block seen) so that large means do not destroy precision; merging re-expresses
 the other accumulator's sums in this one's shift exactly (each subclass gives its affine map).
-Blocks are processed in chunks of outputs sized to stay in cache (``CHUNK_ELEMENTS``), and
+Per-output sums may be kept stat-major inside (``stat_major_sums``: outputs on the last axis, so
+every per-block add runs contiguously along the outputs); ``state_dict`` always gives them
+output-major (outputs first), the layout every saved state has. Blocks are processed in chunks of
+outputs (``CHUNK_ELEMENTS``, or a class's ``chunk_elements``), and
 ``compute`` works through the outputs in chunks too (``COMPUTE_CHUNK_ELEMENTS``), writing each
 chunk's indices into the whole result arrays, so no temporary ever scales with m: a run's memory
 is the state (see :mod:`augsense.estimators.memory`) plus the result arrays.
@@ -70,6 +73,10 @@ class DesignAccumulator:
     #: true: ``_update_chunk`` adds each block's outer products to the per-output "x2" sums itself (from the
     #: increments it computes, no before/after copies of "x1"); the group sums still go through ``_finish_block``
     moments_in_chunk: bool = False
+    #: per-output sums kept stat-major: the axes of their state layout reversed, e.g. (m, d, p) in the state,
+    #: (p, d, m) inside, so a block's chunk adds to ``sums[k][..., sl]``, contiguous along the outputs; read them
+    #: output-major with :meth:`_output_major`. Needs ``moments_in_chunk`` (``_block_moments`` slices dim 0)
+    stat_major_sums: frozenset[str] = frozenset()
 
     def __init__(self, design: Design, n_outputs: int, *, groups: torch.Tensor | None = None,
                  device: torch.device | str | None = None, dead_tolerance: float = DEAD_TOLERANCE) -> None:
@@ -128,8 +135,8 @@ class DesignAccumulator:
 
     def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor,
                       rows_per_block: float) -> dict[str, torch.Tensor]:
-        """Sums of another accumulator (n rows in blocks of ``rows_per_block``) after adding delta (m,)
-        to all of its shifted values."""
+        """Sums of another accumulator (n rows in blocks of ``rows_per_block``; inside layout, see
+        ``stat_major_sums``) after adding delta (m,) to all of its shifted values."""
         raise NotImplementedError
 
     def _config(self) -> dict[str, Any]:
@@ -138,6 +145,20 @@ class DesignAccumulator:
     # -- shared protocol ------------------------------------------------------------------------
     def _zeros(self, *shape: int) -> torch.Tensor:
         return torch.zeros(shape, dtype=torch.float64, device=self.device)
+
+    def _output_major(self, name: str, outputs: slice, sums: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Sum ``name`` (of ``sums``, default this accumulator's) of the outputs ``outputs``, output-major
+        (mc, ...) as in the state, contiguous whatever the inside layout."""
+        x = (self.sums if sums is None else sums)[name]
+        return _reversed_axes(x[..., outputs]).contiguous() if name in self.stat_major_sums else x[outputs]
+
+    def _to_state(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Sum ``name`` in the state's layout (output-major): a view of the inside tensor, no copy."""
+        return _reversed_axes(x) if name in self.stat_major_sums else x
+
+    def _from_state(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Sum ``name`` of a state (output-major) as kept inside: a contiguous copy, sharing nothing with x."""
+        return (_reversed_axes(x) if name in self.stat_major_sums else x).clone(memory_format=torch.contiguous_format)
 
     def update(self, block: DesignBlock, outputs: torch.Tensor) -> None:
         """Add one design block's outputs (r, G, m), any float dtype and device."""
@@ -223,12 +244,13 @@ class DesignAccumulator:
         self.blocks_seen |= other.blocks_seen
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume or merge later (tensors on CPU)."""
+        """Everything needed to resume or merge later (tensors on CPU; sums output-major, as every
+        layout saves them, and on a CPU accumulator views of the live sums, not copies)."""
         return {"class": type(self).__name__, "layout": self.layout, "design": self.design.to_dict(), "n_outputs": self.n_outputs,
                 "config": self._config(), "n": self.n, "blocks_seen": self.blocks_seen.copy(),
                 "shift": None if self.shift is None else self.shift.cpu(),
                 "groups": None if self.groups is None else self.groups.cpu(),
-                "sums": {k: v.cpu() for k, v in self.sums.items()}}
+                "sums": {k: self._to_state(k, v).cpu() for k, v in self.sums.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore sums saved by :meth:`state_dict` of an accumulator with the same design and options."""
@@ -246,7 +268,7 @@ class DesignAccumulator:
         self.n = int(state["n"])
         self.blocks_seen = np.asarray(state["blocks_seen"], dtype=bool).copy()
         self.shift = None if state["shift"] is None else state["shift"].to(self.device, torch.float64)
-        self.sums = {k: v.to(self.device, torch.float64).clone() for k, v in state["sums"].items()}
+        self.sums = {k: self._from_state(k, v.to(self.device, torch.float64)) for k, v in state["sums"].items()}
 
     def _group_sum(self, x: torch.Tensor, outputs: slice, into: torch.Tensor | None, dim: int = 1) -> torch.Tensor:
         """Add x (..., mc along ``dim``, ...) of the outputs ``outputs`` into group sums (n_groups along dim)."""
@@ -297,3 +319,8 @@ class DesignAccumulator:
                     out[name] = np.empty(shape, dtype=array.dtype)
                 out[name][(slice(None),) * axis + (sl,)] = array
         return out
+
+
+def _reversed_axes(x: torch.Tensor) -> torch.Tensor:
+    """x (a, ..., z) viewed as (z, ..., a): between the output-major and the stat-major layout of a sum."""
+    return x.permute(*range(x.dim() - 1, -1, -1))

@@ -18,7 +18,8 @@ import torch
 from augsense.design import Design, DesignBlock
 from augsense.errors import AugsenseError
 from augsense.estimators import _delta
-from augsense.estimators._accumulator import COMPUTE_CHUNK_ELEMENTS, DEAD_TOLERANCE, DesignAccumulator
+from augsense.estimators._accumulator import (COMPUTE_CHUNK_ELEMENTS, DEAD_TOLERANCE, DesignAccumulator,
+                                              _reversed_axes)
 from augsense.estimators.results import SensitivityResult
 
 
@@ -47,6 +48,7 @@ class SobolAccumulator(DesignAccumulator):
     shared_sums = {"c1": "w1", "p1": "w1"}
     group_sums = ("g1", "gp1")
     moments_in_chunk = True
+    stat_major_sums = frozenset({"role", "w1", "w2", "c1", "c2", "p1", "p2"})
     chunk_elements = 1 << 20   # kernels run along the outputs: 1.3-1.4x faster than 2**18 (bench/bench_accumulator.py)
 
     def __init__(self, design: Design, n_outputs: int, *, denominator: Literal["pooled", "paired"] = "pooled",
@@ -84,16 +86,19 @@ class SobolAccumulator(DesignAccumulator):
         return i, j
 
     def _new_sums(self) -> dict[str, torch.Tensor]:
+        """Per-output sums stat-major (outputs last, see ``stat_major_sums``); the state has them output-major:
+        "role" (m, G), "w1" (m, q), "w2" (m, T(q)), "c1" (m, d, 3), "c2" (m, d, T(3) + 3q), "p1" (m, P, 2),
+        "p2" (m, P, T(2) + 2q); the group sums (ng, k, p) are kept as in the state."""
         m, d, G, q = self.n_outputs, self.design.n_players, self.design.group_size, self._n_den
         # cells: per factor [f_B D, D, D^2/2] (paired: [e D - D^2/2, D, D^2/2]), per pair [y, t]; all
         # share the denominator terms w = [q, s] (paired: [e^2/2]); x2 = [own triangle, own x w]
-        sums = {"role": self._zeros(m, G), "w1": self._zeros(m, q), "w2": self._zeros(m, _delta.n_triangle(q)),
-                "c1": self._zeros(m, d, 3), "c2": self._zeros(m, d, _delta.n_triangle(3) + 3 * q)}
+        sums = {"role": self._zeros(G, m), "w1": self._zeros(q, m), "w2": self._zeros(_delta.n_triangle(q), m),
+                "c1": self._zeros(3, d, m), "c2": self._zeros(_delta.n_triangle(3) + 3 * q, d, m)}
         if self._second:
             n_pairs = d * (d - 1) // 2
-            sums["p1"] = self._zeros(m, n_pairs, 2)
+            sums["p1"] = self._zeros(2, n_pairs, m)
             if self.second_order_intervals:
-                sums["p2"] = self._zeros(m, n_pairs, _delta.n_triangle(2) + 2 * q)
+                sums["p2"] = self._zeros(_delta.n_triangle(2) + 2 * q, n_pairs, m)
         if self.groups is not None:
             sums |= {"g1": self._zeros(self.n_groups, d, 3), "g2": self._zeros(self.n_groups, d, 6)}
             if self._second:   # per pair [(f_BA_i - f_B)(f_AB_j - f_A), (f_A - f_B)^2 / 2], see _aggregate
@@ -114,10 +119,10 @@ class SobolAccumulator(DesignAccumulator):
                        4 * d if self.groups is not None else 0)
 
     def _update_chunk(self, block: DesignBlock, values: torch.Tensor, sl: slice, carry: Any) -> Any:
-        """Row sums of every cell's statistics, computed along the outputs (contiguous), then added with
-        their block outer products to the sums in one strided add each (``moments_in_chunk``)."""
-        d, q = self.design.n_players, self._n_den
-        self.sums["role"][sl] += values.sum(0).T
+        """Row sums of every cell's statistics, computed along the outputs, then added with their block
+        outer products to the stat-major sums (``moments_in_chunk``): every add is contiguous along the outputs."""
+        d = self.design.n_players
+        self.sums["role"][:, sl] += values.sum(0)
         a, b = values[:, 0], values[:, 1]                                # (r, mc)
         ab = values[:, 2:2 + d]                                          # (r, d, mc)
         D = ab - a[:, None]
@@ -132,8 +137,8 @@ class SobolAccumulator(DesignAccumulator):
         torch.sum(D * D, 0, out=c[2])
         c[2] *= 0.5
         self._add_cell("c", c, w, sl)
-        self.sums["w1"][sl] += w.T
-        self.sums["w2"][sl] += _stat_outer(w, None).T
+        self.sums["w1"][:, sl] += w
+        _add_outer(self.sums["w2"][:, sl], w, None)
         if not (self._second or self.groups is not None):
             return carry
         if self._second:
@@ -157,11 +162,11 @@ class SobolAccumulator(DesignAccumulator):
         return carry
 
     def _add_cell(self, cell: str, s: torch.Tensor, w: torch.Tensor, sl: slice) -> None:
-        """Add one block's cell sums s (p, k, mc) to "<cell>1" (mc, k, p) and their outer products
-        [triangle, s x w] (see :func:`_delta.block_outer`) to "<cell>2"."""
-        self.sums[cell + "1"][sl] += s.permute(2, 1, 0)
+        """Add one block's cell sums s (p, k, mc) to "<cell>1" (p, k, m) and their outer products
+        [triangle, s x w] (see :func:`_delta.block_outer`) to "<cell>2" (T(p) + p q, k, m)."""
+        self.sums[cell + "1"][..., sl] += s
         if cell + "2" in self.sums:
-            self.sums[cell + "2"][sl] += _stat_outer(s, w).permute(2, 1, 0)
+            _add_outer(self.sums[cell + "2"][..., sl], s, w)
 
     def _finish_block(self, carry: Any) -> None:
         if carry is not None:                                            # [(d, ng), (d, ng), (1, ng)]
@@ -187,26 +192,34 @@ class SobolAccumulator(DesignAccumulator):
     def _reshift_sums(self, sums: dict[str, torch.Tensor], n: int, delta: torch.Tensor,
                       rows_per_block: float) -> dict[str, torch.Tensor]:
         sums = dict(sums)
-        sums["role"] = sums["role"] + n * delta[:, None]
+        sums["role"] = sums["role"] + n * delta
         q = self._n_den
         cells = ("c", "p") if self._second else ("c",)
         new = {k: torch.empty_like(sums[k]) for c in cells for k in (c + "1", c + "2") if k in sums} | {
             "w1": sums["w1"].clone(), "w2": sums["w2"].clone()}
+
+        def put(name: str, sl: slice, x: torch.Tensor) -> None:   # x (mc, ...) output-major into new[name]
+            new[name][..., sl] = _reversed_axes(x)
+
         for sl in self._chunks(4 * self.design.n_players ** 2 * (3 + q) ** 2, COMPUTE_CHUNK_ELEMENTS):
-            w1, w2 = sums["w1"][sl], sums["w2"][sl]
+            w1, w2 = self._output_major("w1", sl, sums), self._output_major("w2", sl, sums)
             for c in cells:
+                s1 = self._output_major(c + "1", sl, sums)
                 if c + "2" not in sums:   # no second moments (second_order_intervals=False): first moments only
-                    full1 = torch.cat([sums[c + "1"][sl], w1[:, None].expand(-1, sums[c + "1"].shape[1], q)], -1)
+                    full1 = torch.cat([s1, w1[:, None].expand(-1, s1.shape[1], q)], -1)
                     M, shift = self._shift_map(delta[sl], full1.shape[-1], 1)
-                    new[c + "1"][sl] = ((M @ full1[..., None])[..., 0] + n * shift)[..., :-q]
+                    put(c + "1", sl, ((M @ full1[..., None])[..., 0] + n * shift)[..., :-q])
                     continue
-                full1, full2 = _delta.join_shared(sums[c + "1"][sl], sums[c + "2"][sl], w1, w2)
+                full1, full2 = _delta.join_shared(s1, self._output_major(c + "2", sl, sums), w1, w2)
                 if c == "p" or self.denominator == "pooled":   # the paired first-order cell is shift-invariant
                     M, shift = self._shift_map(delta[sl], full1.shape[-1], 1)
                     full1, full2 = _delta.reshift(full1, full2, n, M, shift, rows_per_block)
-                new[c + "1"][sl], new[c + "2"][sl], new_w1, new_w2 = _delta.split_shared(full1, full2, q)
+                new_s1, new_s2, new_w1, new_w2 = _delta.split_shared(full1, full2, q)
+                put(c + "1", sl, new_s1)
+                put(c + "2", sl, new_s2)
                 if c == "c":   # the shared sums move with the first cells (every cell holds the same copy)
-                    new["w1"][sl], new["w2"][sl] = new_w1, new_w2
+                    put("w1", sl, new_w1)
+                    put("w2", sl, new_w2)
         return sums | new
 
     def _variance(self, mu_den: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,11 +250,11 @@ class SobolAccumulator(DesignAccumulator):
 
     def _compute_outputs(self, sl: slice, z: float, centre: str) -> dict[str, torch.Tensor | None]:
         """The result fields of the outputs sl (see :meth:`compute`)."""
-        n = self.n
-        role = self.sums["role"][sl] / n
+        n, om = self.n, self._output_major
+        role = om("role", sl) / n
         e = role[:, :2].mean(1) if centre == "ab" else role.mean(1)     # centre - K, (mc,)
-        w1, w2 = self.sums["w1"][sl], self.sums["w2"][sl]
-        c1, c2 = _delta.join_shared(self.sums["c1"][sl], self.sums["c2"][sl], w1, w2)
+        w1, w2 = om("w1", sl), om("w2", sl)
+        c1, c2 = _delta.join_shared(om("c1", sl), om("c2", sl), w1, w2)
         mu = c1 / n
         cov = _delta.covariance(c1, c2, n, self.n_blocks_seen)
         V, dV = self._variance(mu[:, 0, 3:])                            # (mc,), (mc, n_den)
@@ -270,10 +283,11 @@ class SobolAccumulator(DesignAccumulator):
                       dV: torch.Tensor, z: float) -> tuple[torch.Tensor, torch.Tensor]:
         """S2 (mc, d, d) and its interval (2, mc, d, d) of the outputs sl, NaN on the diagonal."""
         n, d = self.n, self.design.n_players
-        mu = self.sums["p1"][sl] / n
+        p1 = self._output_major("p1", sl)
+        mu = p1 / n
         S2 = (mu[..., 0] - e[:, None] * mu[..., 1]) / Vs                # (mc, P)
         if self.second_order_intervals:
-            p1, p2 = _delta.join_shared(self.sums["p1"][sl], self.sums["p2"][sl], w1, w2)
+            p1, p2 = _delta.join_shared(p1, self._output_major("p2", sl), w1, w2)
             cov = _delta.covariance(p1, p2, n, self.n_blocks_seen)
             grad = torch.cat([torch.stack([1 / Vs.expand_as(S2), (-e[:, None] / Vs).expand_as(S2)], -1),
                               -(S2 / Vs)[..., None] * dV[:, None]], -1)
@@ -348,22 +362,20 @@ def _pair_index(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
     return i, j
 
 
-def _stat_outer(s: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-    """Stat-major :func:`_delta.block_outer`: s (p, ...) -> (T(p) [+ p q], ...), with w (q, mc) shared by
-    every cell of s (p, k, mc); contiguous along the last axis (the outputs)."""
+def _add_outer(into: torch.Tensor, s: torch.Tensor, w: torch.Tensor | None) -> None:
+    """Add the stat-major :func:`_delta.block_outer` of s (p, ...) to into (T(p) [+ p q], ...): row i of
+    the triangle s_i s_{i:}, then s_i w (w (q, mc) shared by every cell of s (p, k, mc)), each by one
+    in-place multiply-add along the outputs (addcmul_: no temporary)."""
     p = s.shape[0]
-    n = p * (p + 1) // 2 + (0 if w is None else p * w.shape[0])
-    out = s.new_empty((n,) + s.shape[1:])
     k = 0
     for i in range(p):
-        torch.mul(s[i:i + 1], s[i:], out=out[k:k + p - i])
+        into[k:k + p - i].addcmul_(s[i:i + 1], s[i:])
         k += p - i
     if w is not None:
         wq = w[:, None] if s.dim() == 3 else w
         for i in range(p):
-            torch.mul(s[i:i + 1], wq, out=out[k:k + w.shape[0]])
+            into[k:k + w.shape[0]].addcmul_(s[i:i + 1], wq)
             k += w.shape[0]
-    return out
 
 
 def _to_numpy(res: SensitivityResult) -> SensitivityResult:
