@@ -27,7 +27,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 @pytest.mark.parametrize("world", [2, 3])
 def test_torchrun_ranks_write_the_indices_of_one_process(tmp_path, world):
     config, out = write_config(tmp_path / "run.toml", checkpoint_every=0.0), tmp_path / "run"
-    driver = command(tmp_path, "run", str(config), "--out", str(out), "--quiet")[1:]
+    driver = command("run", str(config), "--out", str(out), "--quiet")[1:]
     result = subprocess.run([str(TORCHRUN), "--standalone", f"--nproc_per_node={world}", *driver],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
