@@ -122,7 +122,8 @@ class DesignAccumulator:
         raise NotImplementedError
 
     def _per_output(self, r: int) -> int:
-        """Elements of the largest per-chunk temporary per output, for ``_chunks``."""
+        """Float64 elements per output that one chunk's update of a block of r rows holds at once (its
+        temporaries), for ``_chunks``: a chunk of ``chunk_elements`` such elements."""
         raise NotImplementedError
 
     def _update_chunk(self, block: DesignBlock, values: torch.Tensor, sl: slice, carry: Any) -> Any:
@@ -182,7 +183,7 @@ class DesignAccumulator:
         carry = None
         pairs = [] if self.moments_in_chunk else [(a, b) for a, b in self._moment_pairs() if a not in self.group_sums]
         for sl in self._chunks(self._per_output(r)):
-            values = outputs[:, :, sl].to(self.device, torch.float64) - self.shift[sl]
+            values = outputs[:, :, sl].to(self.device) - self.shift[sl]   # float64: one pass, no float64 copy first
             with self._block_moments(pairs, sl):
                 carry = self._update_chunk(block, values, sl, carry)
         with self._block_moments([(a, b) for a, b in self._moment_pairs() if a in self.group_sums], slice(None)):

@@ -10,7 +10,6 @@ on the per-row statistic vectors (see :mod:`augsense.estimators._delta`).
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, Literal
 
 import torch
@@ -49,7 +48,9 @@ class SobolAccumulator(DesignAccumulator):
     group_sums = ("g1", "gp1")
     moments_in_chunk = True
     stat_major_sums = frozenset({"role", "w1", "w2", "c1", "c2", "p1", "p2"})
-    chunk_elements = 1 << 20   # kernels run along the outputs: 1.3-1.4x faster than 2**18 (bench/bench_accumulator.py)
+    #: kernels run along the outputs: on the reference workload (bench/bench_accumulator.py) 2**19..2**22 are
+    #: within noise of each other, 1.3x faster than 2**18 at 1 thread and 1.7x at 2 (with :meth:`_per_output`)
+    chunk_elements = 1 << 20
 
     def __init__(self, design: Design, n_outputs: int, *, denominator: Literal["pooled", "paired"] = "pooled",
                  groups: torch.Tensor | None = None, device: torch.device | str | None = None,
@@ -113,10 +114,13 @@ class SobolAccumulator(DesignAccumulator):
         return [0.5 * (a - b) ** 2]
 
     def _per_output(self, r: int) -> int:
-        d = self.design.n_players
-        per_pair = 4 + 2 * (self.groups is not None)   # u, w, y, t (+ the group pair term and its factor)
-        return r * max(1 + _delta.MAX_POWER * d, per_pair * d * (d - 1) // 2 if self._second else 0,
-                       4 * d if self.groups is not None else 0)
+        """Float64 elements per output that one chunk's update holds at once: the shifted values (r, G),
+        three row-wise temporaries (r, d) beside them (D, f_B D and one product), the cells' row sums (3, d)
+        and, with second order, the pairs' (2, P) and the group pair term (P); the outer products add in
+        place (:func:`_add_outer`) and the pair products go slice by slice (:func:`_pair_products`)."""
+        d, G = self.design.n_players, self.design.group_size
+        n_pairs = d * (d - 1) // 2 if self._second else 0
+        return r * (G + 3 * d) + 3 * d + (2 + (self.groups is not None)) * n_pairs
 
     def _update_chunk(self, block: DesignBlock, values: torch.Tensor, sl: slice, carry: Any) -> Any:
         """Row sums of every cell's statistics, computed along the outputs, then added with their block
@@ -142,24 +146,35 @@ class SobolAccumulator(DesignAccumulator):
         if not (self._second or self.groups is not None):
             return carry
         if self._second:
-            pi, pj = _pair_index(d, values.device)
             ba = values[:, 2 + d:]                                       # (r, d, mc)
-            # y = f_BA_i f_AB_j - f_A f_B - f_B D_i - f_B D_j, t = f_BA_i + f_AB_j - f_A - f_B - D_i - D_j, row sums
-            sbD, sD = bD.sum(0), c[1]
-            pair = D.new_empty(2, len(pi), D.shape[-1])                  # (2, P, mc)
-            torch.sum(ba.index_select(1, pi) * ab.index_select(1, pj), 0, out=pair[0])
-            pair[0] -= (a * b).sum(0) + sbD.index_select(0, pi) + sbD.index_select(0, pj)
-            torch.sub(ba.sum(0).index_select(0, pi) + ab.sum(0).index_select(0, pj), (a + b).sum(0), out=pair[1])
-            pair[1] -= sD.index_select(0, pi) + sD.index_select(0, pj)
-            self._add_cell("p", pair, w, sl)
+            self._add_cell("p", self._pair_sums(a, b, ab, ba, bD.sum(0), c[1]), w, sl)
         if self.groups is not None:
             # shift-invariant companions for the group intervals (same expectations), row sums (k, mc)
             terms = [((b[:, None] - 0.5 * (a[:, None] + ab)) * D).sum(0), c[2], (0.5 * (a - b) ** 2).sum(0)[None]]
             if self._second:   # pure second-order V_ij of the pairs i < j (see _aggregate)
-                terms.append(((ba - b[:, None]).index_select(1, pi) * D.index_select(1, pj)).sum(0))   # (P, mc)
+                terms.append(_pair_products(ba - b[:, None], D))        # (P, mc)
             carry = [self._group_sum(x, sl, None if carry is None else carry[k], dim=1)
                      for k, x in enumerate(terms)]
         return carry
+
+    @staticmethod
+    def _pair_sums(a: torch.Tensor, b: torch.Tensor, ab: torch.Tensor, ba: torch.Tensor, sbD: torch.Tensor,
+                   sD: torch.Tensor) -> torch.Tensor:
+        """Row sums (2, P, mc) of the pair statistics y = f_BA_i f_AB_j - f_A f_B - f_B D_i - f_B D_j and
+        t = f_BA_i + f_AB_j - f_A - f_B - D_i - D_j (pairs i < j), from the block's a, b (r, mc), ab, ba
+        (r, d, mc) and the row sums sbD = sum f_B D, sD = sum D (d, mc); pair by pair of slices, no gathers."""
+        d, mc = ab.shape[1:]
+        pair = ab.new_empty(2, d * (d - 1) // 2, mc)
+        _pair_products(ba, ab, out=pair[0])
+        s_a_b, s_ab, s_ba, s_a_plus_b = (a * b).sum(0), ab.sum(0), ba.sum(0), (a + b).sum(0)
+        k = 0
+        for i in range(d - 1):
+            seg, j = slice(k, k + d - 1 - i), slice(i + 1, d)
+            pair[0, seg] -= (s_a_b + sbD[i]) + sbD[j]
+            torch.sub(s_ba[i] + s_ab[j], s_a_plus_b, out=pair[1, seg])
+            pair[1, seg] -= sD[i] + sD[j]
+            k = seg.stop
+        return pair
 
     def _add_cell(self, cell: str, s: torch.Tensor, w: torch.Tensor, sl: slice) -> None:
         """Add one block's cell sums s (p, k, mc) to "<cell>1" (p, k, m) and their outer products
@@ -355,11 +370,16 @@ class SobolAccumulator(DesignAccumulator):
         return full, full_ci
 
 
-@lru_cache(maxsize=None)
-def _pair_index(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The factors i, j (P,) of the pairs i < j, in :meth:`SobolAccumulator._pairs` order."""
-    i, j = torch.triu_indices(d, d, 1, device=device)
-    return i, j
+def _pair_products(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Row sums (P, mc) of x_i y_j for the pairs i < j (:meth:`SobolAccumulator._pairs` order) of x, y
+    (r, d, mc): one broadcast product per i over the slice j > i (no gathered copies)."""
+    r, d, mc = x.shape
+    out = x.new_empty(d * (d - 1) // 2, mc) if out is None else out
+    k = 0
+    for i in range(d - 1):
+        torch.sum(x[:, i:i + 1] * y[:, i + 1:], 0, out=out[k:k + d - 1 - i])
+        k += d - 1 - i
+    return out
 
 
 def _add_outer(into: torch.Tensor, s: torch.Tensor, w: torch.Tensor | None) -> None:
