@@ -1,13 +1,14 @@
 """Time SobolAccumulator.update alone on the reference workload's design (issue #17).
 
-    .venv/bin/python bench/bench_accumulator.py [--reps 5] [--threads 1,2] [--profile]
+    .venv/bin/python bench/bench_accumulator.py [--reps 5] [--threads 1,2] [--profile] [--chunk-elements 18,19,20,21]
 
 Design as ``bench_reference_workload.py`` builds it: sobol2 on paper-set1 with the order factor and the
 image as a factor (dims (4, 1, 2, 1, 1, 1, 1), d = 7 players, G = 16), N = 64, batch 512 (32 blocks of 2
 rows), outputs AlexNet ``features.5`` per element (192 x 13 x 13) plus the softmax output (1000), in two
 groups (the layers). Outputs are random float32 (r, G, m), made before timing. Prints, per thread count,
 the median over ``--reps`` of the seconds to add all blocks, and the load average. ``--profile`` prints
-the hottest ops of one pass (torch.profiler, CPU).
+the hottest ops of one pass (torch.profiler, CPU). ``--chunk-elements`` times ``SobolAccumulator.chunk_elements``
+= 2**k for each k, the sizes interleaved rep by rep (forward, then backward) so that load drifts hit all alike.
 """
 
 from __future__ import annotations
@@ -44,6 +45,27 @@ def one_pass(design, m, groups, blocks, outputs, **options) -> tuple[float, obje
     return time.perf_counter() - start, acc
 
 
+def sweep_chunks(design, m, groups, blocks, outputs, sizes: list[int], reps: int) -> None:
+    """Median seconds per pass for each chunk size (at the last thread count), interleaved rep by rep."""
+    from augsense.estimators.sobol import SobolAccumulator
+
+    default, times = SobolAccumulator.chunk_elements, {s: [] for s in sizes}
+    try:
+        for rep in range(reps):
+            for size in sizes if rep % 2 == 0 else sizes[::-1]:
+                SobolAccumulator.chunk_elements = size
+                times[size].append(one_pass(design, m, groups, blocks, outputs)[0])
+        probe = make_accumulator(design, m, groups=groups)
+        per_output = probe._per_output(blocks[0].points.shape[0])
+        for size in sizes:
+            SobolAccumulator.chunk_elements = size
+            n_chunks = len(probe._chunks(per_output))
+            print(f"chunk_elements 2**{size.bit_length() - 1}: {n_chunks} chunks, median "
+                  f"{statistics.median(times[size]):.3f} s (min {min(times[size]):.3f}); load {os.getloadavg()[0]:.2f}")
+    finally:
+        SobolAccumulator.chunk_elements = default
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64)
@@ -51,6 +73,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--chunk-elements", default="", help="comma-separated powers of two to compare, e.g. 18,19,20")
     args = parser.parse_args()
     group = 2 * len(DIMS) + 2
     design, m, groups, blocks, outputs = setup(args.n, max(1, args.batch_size // group))
@@ -63,6 +86,9 @@ def main() -> None:
         print(f"threads {threads}: update of all blocks median {statistics.median(times):.3f} s "
               f"(min {min(times):.3f}, max {max(times):.3f}, {args.reps} reps; "
               f"{statistics.median(times) / len(blocks) * 1e3:.1f} ms/block); load {os.getloadavg()[0]:.2f}")
+    if args.chunk_elements:
+        sweep_chunks(design, m, groups, blocks, outputs, [1 << int(k) for k in args.chunk_elements.split(",")],
+                     args.reps)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
