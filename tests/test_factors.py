@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from augsense.factors import get_factor
+from augsense.factors import blur, chunks, get_factor
 
 COLOUR_ATOL = 1e-5
 N = 6
@@ -283,3 +283,30 @@ def test_cuda_matches_cpu(name: str) -> None:
         gpu = factor.apply(images.cuda(), params.cuda())
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gaussian_blur", "sharpness", "elliptic_local_blur", "erasing", "erasing_reference"])
+def test_cpu_row_chunks_and_batch_composition_leave_results_unchanged(name: str, monkeypatch) -> None:
+    """The CPU paths run a few images at a time (row_chunks): any chunking gives each sample's own result."""
+    factor = get_factor(name)
+    n = 7
+    images = _photo_like(n, 40, 48)
+    params = _params(name, n)
+    whole = factor.apply(images, params)
+    monkeypatch.setattr(chunks, "CACHE_CHUNK_BYTES", 2 * images[0].numel() * images.element_size())
+    assert [s.stop - s.start for s in chunks.row_chunks(images)] == [2, 2, 2, 1]
+    assert torch.equal(factor.apply(images, params), whole)
+    for i in range(n):
+        assert torch.equal(factor.apply(images[i:i + 1], params[i:i + 1]), whole[i:i + 1]), i
+
+
+def test_separable_blur_on_the_cpu_equals_the_grouped_convolution() -> None:
+    """The CPU's tap-by-tap sums and the grouped convolution used on CUDA give the same blur (also 'valid' padding)."""
+    images = _photo_like(5, 40, 48)
+    sigma = torch.tensor([0.3, 0.9, 1.4, 2.0, 3.1], dtype=torch.float64)
+    kernel_y, kernel_x = blur.gaussian_kernels(sigma, 7), blur.gaussian_kernels(sigma * 0.5, 5)
+    for padding in [(2, 2, 3, 3), (0, 2, 1, 3), (0, 0, 0, 0)]:
+        taps = blur.separable_blur(images, kernel_y, kernel_x, padding)
+        conv = blur._grouped_conv_blur(images, kernel_y.float(), kernel_x.float(), padding)
+        assert taps.shape == conv.shape
+        torch.testing.assert_close(taps, conv, atol=1e-6, rtol=0)

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from augsense.factors.chunks import row_chunks
 
 
 def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -27,17 +28,52 @@ def separable_blur(images: torch.Tensor, kernel_y: torch.Tensor, kernel_x: torch
 
     images ``(n, C, H, W)``; kernel_y ``(n, ky)``, kernel_x ``(n, kx)`` with odd sizes. ``padding``
     (left, right, top, bottom) is reflect padding, by default half a kernel on every side (output
-    ``(n, C, H, W)``); smaller padding gives a smaller, 'valid' output.
+    ``(n, C, H, W)``); smaller padding gives a smaller, 'valid' output. On the CPU the taps are summed
+    over shifted views a few images at a time (:func:`_blur_into`); elsewhere one grouped convolution.
     """
     n, c, h, w = images.shape
     ky, kx = kernel_y.shape[1], kernel_x.shape[1]
     if padding is None:
         padding = (kx // 2, kx // 2, ky // 2, ky // 2)
+    kernel_y, kernel_x = kernel_y.to(images.dtype), kernel_x.to(images.dtype)
+    if images.device.type != "cpu":
+        return _grouped_conv_blur(images, kernel_y, kernel_x, padding)
+    out = images.new_empty(n, c, h + padding[2] + padding[3] - ky + 1, w + padding[0] + padding[1] - kx + 1)
+    for rows in row_chunks(images):
+        _blur_into(images[rows], kernel_y[rows], kernel_x[rows], padding, out[rows])
+    return out
+
+
+def _blur_into(images: torch.Tensor, kernel_y: torch.Tensor, kernel_x: torch.Tensor,
+               padding: tuple[int, int, int, int], out: torch.Tensor) -> None:
+    """Write the separable blur of ``images`` ``(m, C, H, W)`` into ``out`` ``(m, C, H', W')``.
+
+    Rows first, then columns, each as Σ_t w[t]·(padded view shifted by t), tap after tap: the sums of the
+    grouped convolution in its order (equal results), in ky + kx passes over cache-sized chunks.
+    """
+    m = images.shape[0]
+    x = F.pad(images, padding, mode="reflect") if any(padding) else images
+    h_out, w_out = out.shape[-2:]
+    taps_y = kernel_y.reshape(m, -1, 1, 1, 1).unbind(dim=1)  # ky × (m, 1, 1, 1)
+    taps_x = kernel_x.reshape(m, -1, 1, 1, 1).unbind(dim=1)
+    rows = x[..., :h_out, :] * taps_y[0]
+    for t in range(1, len(taps_y)):
+        rows.addcmul_(x[..., t:t + h_out, :], taps_y[t])
+    torch.mul(rows[..., :w_out], taps_x[0], out=out)
+    for t in range(1, len(taps_x)):
+        out.addcmul_(rows[..., t:t + w_out], taps_x[t])
+
+
+def _grouped_conv_blur(images: torch.Tensor, kernel_y: torch.Tensor, kernel_x: torch.Tensor,
+                       padding: tuple[int, int, int, int]) -> torch.Tensor:
+    """The separable blur as two grouped convolutions over the batch's n·C planes (for CUDA)."""
+    n, c, h, w = images.shape
+    ky, kx = kernel_y.shape[1], kernel_x.shape[1]
     x = images.reshape(1, n * c, h, w)
     if any(padding):
         x = F.pad(x, padding, mode="reflect")
-    wy = kernel_y.to(images.dtype).repeat_interleave(c, dim=0).reshape(n * c, 1, ky, 1)
-    wx = kernel_x.to(images.dtype).repeat_interleave(c, dim=0).reshape(n * c, 1, 1, kx)
+    wy = kernel_y.repeat_interleave(c, dim=0).reshape(n * c, 1, ky, 1)
+    wx = kernel_x.repeat_interleave(c, dim=0).reshape(n * c, 1, 1, kx)
     x = F.conv2d(F.conv2d(x, wy, groups=n * c), wx, groups=n * c)
     return x.reshape(n, c, x.shape[-2], x.shape[-1])
 
@@ -66,25 +102,36 @@ def adjust_sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor
 
     The smoothing kernel is [[1,1,1],[1,5,1],[1,1,1]]/13, so the blend r·x + (1 − r)·smooth is
     (r + 4(1 − r)/13)·x + ((1 − r)/13)·box with box the 3×3 box sum (from shifted views); it is
-    written straight into the output's interior, and the one-pixel border is left unchanged.
+    written straight into the output's interior, and the one-pixel border is left unchanged. On the CPU
+    a few images at a time (``row_chunks``), so the passes run in cache.
     """
     n = images.shape[0]
     r = factor.to(device=images.device, dtype=torch.float64).reshape(n, 1, 1, 1)
     centre_weight = (r + 4.0 * (1.0 - r) / 13.0).to(images.dtype)
     box_weight = ((1.0 - r) / 13.0).to(images.dtype)
+    out = torch.empty_like(images)
+    for rows in row_chunks(images):
+        _sharpen_into(images[rows], centre_weight[rows], box_weight[rows], out[rows])
+    return out
+
+
+def _sharpen_into(images: torch.Tensor, centre_weight: torch.Tensor, box_weight: torch.Tensor,
+                  out: torch.Tensor) -> None:
+    """Write ``centre_weight·x + box_weight·box`` (clamped) into ``out``'s interior, ``x`` on its border.
+
+    images and out ``(m, C, H, W)``; the weights ``(m, 1, 1, 1)``; box is the 3×3 box sum.
+    """
     rows = images[..., :, :-2] + images[..., :, 1:-1]
     rows += images[..., :, 2:]
     box = rows[..., :-2, :] + rows[..., 1:-1, :]
     box += rows[..., 2:, :]
     del rows
-    out = torch.empty_like(images)
     out[..., 0, :], out[..., -1, :] = images[..., 0, :], images[..., -1, :]
     out[..., 1:-1, 0], out[..., 1:-1, -1] = images[..., 1:-1, 0], images[..., 1:-1, -1]
     interior = out[..., 1:-1, 1:-1]
     torch.mul(box, box_weight, out=box)
     torch.addcmul(box, images[..., 1:-1, 1:-1], centre_weight, out=interior)
     interior.clamp_(0.0, 1.0)
-    return out
 
 
 def ellipse_masks(height: int, width: int, centre_y: torch.Tensor, centre_x: torch.Tensor,
