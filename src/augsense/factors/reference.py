@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from augsense.errors import AugsenseError
 from augsense.factors.geometry import roll
+from augsense.factors.occlusion import zero_boxes
 
 REFERENCE_SIZE = 224
 """The image side the reference code ran at; px@224 parameters scale by H/224 and W/224."""
@@ -56,14 +57,9 @@ def erase_boxes_reference(height: int, width: int, params: torch.Tensor) -> tupl
 
 def erase_reference(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """Fill each sample's box (``erase_boxes_reference``) with 0 where it fits; other samples pass unchanged."""
-    n, _, h, w = images.shape
+    _, _, h, w = images.shape
     boxes, fits = erase_boxes_reference(h, w, params)
-    boxes, fits = boxes.to(images.device), fits.to(images.device)
-    ys = torch.arange(h, device=images.device).view(1, h, 1)
-    xs = torch.arange(w, device=images.device).view(1, 1, w)
-    top, left, bottom, right = (boxes[:, i].view(n, 1, 1) for i in range(4))
-    inside = fits.view(n, 1, 1) & (ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)
-    return images.masked_fill(inside.unsqueeze(1), 0.0)
+    return zero_boxes(images, boxes * fits.unsqueeze(1))  # a box that does not fit: the empty box (0, 0, 0, 0)
 
 
 def roll_reference(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
