@@ -149,8 +149,8 @@ def normalise_into(images: torch.Tensor, out: torch.Tensor, mean: tuple[float, .
     shift = (-mean_t / std_t).to(images.dtype).expand(n, c, 1, 1)
     if not stretch:
         return torch.addcmul(shift, images, (1.0 / std_t).to(images.dtype).expand(n, c, 1, 1), out=out)
-    low, high = images.reshape(n, c, -1).aminmax(dim=2)
-    low, high = low.view(n, c, 1, 1), high.view(n, c, 1, 1)
+    planes = images.reshape(n, c, -1)  # amin and amax: aminmax(dim=2) is unvectorised on the CPU (8x slower)
+    low, high = planes.amin(dim=2).view(n, c, 1, 1), planes.amax(dim=2).view(n, c, 1, 1)
     span = (high.double() - low.double()).clamp_min(1e-8)
     torch.sub(images, low, out=out)
     return torch.addcmul(shift, out, (1.0 / (span * std_t)).to(images.dtype), out=out)
