@@ -31,6 +31,7 @@ from augsense.design import Design, DesignBlock, layouts, make_design
 from augsense.errors import AugsenseError
 from augsense.estimators import make_accumulator
 from augsense.factors import FactorSpace, get_factor, preset
+from augsense.factors.chunks import row_chunks
 from augsense.factors.registry import PRESETS
 from augsense.io.checkpoints import checkpoint_path, remove_checkpoint, resume_run_checkpoint, save_run_checkpoint
 from augsense.interrupts import RunInterrupted, StopRequest
@@ -139,7 +140,8 @@ def normalise_into(images: torch.Tensor, out: torch.Tensor, mean: tuple[float, .
 
     ``(x − mean) / std`` per channel, after the paper's min-max stretch (:func:`minmax_stretch`) with
     ``stretch``: ``(x − low)·scale + shift`` with one scale and shift per image and channel (from float64),
-    in one or two passes over ``out`` (e.g. a channels-last input buffer) instead of five and a copy.
+    in one pass over ``out`` (e.g. a channels-last input buffer) instead of five and a copy (with the stretch,
+    ``x − low`` is formed a few images at a time, :func:`~augsense.factors.chunks.row_chunks`).
     The subtraction comes first, as in the stretch, so a flat or low-contrast channel loses no precision.
     Equal to ``normalise(minmax_stretch(images))`` up to float32 rounding.
     """
@@ -152,8 +154,10 @@ def normalise_into(images: torch.Tensor, out: torch.Tensor, mean: tuple[float, .
     planes = images.reshape(n, c, -1)  # amin and amax: aminmax(dim=2) is unvectorised on the CPU (8x slower)
     low, high = planes.amin(dim=2).view(n, c, 1, 1), planes.amax(dim=2).view(n, c, 1, 1)
     span = (high.double() - low.double()).clamp_min(1e-8)
-    torch.sub(images, low, out=out)
-    return torch.addcmul(shift, out, (1.0 / (span * std_t)).to(images.dtype), out=out)
+    scale = (1.0 / (span * std_t)).to(images.dtype)
+    for rows in row_chunks(images):  # x − low of a few images stays in cache; out is written once
+        torch.addcmul(shift[rows], images[rows] - low[rows], scale[rows], out=out[rows])
+    return out
 
 
 @dataclass
