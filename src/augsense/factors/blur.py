@@ -14,6 +14,11 @@ import torch.nn.functional as F
 from augsense.factors.chunks import row_chunks
 
 
+MAX_CPU_TAPS = 11
+"""Longest kernel side blurred tap by tap on the CPU; measured on 2 cores, 128 images: 7 taps 21 ms by taps vs
+37 ms by the grouped convolution (224×224), 19 taps 18 ms vs 15 ms (a 120×120 crop)."""
+
+
 def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Normalised 1-D Gaussian kernels ``(n, kernel_size)`` for per-sample ``sigma`` ``(n,)`` in pixels."""
     half = kernel_size // 2
@@ -28,15 +33,16 @@ def separable_blur(images: torch.Tensor, kernel_y: torch.Tensor, kernel_x: torch
 
     images ``(n, C, H, W)``; kernel_y ``(n, ky)``, kernel_x ``(n, kx)`` with odd sizes. ``padding``
     (left, right, top, bottom) is reflect padding, by default half a kernel on every side (output
-    ``(n, C, H, W)``); smaller padding gives a smaller, 'valid' output. On the CPU the taps are summed
-    over shifted views a few images at a time (:func:`_blur_into`); elsewhere one grouped convolution.
+    ``(n, C, H, W)``); smaller padding gives a smaller, 'valid' output. On the CPU, kernels of up to
+    ``MAX_CPU_TAPS`` taps are summed over shifted views a few images at a time (:func:`_blur_into`);
+    longer kernels and other devices use one grouped convolution (equal results).
     """
     n, c, h, w = images.shape
     ky, kx = kernel_y.shape[1], kernel_x.shape[1]
     if padding is None:
         padding = (kx // 2, kx // 2, ky // 2, ky // 2)
     kernel_y, kernel_x = kernel_y.to(images.dtype), kernel_x.to(images.dtype)
-    if images.device.type != "cpu":
+    if images.device.type != "cpu" or max(ky, kx) > MAX_CPU_TAPS:
         return _grouped_conv_blur(images, kernel_y, kernel_x, padding)
     out = images.new_empty(n, c, h + padding[2] + padding[3] - ky + 1, w + padding[0] + padding[1] - kx + 1)
     for rows in row_chunks(images):
