@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from augsense.factors.chunks import row_chunks
+
 _LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601-2, as torchvision and PIL
 
 
@@ -74,14 +76,22 @@ def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate hue by ``shift`` ``(n,)`` of a turn, in [−0.5, 0.5] (identity 0), keeping HSV S and V.
 
     HSV -> RGB in closed form: channel = V − V·S·clamp(min(k, 4 − k), 0, 1) with
-    k = (n + 6H) mod 6 and n = 5, 3, 1 for R, G, B; equal to torchvision's table lookup.
+    k = (n + 6H) mod 6 and n = 5, 3, 1 for R, G, B; equal to torchvision's table lookup. On the CPU a few
+    images at a time (``row_chunks``), so the round trip's planes stay in cache.
     """
-    h, maxc, channel_range = hue_turns(images)
-    h6 = h.add_(shift.to(device=images.device, dtype=images.dtype).view(-1, 1, 1)).remainder_(1.0).mul_(6.0)
+    shift = shift.to(device=images.device, dtype=images.dtype).view(-1, 1, 1)
     out = torch.empty_like(images)
+    for rows in row_chunks(images):
+        _shift_hue_into(images[rows], shift[rows], out[rows])
+    return out
+
+
+def _shift_hue_into(images: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> None:
+    """Write ``images`` ``(m, 3, H, W)`` with their hue rotated by ``shift`` ``(m, 1, 1)`` turns into ``out``."""
+    h, maxc, channel_range = hue_turns(images)
+    h6 = h.add_(shift).remainder_(1.0).mul_(6.0)
     for channel, offset in enumerate(_HUE_OFFSETS):
         k = h6 + offset
         k = torch.where(k >= 6.0, k - 6.0, k)
         ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
         torch.sub(maxc, ramp.mul_(channel_range), out=out[:, channel])
-    return out
