@@ -3,7 +3,8 @@
 Prints medians over repeats of: the ResNet18 forward pass (weights=None), each factor alone (all samples
 on), paper-set1 and paper-set2 through FactorSpace.apply with a random design (switches as drawn), with
 and without the order factor, and the ratios augmentation / forward, each paired within one repeat.
-Repeats on CUDA when available.
+Large CPU tensors come from glibc's reusable heap, as in the run loop (``heap_allocations``): otherwise
+fresh pages' faults dominate the cheaper factors. Repeats on CUDA when available.
 
     .venv/bin/python bench/bench_factors.py [--batch 64] [--size 224] [--repeats 5] [--device cpu]
 """
@@ -11,6 +12,7 @@ Repeats on CUDA when available.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from collections.abc import Callable
 import torch
 import torchvision
 
+from augsense.allocator import heap_allocations
 from augsense.factors import FactorSpace, factor_names, get_factor, preset
 
 
@@ -49,7 +52,7 @@ def run(device: torch.device, batch: int, size: int, repeats: int) -> None:
             jobs[f"{set_name}{' +order' if random_order else ''}"] = (lambda s=space, u=u: s.apply(images, u))
     forward_ms: list[float] = []
     job_ms: dict[str, list[float]] = {label: [] for label in jobs}
-    with torch.inference_mode():
+    with torch.inference_mode(), heap_allocations():
         model(images)  # warm-up
         for job in jobs.values():
             job()
@@ -60,7 +63,7 @@ def run(device: torch.device, batch: int, size: int, repeats: int) -> None:
                 job_ms[label].append(timed_ms(job, device))
     forward = statistics.median(forward_ms)
     print(f"\n== device {device}, batch {batch}×3×{size}×{size}, CPU threads {torch.get_num_threads()}, "
-          f"median of {repeats} paired repeats ==")
+          f"median of {repeats} paired repeats, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} ==")
     print(f"{'resnet18 forward':<34}{forward:9.1f} ms")
     for label, times in job_ms.items():
         ratio = statistics.median(t / f for t, f in zip(times, forward_ms))
