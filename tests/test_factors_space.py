@@ -250,3 +250,23 @@ def test_space_apply_is_deterministic_under_inference_mode() -> None:
         b = space.apply(images, u)
     assert torch.equal(a, b) and not torch.equal(a, images)
     assert float(a.min()) >= 0 and float(a.max()) <= 1
+
+
+def test_random_order_with_idle_rows_matches_per_sample_composition() -> None:
+    """Switches off at some steps leave rows in earlier factors' outputs: the composed batch is still each row's own
+    composition, and the caller's images are not written."""
+    factors = [f.with_switch(0.5) for f in preset("paper-set1")]
+    space = FactorSpace(factors, random_order=True)
+    n = 16
+    images = _images(n, 24, 24)
+    before = images.clone()
+    u = torch.rand(n, space.n_coords, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
+    out = space.apply(images, u)
+    assert torch.equal(images, before)
+    perms = space.permutations(u)
+    for i in range(n):
+        image = images[i:i + 1]
+        for j in perms[i].tolist():
+            factor = factors[j]
+            image = factor(image, u[i:i + 1, space.coords(factor.name)])
+        assert torch.equal(out[i:i + 1], image), i

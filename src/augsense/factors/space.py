@@ -149,19 +149,15 @@ class FactorSpace:
             return images
         perms = self.permutations(u)
         drawn = [factor.parameters_from_unit(u[:, self.coords(factor.name)]) for factor in ordered]
-        owned = False  # whether ``images`` is this call's own copy (written in place), not the caller's tensor
+        held = _HeldRows(images)
         for step in range(len(ordered)):
             for j, factor in enumerate(ordered):
                 params, active = drawn[j]
                 index = torch.nonzero((perms[:, step] == j) & active).squeeze(1)
-                if index.numel() == images.shape[0]:  # every row: no gather, no scatter
-                    images, owned = factor.apply_unchecked(images, params.to(images.dtype)), False
-                elif index.numel():
-                    if not owned:
-                        images, owned = images.clone(), True
-                    part = factor.apply_unchecked(images.index_select(0, index), params[index].to(images.dtype))
-                    images.index_put_((index,), part)  # = index_copy_ (distinct rows), ~1.4x faster on the CPU
-        return images
+                if index.numel():
+                    index, part = held.take(index)
+                    held.put(index, factor.apply_unchecked(part, params[index].to(images.dtype)))
+        return held.assemble()
 
     def image_index(self, u: torch.Tensor, n_images: "int | ImageStrata") -> torch.Tensor:
         """Joint mode: the image each row uses, ``(n,)`` int64.
@@ -233,6 +229,71 @@ class FactorSpace:
             factors.append(factor)
         return cls(factors, order=d.get("order"), random_order=bool(d.get("random_order", False)),
                    image_mode=d.get("image_mode", "within"), image_factors=d.get("image_factors", ()))
+
+
+class _HeldRows:
+    """Where each row's current image lives during a random-order composition: in one of the tensors made so far
+    (the input, then the factors' outputs), at a position there.
+
+    A step's group of rows is gathered from them once (``take``) and the factor's output becomes their new home
+    (``put``); the rows are put back in row order once, at the end (``assemble``). Gathering into and scattering
+    back out of one batch at every step moved each row twice per step (measured on the reference workload:
+    0.30 s of the 0.94 s FactorSpace.apply took).
+    """
+
+    def __init__(self, images: torch.Tensor) -> None:
+        n = images.shape[0]
+        self.images = images
+        self.tensors: list[torch.Tensor | None] = [images]
+        self.count = [n]  # rows each tensor still holds; a tensor is let go when it holds none
+        self.tensor_of = torch.zeros(n, dtype=torch.long, device=images.device)
+        self.position = torch.arange(n, device=images.device)
+
+    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows ``index`` ``(k,)`` reordered by where they live, and their images ``(k, 3, H, W)`` in that order."""
+        source, position = self.tensor_of[index], self.position[index]
+        order = torch.argsort(source * self.images.shape[0] + position)
+        index, source, position = index[order], source[order], position[order]
+        ids, counts = (v.tolist() for v in torch.unique_consecutive(source, return_counts=True))
+        if len(ids) == 1 and counts[0] == self.tensors[ids[0]].shape[0]:
+            return index, self.tensors[ids[0]]  # every row of one tensor, in its order: no copy
+        part = self.images.new_empty((index.numel(), *self.images.shape[1:]))
+        start = 0
+        for tensor, k in zip(ids, counts):
+            torch.index_select(self.tensors[tensor], 0, position[start:start + k], out=part[start:start + k])
+            start += k
+        return index, part
+
+    def put(self, index: torch.Tensor, images: torch.Tensor) -> None:
+        """Rows ``index`` ``(k,)`` now live in ``images`` ``(k, 3, H, W)``, in that order."""
+        for tensor, k in enumerate(torch.bincount(self.tensor_of[index], minlength=len(self.tensors)).tolist()):
+            if k:
+                self.count[tensor] -= k
+                if not self.count[tensor]:
+                    self.tensors[tensor] = None
+        self.tensors.append(images)
+        self.count.append(index.numel())
+        self.tensor_of[index] = len(self.tensors) - 1
+        self.position[index] = torch.arange(index.numel(), device=index.device)
+
+    def assemble(self) -> torch.Tensor:
+        """Every row's current image, in row order ``(n, 3, H, W)``: the input itself when no factor applied."""
+        live = [tensor for tensor, count in enumerate(self.count) if count]
+        if len(live) <= 1:  # one tensor holds every row (or there are none)
+            held = self.tensors[live[0]] if live else self.images
+            if torch.equal(self.position, torch.arange(self.position.numel(), device=self.position.device)):
+                return held
+            return held.index_select(0, self.position)
+        out = torch.empty_like(self.images)
+        for tensor in live:
+            rows = torch.nonzero(self.tensor_of == tensor).squeeze(1)
+            held = self.tensors[tensor]
+            if rows.numel() < held.shape[0]:  # some of its rows moved on: gather those still here
+                held = held.index_select(0, self.position[rows])
+            else:  # all of it: rows in the tensor's order
+                rows = rows[torch.argsort(self.position[rows])]
+            out.index_put_((rows,), held)  # = index_copy_ (distinct rows), ~1.4x faster on the CPU
+        return out
 
 
 def _factor_by_name(name: str) -> Factor:
