@@ -175,3 +175,16 @@ def test_the_console_script_exits_fast_with_the_command_status_output_and_exit_h
     module = subprocess.run([sys.executable, "-m", "augsense", "layers", "no-such-model"], capture_output=True,
                             text=True, timeout=300)
     assert module.returncode == 2 and "augsense: error:" in module.stderr
+
+
+def test_the_run_path_imports_pandas_only_when_it_makes_a_table():
+    """pandas (84 MB resident) loaded before the loop adds to the loop's peak RSS (issue #17): the modules a run
+    starts with must not import it; the first table does (through the lazy stand-in)."""
+    code = ("import sys; import augsense.commands.run, augsense.analyses.sensitivity, augsense.io.results as r; "
+            "assert 'pandas' not in sys.modules, 'imported at start'; r.pd.DataFrame; "
+            "assert 'pandas' in sys.modules; print(r.versions()['pandas'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    import pandas
+
+    assert done.stdout.strip() == pandas.__version__

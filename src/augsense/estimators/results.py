@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas (84 MB resident, 0.2 s) is imported when a table is made, after a run's loop
+    import pandas as pd
 
 #: shares further than this outside [0, 1] count as outside (float32 rounding of exact 0 or 1 stays inside)
 RANGE_TOLERANCE = 1e-6
@@ -81,12 +84,16 @@ class SensitivityResult:
         ``level`` is "output" for per-output rows and "group" for aggregated (layer) rows, whose
         ``output`` column holds the group name. factor2 is None except for pair quantities.
         """
+        import pandas as pd
+
         frames = [self._frame(output_names, factor_names, "output")]
         if self.aggregated is not None:
             frames.append(self.aggregated._frame(group_names, factor_names, "group"))
         return pd.concat(frames, ignore_index=True)
 
     def _frame(self, output_names: Sequence[str] | None, factor_names: Sequence[str] | None, level: str) -> pd.DataFrame:
+        import pandas as pd
+
         m = self.n_outputs
         outs = np.asarray(list(output_names) if output_names is not None else [str(i) for i in range(m)], dtype=object)
         if outs.shape != (m,):

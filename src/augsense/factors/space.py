@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
 import torch
 
 from augsense.errors import AugsenseError
@@ -20,6 +19,8 @@ from augsense.factors.order import lehmer_codes, permutations_from_codes
 from augsense.factors.registry import get_factor
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from augsense.factors.strata import ImageStrata
 
 ImageMode = Literal["within", "joint"]
@@ -189,6 +190,8 @@ class FactorSpace:
 
     def parameter_table(self, u: torch.Tensor) -> pd.DataFrame:
         """One row per design row: ``<factor>.<parameter>`` in the factor's units, ``<factor>.active``, ``order``."""
+        import pandas as pd
+
         u = self._check_u(u)
         columns: dict[str, Any] = {}
         for factor in self.factors:

@@ -34,8 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
+from augsense._lazy import pandas as pd  # imported at the first table: after a run's loop
 from augsense.errors import AugsenseError
 from augsense.io.lock import holding, pid_alive
 

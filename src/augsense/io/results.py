@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from augsense._lazy import pandas as pd  # imported at the first table: after a run's loop
 from augsense.errors import AugsenseError
 from augsense.io.lock import pid_alive, prepare_out_dir, read_status  # noqa: F401 - part of the run-folder API
 from augsense.io.provenance import RESULT_SET, current_result_set, new_result_set_id, result_set_of
@@ -47,6 +47,8 @@ MAP_QUANTITIES = ("first_order", "total_order", "shapley", "second_order", "inte
 
 
 def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
     import scipy
     import torch
     import torchvision
@@ -55,7 +57,7 @@ def versions() -> dict[str, str]:
 
     return {"augsense": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
             "torchvision": torchvision.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-            "pandas": pd.__version__, "platform": platform.platform()}
+            "pandas": version("pandas"), "platform": platform.platform()}
 
 
 def _atomic_write(path: Path, write: Any) -> None:
