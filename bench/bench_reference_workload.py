@@ -192,8 +192,7 @@ def main() -> None:
     print(f"  start + imports {before_run:.2f} s | model {t['model_s']:.2f} s, images {t['images_s']:.2f} s, setup "
           f"{t['setup_s']:.2f} s in all | clean top-1 {t['clean_top1_s']:.2f} s | loop {t['loop_s']:.2f} s = "
           f"augment {t['augment_s']:.2f} + forward {t['forward_s']:.2f} + accumulate {t['accumulate_s']:.2f} + "
-          f"other {t['loop_s'] - t['augment_s'] - t['forward_s'] - t['accumulate_s']:.2f} (negative: the "
-          f"augmentation overlapped the accumulator) | indices "
+          f"other {t['loop_s'] - t['augment_s'] - t['forward_s'] - t['accumulate_s']:.2f} | indices "
           f"{t['total_s'] - t['setup_s'] - t['clean_top1_s'] - t['loop_s']:.2f} s | write + exit {after_run:.2f} s")
     print("files (MB): " + ", ".join(f"{name} {size:.1f}" for name, size in sizes.items()))
     torch_wall, torch_cpu = starts["import torch"]
