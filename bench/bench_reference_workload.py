@@ -1,6 +1,6 @@
 """The reference code's own test workload as one whole `augsense run` process, against the bare forward floor.
 
-    .venv/bin/python bench/bench_reference_workload.py [--n 64] [--batch-size 512] [--repeats 2] [--device cpu]
+    .venv/bin/python bench/bench_reference_workload.py [--n 64] [--batch-size 512] [--repeats 2] [--runs 3] [--device cpu]
 
 Workload (the paper's code, its test configuration): AlexNet (random weights: no download), ``features.5``
 per element (reduction none, 192×13×13 units) and the softmax output, factors paper-set1 with the order
@@ -12,7 +12,8 @@ top-1 pass, the loop and writing the results all count. The floor is the bare fo
 on the same number of images at the same batch, in the faster of the NCHW and channels-last layouts,
 measured in this process before and after the run (median), under the run's allocator setting.
 Prints the ratio (wall time of the run / floor time), the run's own timings and the peak RSS of the
-run process (``os.wait4``).
+run process (``os.wait4``); the run is repeated ``--runs`` times (the median wall time is used, the peak
+RSS printed as a range: it varies with the heap's fragmentation by up to 0.4 GB between identical runs).
 
 The floor leaves out the interpreter's start and ``import torch``, which the run process pays, so the
 script also times, as processes of their own (median of three): ``python -c pass``, ``import torch`` and
@@ -142,6 +143,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards per floor measurement")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runs", type=int, default=3, help="runs of the workload (median wall time; peak RSS range)")
     parser.add_argument("--keep", help="run folder to keep (default: a temporary folder)")
     parser.add_argument("--reduction", default="none", help="none (the workload) or mean: isolates the loop from "
                         "the per-element accumulator and writing")
@@ -162,11 +164,17 @@ def main() -> None:
         out = Path(args.keep) if args.keep else Path(tmp) / "run"
         command = run_command(out, args)
         print("run:", " ".join(command[:1] + [c for c in command[1:]]).replace(str(Path(sys.executable).parent) + "/", ""))
-        launched = time.time()
-        run = checked(command)
-        wall, cpu, peak = run.wall, run.cpu, run.peak_gb
-        info = json.loads((out / "run.json").read_text())
+        runs = []  # (Child, run.json, seconds from launch to the run's own start), one per --runs
+        for _ in range(args.runs):
+            launched = time.time()
+            done = checked(command)
+            info = json.loads((out / "run.json").read_text())
+            runs.append((done, info, info.get("timings", {}).get("started_unix", float("nan")) - launched))
         sizes = {p.name: p.stat().st_size / 1e6 for p in sorted(out.rglob("*")) if p.is_file()}
+    # the run of median wall time stands for all (its timings are printed); peak RSS is given as a range
+    run, info, before_run = sorted(runs, key=lambda r: r[0].wall)[len(runs) // 2]
+    wall, cpu, peak = run.wall, run.cpu, run.peak_gb
+    peaks = sorted(r[0].peak_gb for r in runs)
     process_floor.append(checked(floor_argv))
     after = floors(args, evaluations)
     nchw = statistics.median([before["nchw"], after["nchw"]])
@@ -176,7 +184,6 @@ def main() -> None:
     nan = float("nan")
     t = {key: timings.get(key, nan) for key in ("model_s", "images_s", "setup_s", "clean_top1_s", "loop_s",
                                                   "augment_s", "forward_s", "accumulate_s", "total_s")}
-    before_run = timings.get("started_unix", nan) - launched  # interpreter start + imports (+ argument checks)
     after_run = wall - before_run - t["total_s"]  # final indices are in total_s; this is writing + exit
     print(f"floor: NCHW {nchw:.2f} s ({evaluations / nchw:.0f} img/s), channels-last {last:.2f} s "
           f"({evaluations / last:.0f} img/s)  [before/after the run: {before['nchw']:.2f}/{after['nchw']:.2f}, "
@@ -188,7 +195,8 @@ def main() -> None:
     print(f"process floor (import torch, torchvision; AlexNet; {evaluations} forwards {layout}): {floor_wall:.2f} s "
           f"wall, {floor_cpu:.2f} s CPU  [before/after the run: " + "/".join(f"{p.wall:.2f}" for p in process_floor)
           + " s]")
-    print(f"run: {wall:.2f} s wall, {cpu:.2f} s CPU ({evaluations / wall:.0f} img/s)")
+    print(f"run (median of {len(runs)}: " + " / ".join(f"{r[0].wall:.2f}" for r in runs) + f" s): {wall:.2f} s wall, "
+          f"{cpu:.2f} s CPU ({evaluations / wall:.0f} img/s)")
     print(f"  start + imports {before_run:.2f} s | model {t['model_s']:.2f} s, images {t['images_s']:.2f} s, setup "
           f"{t['setup_s']:.2f} s in all | clean top-1 {t['clean_top1_s']:.2f} s | loop {t['loop_s']:.2f} s = "
           f"augment {t['augment_s']:.2f} + forward {t['forward_s']:.2f} + accumulate {t['accumulate_s']:.2f} + "
@@ -202,7 +210,8 @@ def main() -> None:
           f"{t['forward_s'] / floor:.2f}x)")
     print(f"ratio to the process floor: {wall / floor_wall:.2f}x wall, {cpu / floor_cpu:.2f}x CPU "
           f"(CPU, without the import-torch process: {(cpu - torch_cpu) / (floor_cpu - torch_cpu):.2f}x)")
-    print(f"peak RSS of the run process: {peak:.2f} GB  (load average now {os.getloadavg()[0]:.2f})")
+    print(f"peak RSS of the run process: {peak:.2f} GB in the median run; {peaks[0]:.2f}-{peaks[-1]:.2f} GB over "
+          f"{len(runs)} runs (the heap's fragmentation varies)  (load average now {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":
