@@ -73,18 +73,26 @@ def filled(n: int = 4096, blocks=None, seed: int = 3, denominator: str = "pooled
     return acc
 
 
+def check_pairs_near_truth(estimate: np.ndarray, ci: np.ndarray, truth: np.ndarray, max_se: float):
+    """Layer-level pair estimates (groups, d, d) with their 95 % intervals (2, groups, d, d): every pair i < j
+    within 4 SE of ``truth``, SE (from the interval) below ``max_se`` (informative, not merely wide), and the
+    matrix symmetric. Returns the pair indices and the pairs' estimates (iu, ju, est)."""
+    iu, ju = np.triu_indices(estimate.shape[-1], 1)
+    est, low, high = estimate[:, iu, ju], ci[0][:, iu, ju], ci[1][:, iu, ju]
+    se = (high - low) / (2 * 1.96)
+    assert np.all(se < max_se), se
+    assert np.all(np.abs(est - truth[:, iu, ju]) <= 4 * se + 1e-12), (est, truth[:, iu, ju], se)
+    np.testing.assert_array_equal(estimate, np.swapaxes(estimate, 1, 2))
+    return iu, ju, est
+
+
 def test_layer_second_order_matches_the_exact_sums_over_units():
     truth = exact_layer_s2(lambda x: polynomial_units(x) - OFFSET, POLY_GROUPS)   # exact sums need no offset
     assert truth[0, 0, 1] > 0.05 and truth[1, 1, 2] > 0.1 and abs(truth[0, 0, 3]) < 1e-12   # planted pairs and a null
     res = filled().compute()
     agg = res.aggregated
     assert agg.second_order.shape == (2, D, D) and agg.second_order_ci.shape == (2, 2, D, D)
-    iu, ju = np.triu_indices(D, 1)
-    est, low, high = agg.second_order[:, iu, ju], agg.second_order_ci[0][:, iu, ju], agg.second_order_ci[1][:, iu, ju]
-    se = (high - low) / (2 * 1.96)
-    assert np.all(se < 0.02), se                                     # informative, not merely wide
-    assert np.all(np.abs(est - truth[:, iu, ju]) <= 4 * se + 1e-12), (est, truth[:, iu, ju], se)
-    np.testing.assert_array_equal(agg.second_order, np.swapaxes(agg.second_order, 1, 2))   # symmetric, NaN diagonal
+    iu, ju, _ = check_pairs_near_truth(agg.second_order, agg.second_order_ci, truth, max_se=0.02)
     assert np.isnan(agg.second_order[:, np.arange(D), np.arange(D)]).all()
     # the same quantity as the per-unit S2 pooled by variance (different estimators, same target)
     pooled = np.stack([np.nansum((res.second_order * res.variance[:, None, None])[POLY_GROUPS == g], 0)

@@ -21,7 +21,8 @@ from augsense.errors import AugsenseError
 from augsense.estimators import make_accumulator
 from exact import closed_variances, gauss_legendre
 from test_interval_strength import D, UNITS, _blocks, _from_b, check_two_sided, components
-from test_layer_second_order import OFFSET, POLY_GROUPS, check_shards_and_resume_equal_one_pass, polynomial_units
+from test_layer_second_order import (OFFSET, POLY_GROUPS, check_pairs_near_truth, check_shards_and_resume_equal_one_pass,
+                                     polynomial_units)
 
 
 def exact_layer_interactions(groups: np.ndarray, nodes: int = 4) -> np.ndarray:
@@ -60,12 +61,7 @@ def test_layer_interactions_match_the_exact_sums_over_units():
     res = filled().compute()
     agg = res.aggregated
     assert agg.interactions.shape == (2, D, D) and agg.interactions_ci.shape == (2, 2, D, D)
-    iu, ju = np.triu_indices(D, 1)
-    est, low, high = agg.interactions[:, iu, ju], agg.interactions_ci[0][:, iu, ju], agg.interactions_ci[1][:, iu, ju]
-    se = (high - low) / (2 * 1.96)
-    assert np.all(se < 0.03), se
-    assert np.all(np.abs(est - truth[:, iu, ju]) <= 4 * se + 1e-12), (est, truth[:, iu, ju], se)
-    np.testing.assert_array_equal(agg.interactions, np.swapaxes(agg.interactions, 1, 2))
+    iu, ju, est = check_pairs_near_truth(agg.interactions, agg.interactions_ci, truth, max_se=0.03)
     # the diagonal is the layer's Shapley effect, as in the per-output matrices
     np.testing.assert_array_equal(agg.interactions[:, np.arange(D), np.arange(D)], agg.shapley)
     # the same per-row statistics as the per-output estimates: the variance-weighted mean of those
