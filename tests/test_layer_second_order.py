@@ -19,6 +19,7 @@ import torch
 from augsense.design import make_design
 from augsense.errors import AugsenseError
 from augsense.estimators import make_accumulator
+from augsense.estimators.results import SensitivityResult
 from augsense.io.results import write_result_tables
 from exact import closed_variances, gauss_legendre
 from test_interval_strength import D, UNITS, _blocks, _from_b, check_two_sided, components
@@ -115,20 +116,25 @@ def test_ishigami_layer_of_one_unit_gives_its_s13():
     assert abs(agg.second_order[0, 0, 1]) < 0.03 and agg.second_order_ci[0, 0, 0, 1] <= 0 <= agg.second_order_ci[1, 0, 0, 1]
 
 
-def _iid_layer_s2(n: int, n_rep: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Layer S2 (K, d, d) and interval (2, K, d, d) of K iid replicates of the four component units of
-    :data:`UNITS` (one group per replicate, one accumulator)."""
+def iid_layer_aggregate(kind: str, n: int, n_rep: int, seed: int) -> SensitivityResult:
+    """The layer-level results (one group per replicate) of K iid replicates of the four component units of
+    :data:`UNITS`, a design of ``kind`` with n rows, all in one accumulator."""
     rng = np.random.default_rng(seed)
-    design = make_design("sobol2", [1] * D, n, seed=0, block_size=n)
+    design = make_design(kind, [1] * D, n, seed=0, block_size=n)
     U = UNITS.shape[0]
     acc = make_accumulator(design, n_rep * U, groups=torch.as_tensor(np.repeat(np.arange(n_rep), U)))
-    for block in _blocks(design, "sobol2", rng):
+    for block in _blocks(design, kind, rng):
         r = block.points.shape[0]
         A, B = rng.random((2, n_rep, r, D))
-        X = np.where(_from_b("sobol2", block)[None], B[:, :, None], A[:, :, None])     # (K, r, G, d)
+        X = np.where(_from_b(kind, block)[None], B[:, :, None], A[:, :, None])         # (K, r, G, d)
         y = components(X)                                                              # (K, r, G, U)
         acc.update(block, torch.as_tensor(y.transpose(1, 2, 0, 3).reshape(r, y.shape[2], -1)))
-    agg = acc.compute().aggregated
+    return acc.compute().aggregated
+
+
+def _iid_layer_s2(n: int, n_rep: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Layer S2 (K, d, d) and interval (2, K, d, d) of K iid replicates (:func:`iid_layer_aggregate`)."""
+    agg = iid_layer_aggregate("sobol2", n, n_rep, seed)
     return agg.second_order, agg.second_order_ci
 
 
@@ -205,6 +211,16 @@ def test_a_grouped_sobol2_state_of_layout_2_is_refused_and_other_layout_2_states
     assert all(torch.equal(again.sums[k], v) for k, v in plain.sums.items())
 
 
+def write_two_layer_folder(res: SensitivityResult, folder, players: list[str]) -> pd.DataFrame:
+    """Write ``res`` of the five planted units as a complete run folder of two layers, "early" (units 0-2) and
+    "late" (3-4), for the report; returns its layers.parquet."""
+    write_result_tables(res, folder, players=players, layers=["early", "late"],
+                        slices={"early": slice(0, 3), "late": slice(3, 5)}, unit_shapes={"early": (3,), "late": (2,)})
+    (folder / "run.json").write_text(json.dumps({"status": "complete", "players": players,
+                                                 "layers": {"early": {"unit_shape": [3]}, "late": {"unit_shape": [2]}}}))
+    return pd.read_parquet(folder / "layers.parquet")
+
+
 def test_layers_table_and_report_show_layer_level_s2_with_intervals(tmp_path):
     from augsense.report import figures
     from augsense.report.data import read_report_data
@@ -213,13 +229,7 @@ def test_layers_table_and_report_show_layer_level_s2_with_intervals(tmp_path):
 
     res = filled(1024).compute()
     layers = ["early", "late"]
-    slices = {"early": slice(0, 3), "late": slice(3, 5)}
-    write_result_tables(res, tmp_path, players=PLAYERS, layers=layers, slices=slices,
-                        unit_shapes={"early": (3,), "late": (2,)})
-    (tmp_path / "run.json").write_text(json.dumps({"status": "complete", "players": PLAYERS,
-                                                   "layers": {"early": {"unit_shape": [3]},
-                                                              "late": {"unit_shape": [2]}}}))
-    table = pd.read_parquet(tmp_path / "layers.parquet")
+    table = write_two_layer_folder(res, tmp_path, PLAYERS)
     s2 = table[table["quantity"] == "second_order"]
     assert len(s2) == 2 * 6 and s2[["estimate", "ci_low", "ci_high"]].notna().all().all()
     row = s2[(s2["layer"] == "early") & (s2["factor"] == "p0") & (s2["factor2"] == "p1")].iloc[0]

@@ -20,9 +20,9 @@ from augsense.design import make_design
 from augsense.errors import AugsenseError
 from augsense.estimators import make_accumulator
 from exact import closed_variances, gauss_legendre
-from test_interval_strength import D, UNITS, _blocks, _from_b, check_two_sided, components
+from test_interval_strength import D, UNITS, check_two_sided
 from test_layer_second_order import (OFFSET, POLY_GROUPS, check_pairs_near_truth, check_shards_and_resume_equal_one_pass,
-                                     polynomial_units)
+                                     iid_layer_aggregate, polynomial_units, write_two_layer_folder)
 
 
 def exact_layer_interactions(groups: np.ndarray, nodes: int = 4) -> np.ndarray:
@@ -73,18 +73,7 @@ def test_layer_interactions_match_the_exact_sums_over_units():
 def test_layer_interaction_intervals_cover_95_percent_two_sided():
     """200 iid replicates of a layer of four units (only x1, x3 interact: I_13 = Σ c² / Σ V): its
     coverage in [0.90, 0.99], delta-method SE within ±25 % of the spread; the other pairs exactly 0."""
-    rng = np.random.default_rng(41)
-    n, n_rep = 256, 200
-    design = make_design("shapley-exact", [1] * D, n, seed=0, block_size=n)
-    U = UNITS.shape[0]
-    acc = make_accumulator(design, n_rep * U, groups=torch.as_tensor(np.repeat(np.arange(n_rep), U)))
-    for block in _blocks(design, "shapley-exact", rng):
-        r = block.points.shape[0]
-        A, B = rng.random((2, n_rep, r, D))
-        X = np.where(_from_b("shapley-exact", block)[None], B[:, :, None], A[:, :, None])
-        y = components(X)                                                              # (K, r, G, U)
-        acc.update(block, torch.as_tensor(y.transpose(1, 2, 0, 3).reshape(r, y.shape[2], -1)))
-    agg = acc.compute().aggregated
+    agg = iid_layer_aggregate("shapley-exact", 256, 200, seed=41)
     truth = np.zeros((D, D))
     truth[0, 2] = truth[2, 0] = (UNITS[:, 2] ** 2).sum() / (UNITS ** 2).sum()
     # the pairs without an interaction come out 0 up to rounding in every replicate (the subset totals of
@@ -116,11 +105,6 @@ def test_a_grouped_layout_1_state_is_refused_and_other_layout_1_states_are_read(
 
 
 def test_layers_table_and_report_show_layer_level_interactions_with_intervals(tmp_path):
-    import json
-
-    import pandas as pd
-
-    from augsense.io.results import write_result_tables
     from augsense.report import figures
     from augsense.report.data import read_report_data
     from augsense.report.html import write_report
@@ -128,12 +112,7 @@ def test_layers_table_and_report_show_layer_level_interactions_with_intervals(tm
     players = ["p0", "p1", "p2", "p3"]
     res = filled(512).compute()
     layers = ["early", "late"]
-    write_result_tables(res, tmp_path, players=players, layers=layers,
-                        slices={"early": slice(0, 3), "late": slice(3, 5)}, unit_shapes={"early": (3,), "late": (2,)})
-    (tmp_path / "run.json").write_text(json.dumps({"status": "complete", "players": players,
-                                                   "layers": {"early": {"unit_shape": [3]},
-                                                              "late": {"unit_shape": [2]}}}))
-    table = pd.read_parquet(tmp_path / "layers.parquet")
+    table = write_two_layer_folder(res, tmp_path, players)
     rows = table[table["quantity"] == "interactions"]
     assert len(rows) == 2 * 6 and rows[["estimate", "ci_low", "ci_high"]].notna().all().all()
     data = read_report_data(tmp_path)
