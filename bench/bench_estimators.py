@@ -8,7 +8,8 @@
     and the Song-Nelson-Staum 2016 permutation estimator (outer/inner Monte Carlo loops); for each
     SNS budget, the evaluations our estimators need to reach its RMSE (log-log interpolation), and
     per method the range of those ratios and at how many budgets they are <= 1/10.
-(c) Peak memory of a streaming run at N = 1024 vs N = 16 384 for fixed m (separate processes).
+(c) Peak memory of a streaming run at N = 1024 vs N = 16 384 for fixed m (separate processes, each
+    started from a fresh launcher so its peak RSS is its own: _measured.py).
 
 Usage: python bench/bench_estimators.py [--quick] [--sections abc]
 """
@@ -16,17 +17,14 @@ Usage: python bench/bench_estimators.py [--quick] [--sections abc]
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
 import os
-import resource
-import subprocess
 import sys
 import time
 import warnings
 
 import numpy as np
 import torch
+from _measured import measured
 
 from augsense.design import make_design
 from augsense.estimators import make_accumulator
@@ -181,16 +179,15 @@ def memory_child(n: int, m: int, threads: int) -> None:
     for b in design.blocks():
         acc.update(b, torch.sin(torch.as_tensor(b.points) @ w))
     acc.compute()
-    print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 
 
 def bench_memory(m: int) -> None:
     peaks = {}
-    for n in (1024, 16384):
-        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), str(m),
-                              str(torch.get_num_threads())], capture_output=True,
-                             text=True, check=True).stdout
-        peaks[n] = json.loads(out.strip().splitlines()[-1])["maxrss_kb"] / 1024
+    for n in (1024, 16384):  # each from a fresh launcher: its own peak, not this process's (_measured.py)
+        done = measured([sys.executable, __file__, "--memory-child", str(n), str(m), str(torch.get_num_threads())])
+        if done.returncode != 0:
+            sys.exit(f"the memory child for N={n} failed: {done.stderr[-2000:]}")
+        peaks[n] = done.peak_kib / 1024
     print(f"(c) peak RSS, m={m}, d=4: N=1024 {peaks[1024]:.0f} MiB, N=16384 {peaks[16384]:.0f} MiB, "
           f"ratio {peaks[16384] / peaks[1024]:.3f}")
 

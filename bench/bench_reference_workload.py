@@ -9,17 +9,19 @@ second-order Sobol' (sobol2), N = 64 (N × (2d + 2) = 1024 evaluations for d = 7
 
 The run is timed as a subprocess from its start to its exit: imports, model and image loading, the clean
 top-1 pass, the loop and writing the results all count. The floor is the bare forward of the same model
-on the same number of images at the same batch, in the faster of the NCHW and channels-last layouts,
-measured in this process before and after the run (median), under the run's allocator setting.
+on the same number of images, in the faster of the NCHW and channels-last layouts and of two pass sizes (the
+batch, and on the CPU the run's own pass of at most ``CPU_FORWARD_IMAGES`` images), measured in this process
+before and after the run (median), under the run's allocator setting.
 Prints the ratio (wall time of the run / floor time), the run's own timings and the peak RSS of the
-run process (``os.wait4``); the run is repeated ``--runs`` times (the median wall time is used, the peak
-RSS printed as a range: it varies with the heap's fragmentation by up to 0.4 GB between identical runs).
+run process, and of the process floor below (each its own: started from a fresh launcher, see
+``_measured.py``); the run is repeated ``--runs`` times (the median wall time is used, the peak RSS
+printed as a range).
 
 The floor leaves out the interpreter's start and ``import torch``, which the run process pays, so the
 script also times, as processes of their own (median of three): ``python -c pass``, ``import torch`` and
 ``import torch, torchvision``; and the *process floor*: one process that imports torch and torchvision,
-builds AlexNet and forwards the same number of random images at the same batch in the floor's faster
-layout (the run's work minus augsense's). Ratios are printed raw, with the ``import torch`` process
+builds AlexNet and forwards the same number of random images in the floor's faster layout and pass size (the run's work minus
+augsense's). Ratios are printed raw, with the ``import torch`` process
 subtracted from the run, and against the process floor; each also in CPU seconds (user + sys of the
 process), which a shared machine's load disturbs less than wall time.
 """
@@ -30,16 +32,16 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from _measured import Measured, measured
 
 from augsense.allocator import heap_allocations
+from augsense.analyses.sensitivity import forward_images
 from augsense.io.images import load_images
 from augsense.io.models import load_model
 
@@ -84,31 +86,9 @@ with torch.inference_mode():
 """
 
 
-@dataclass
-class Child:
-    """One finished child process: wall and CPU (user + sys) seconds, peak RSS in GB, exit status, stderr."""
-
-    wall: float
-    cpu: float
-    peak_gb: float
-    returncode: int
-    stderr: str
-
-
-def child(argv: list[str]) -> Child:
-    """Run ``argv`` (stdout discarded) and measure it alone: ``os.wait4`` gives this child's own usage."""
-    with tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        return Child(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1e6, process.returncode, err.read())
-
-
-def checked(argv: list[str]) -> Child:
-    done = child(argv)
+def checked(argv: list[str]) -> Measured:
+    """``argv`` run and measured alone (:func:`_measured.measured`); exits with its error when it fails."""
+    done = measured(argv)
     if done.returncode != 0:
         sys.exit(f"{argv[:3]} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     return done
@@ -120,20 +100,26 @@ def median_process(argv: list[str], repeats: int = 3) -> tuple[float, float]:
     return statistics.median(r.wall for r in runs), statistics.median(r.cpu for r in runs)
 
 
-def floors(args: argparse.Namespace, evaluations: int) -> dict[str, float]:
-    """Seconds of the bare forward over ``evaluations`` images, per layout (NCHW, channels-last)."""
+def floor_batches(args: argparse.Namespace) -> list[int]:
+    """Forward batch sizes the floor is measured at: ``--batch-size``, and on the CPU also the run's own forward
+    pass (at most ``CPU_FORWARD_IMAGES`` images), so the floor is the faster of the two."""
+    return sorted({args.batch_size, forward_images(args.batch_size, torch.device(args.device))}, reverse=True)
+
+
+def floors(args: argparse.Namespace, evaluations: int) -> dict[tuple[str, int], float]:
+    """Seconds of the bare forward over ``evaluations`` images, per (layout, images per forward pass)."""
     device = torch.device(args.device)
     bundle = load_model("alexnet", weights="random", seed=0)
     module = bundle.module.to(device).eval()
     images = load_images("bundled", bundle.input_size, bundle.resize_size)
-    batches = -(-evaluations // args.batch_size)
-    x = bundle.normalise(images.batch(torch.arange(args.batch_size) % len(images), device))
     out = {}
     with heap_allocations():
-        out["nchw"] = forward_seconds(module, x, args.repeats) * batches
-        module = module.to(memory_format=torch.channels_last)
-        out["channels_last"] = forward_seconds(module, x.contiguous(memory_format=torch.channels_last),
-                                               args.repeats) * batches
+        for layout, fmt in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            module = module.to(memory_format=fmt)
+            for batch in floor_batches(args):
+                x = bundle.normalise(images.batch(torch.arange(batch) % len(images), device))
+                out[layout, batch] = forward_seconds(module, x.contiguous(memory_format=fmt), args.repeats) \
+                    * evaluations / batch
     return out
 
 
@@ -157,14 +143,15 @@ def main() -> None:
     starts = {label: median_process([python, "-c", code]) for label, code in
               (("python -c pass", "pass"), ("import torch", "import torch"),
                ("import torch, torchvision", "import torch, torchvision"))}
-    layout = "channels_last" if before["channels_last"] < before["nchw"] else "nchw"
-    floor_argv = [python, "-c", PROCESS_FLOOR, str(evaluations), str(args.batch_size), layout]
+    fastest = min(before, key=before.get)  # (layout, batch) of the faster floor
+    layout, floor_batch = fastest
+    floor_argv = [python, "-c", PROCESS_FLOOR, str(evaluations), str(floor_batch), layout]
     process_floor = [checked(floor_argv)]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep) if args.keep else Path(tmp) / "run"
         command = run_command(out, args)
         print("run:", " ".join(command[:1] + [c for c in command[1:]]).replace(str(Path(sys.executable).parent) + "/", ""))
-        runs = []  # (Child, run.json, seconds from launch to the run's own start), one per --runs
+        runs = []  # (Measured, run.json, seconds from launch to the run's own start), one per --runs
         for _ in range(args.runs):
             launched = time.time()
             done = checked(command)
@@ -177,24 +164,26 @@ def main() -> None:
     peaks = sorted(r[0].peak_gb for r in runs)
     process_floor.append(checked(floor_argv))
     after = floors(args, evaluations)
-    nchw = statistics.median([before["nchw"], after["nchw"]])
-    last = statistics.median([before["channels_last"], after["channels_last"]])
+    medians = {key: statistics.median([before[key], after[key]]) for key in before}
+    nchw = min(seconds for (lay, _), seconds in medians.items() if lay == "nchw")
+    last = min(seconds for (lay, _), seconds in medians.items() if lay == "channels_last")
     floor = min(nchw, last)
     timings = info.get("timings", {})
     nan = float("nan")
     t = {key: timings.get(key, nan) for key in ("model_s", "images_s", "setup_s", "clean_top1_s", "loop_s",
                                                   "augment_s", "forward_s", "accumulate_s", "total_s")}
     after_run = wall - before_run - t["total_s"]  # final indices are in total_s; this is writing + exit
-    print(f"floor: NCHW {nchw:.2f} s ({evaluations / nchw:.0f} img/s), channels-last {last:.2f} s "
-          f"({evaluations / last:.0f} img/s)  [before/after the run: {before['nchw']:.2f}/{after['nchw']:.2f}, "
-          f"{before['channels_last']:.2f}/{after['channels_last']:.2f} s]")
+    print("floor (bare forward of the same images; faster layout and pass size counts): " + ", ".join(
+        f"{lay.replace('nchw', 'NCHW').replace('_', '-')} batch {batch} {seconds:.2f} s ({evaluations / seconds:.0f} "
+        f"img/s) [before/after the run: {before[lay, batch]:.2f}/{after[lay, batch]:.2f}]"
+        for (lay, batch), seconds in medians.items()))
     print("process starts (median of 3, wall / CPU s): " + ", ".join(f"{label} {w:.2f}/{c:.2f}"
                                                                     for label, (w, c) in starts.items()))
     floor_wall = statistics.median(p.wall for p in process_floor)
     floor_cpu = statistics.median(p.cpu for p in process_floor)
-    print(f"process floor (import torch, torchvision; AlexNet; {evaluations} forwards {layout}): {floor_wall:.2f} s "
-          f"wall, {floor_cpu:.2f} s CPU  [before/after the run: " + "/".join(f"{p.wall:.2f}" for p in process_floor)
-          + " s]")
+    print(f"process floor (import torch, torchvision; AlexNet; {evaluations} forwards {layout}, batch {floor_batch}): "
+          f"{floor_wall:.2f} s wall, {floor_cpu:.2f} s CPU, peak RSS {max(p.peak_gb for p in process_floor):.2f} GB  "
+          "[before/after the run: " + "/".join(f"{p.wall:.2f}" for p in process_floor) + " s]")
     print(f"run (median of {len(runs)}: " + " / ".join(f"{r[0].wall:.2f}" for r in runs) + f" s): {wall:.2f} s wall, "
           f"{cpu:.2f} s CPU ({evaluations / wall:.0f} img/s)")
     print(f"  start + imports {before_run:.2f} s | model {t['model_s']:.2f} s, images {t['images_s']:.2f} s, setup "
@@ -211,7 +200,7 @@ def main() -> None:
     print(f"ratio to the process floor: {wall / floor_wall:.2f}x wall, {cpu / floor_cpu:.2f}x CPU "
           f"(CPU, without the import-torch process: {(cpu - torch_cpu) / (floor_cpu - torch_cpu):.2f}x)")
     print(f"peak RSS of the run process: {peak:.2f} GB in the median run; {peaks[0]:.2f}-{peaks[-1]:.2f} GB over "
-          f"{len(runs)} runs (the heap's fragmentation varies)  (load average now {os.getloadavg()[0]:.2f})")
+          f"{len(runs)} runs  (load average now {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":
