@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from augsense.analyses import sensitivity
 from augsense.analyses.sensitivity import is_out_of_memory, run_sensitivity
 from augsense.config import SensitivityConfig
 from augsense.errors import AugsenseError
@@ -158,6 +159,27 @@ def test_out_of_memory_halves_the_forward_chunk_and_gives_the_same_indices(monke
     monkeypatch.setattr(ActivationProbe, "__call__", cramped)
     run = run_sensitivity(planted_config(n=128), model=planted_bundle(), images=planted_images(), progress=False)
     assert seen[:3] == [20, 10, 5] and max(seen[3:]) <= 5  # halved once, then kept small
+    for quantity in ("first_order", "total_order"):
+        np.testing.assert_allclose(getattr(run.result, quantity), getattr(reference.result, quantity), rtol=1e-10,
+                                   atol=1e-12, equal_nan=True)
+
+
+def test_the_cpu_forward_takes_at_most_cpu_forward_images_and_gives_the_same_indices(monkeypatch):
+    # batch 20 below the cap: one 20-image pass per group; with the cap at 8, passes of 8, 8, 4 and the same design
+    reference = run_sensitivity(planted_config(n=128), model=planted_bundle(), images=planted_images(), progress=False)
+    original = ActivationProbe.__call__
+    seen: list[int] = []
+
+    def counted(self, inputs):
+        seen.append(inputs.shape[0])
+        return original(self, inputs)
+
+    monkeypatch.setattr(ActivationProbe, "__call__", counted)
+    monkeypatch.setattr(sensitivity, "CPU_FORWARD_IMAGES", 8)
+    run = run_sensitivity(planted_config(n=128), model=planted_bundle(), images=planted_images(), progress=False)
+    assert max(seen) == 8 and seen[:3] == [8, 8, 4] and sum(seen) == 128 * 5
+    assert run.design == reference.design
+    assert sensitivity.forward_images(512, torch.device("cuda")) == 512  # the cap is the CPU's
     for quantity in ("first_order", "total_order"):
         np.testing.assert_allclose(getattr(run.result, quantity), getattr(reference.result, quantity), rtol=1e-10,
                                    atol=1e-12, equal_nan=True)

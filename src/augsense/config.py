@@ -64,7 +64,8 @@ class SensitivityConfig:
             S2 keeps its interval: its sums are per layer, not per output).
         n: base rows N of the design (a power of two); evaluations = N × group size.
         seed: seed of the scrambled Sobol' design.
-        batch_size: images per forward pass.
+        batch_size: evaluations grouped per forward pass (and the design's rows per block: batch_size //
+            group size); on the CPU the model sees at most 64 of them at a time (faster, less memory).
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` …
         preprocessing: ``"standard"`` or ``"paper"`` (per-image per-channel min-max stretch first).
         confidence: level of the confidence intervals.
