@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from augsense.analyses.feed import ImageFeed, channels_last, group_of, is_convolutional
+from augsense.analyses import sensitivity
 from augsense.analyses.sensitivity import run_sensitivity
 from augsense.config import SensitivityConfig
 from augsense.io.checkpoints import CHECKPOINT_NAME
@@ -34,7 +35,13 @@ def counted_run(cfg: SensitivityConfig, **kwargs):
     return run, calls
 
 
-def test_blocks_share_forward_passes_and_give_the_indices_of_one_block_per_pass():
+@pytest.fixture
+def whole_groups(monkeypatch):
+    """Groups of 80 evaluations forwarded in one pass (the CPU's pass cap is tested in test_hostile.py)."""
+    monkeypatch.setattr(sensitivity, "CPU_FORWARD_IMAGES", 80)
+
+
+def test_blocks_share_forward_passes_and_give_the_indices_of_one_block_per_pass(whole_groups):
     single, single_calls = counted_run(config(batch_size=10))
     batched, batched_calls = counted_run(config(batch_size=80))
     assert single.design.n_blocks == batched.design.n_blocks == 32
@@ -44,7 +51,7 @@ def test_blocks_share_forward_passes_and_give_the_indices_of_one_block_per_pass(
                                    equal_nan=True, err_msg=q)
 
 
-def test_a_resumed_run_forwards_the_groups_of_the_uninterrupted_run(tmp_path):
+def test_a_resumed_run_forwards_the_groups_of_the_uninterrupted_run(tmp_path, whole_groups):
     uninterrupted, _ = counted_run(config(batch_size=80))
     partial, _ = counted_run(config(batch_size=80), out_dir=tmp_path, stop_after_blocks=3)
     assert not partial.complete and (tmp_path / CHECKPOINT_NAME).exists()
