@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-#: Below this many base rows, intervals are wide and two seeds can rank the factors differently.
+#: Below this many base rows, intervals are wide, can cover less often than stated (docs/estimators.md, "Coverage at
+#: small N"), and two seeds can rank the factors differently.
 SMALL_N = 128
 #: Below this many images, the indices describe those images rather than an image distribution.
 FEW_IMAGES = 20
@@ -22,8 +23,8 @@ def input_warnings(n: int, n_images: int) -> list[str]:
     """Warnings on the size of the design (N base rows) and of the image set."""
     out = []
     if n < SMALL_N:
-        out.append(f"small N: {n} base rows give wide intervals, and another seed can rank the factors "
-                   f"differently; use N ≥ {max(256, SMALL_N)} for conclusions")
+        out.append(f"small N: {n} base rows give wide intervals that may cover less often than their stated level, "
+                   f"and another seed can rank the factors differently; use N ≥ {max(256, SMALL_N)} for conclusions")
     if n_images < FEW_IMAGES:
         out.append(f"few images: {n_images} image{'s' if n_images != 1 else ''}, so the indices describe these "
                    f"images rather than the images a network sees; use at least {FEW_IMAGES}, better hundreds")
