@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from augsense.analyses.sensitivity import run_sensitivity
@@ -218,6 +219,37 @@ def test_results_of_other_analyses_get_their_sections(sobol_run, tmp_path):
     assert "could not" not in page
     assert "masking_gap.parquet" in _section(page, "masking")
     assert "confirmed biases" in _section(page, "single_class")
+
+
+def _contrast_into(run: Path, bundle) -> None:
+    """augsense contrast written into the run folder with ``bundle`` (4 images, 2 draws per factor)."""
+    from augsense.analyses.contrast import run_contrast
+
+    run_contrast(_config(layers=["readout"]), model=bundle, images=planted_images(4),
+                 out_dir=run, draws=2, progress=False)
+
+
+def test_a_contrast_of_the_runs_own_network_is_shown_and_another_networks_is_not(sobol_run, tmp_path):
+    run = _copy(sobol_run, tmp_path, drop=("maps.npz",))
+    _contrast_into(run, planted_bundle())                     # the same weights as the run: its section is shown
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "<table" in _section(page, "contrast") and "contrast.parquet not shown" not in page
+    other = planted_bundle()
+    with torch.no_grad():
+        next(other.module.parameters()).add_(0.5)             # same architecture and names, other weights
+    _contrast_into(run, other)
+    page = write_report(run).read_text(encoding="utf-8")
+    assert 'id="contrast"' not in page
+    banner = re.search(r'<div class="banner" id="warnings"(.*?)</div>', page, re.S)
+    assert banner and "contrast.parquet not shown: it was computed with other weights" in banner.group(1)
+    info = json.loads((run / "contrast.json").read_text())   # written before the digest: shown, with a notice
+    del info["model"]
+    (run / "contrast.json").write_text(json.dumps(info))
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "<table" in _section(page, "contrast") and "cannot be checked" in page
+    (run / "contrast.json").unlink()                          # no record at all: shown, with a notice
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "<table" in _section(page, "contrast") and "has no contrast.json beside it" in page
 
 
 def test_unexpected_columns_give_a_table_without_a_figure(sobol_run, tmp_path):

@@ -41,6 +41,45 @@ QUANTITY_LABELS = {"first_order": "first-order S", "total_order": "total-order S
                    "interactions": "pairwise Shapley interaction", "second_order": "second-order S2"}
 
 
+def contrast_mismatch(info: dict[str, Any], contrast: Any) -> str | None:
+    """Why ``contrast.parquet`` in a run folder describes another network than the run's, or None.
+
+    ``augsense contrast`` is an analysis of its own (its own forward passes), so any contrast can be written
+    into any folder: the weights' SHA-256 in contrast.json is compared with the run plan's. None when either
+    is not recorded (:func:`contrast_unchecked` says so).
+    """
+    theirs, ours = _contrast_weights(contrast), _run_weights(info)
+    if theirs is None or ours is None or theirs == ours:
+        return None
+    model = contrast["model"]
+    name = f" ({model.get('name')}, weights {model.get('weights')})" if model.get("name") else ""
+    return (f"contrast.parquet not shown: it was computed with other weights{name}: SHA-256 {theirs[:12]}…, this "
+            f"run's {ours[:12]}…; run augsense contrast --out on this folder with the run's model to recompute it")
+
+
+def contrast_unchecked(info: dict[str, Any], contrast: Any) -> str | None:
+    """A notice when it cannot be told whether ``contrast.parquet`` describes the run's network, or None."""
+    if not isinstance(contrast, dict):
+        return ("contrast.parquet has no contrast.json beside it: the model and images it was computed with are "
+                "not recorded.")
+    if _contrast_weights(contrast) is None or _run_weights(info) is None:
+        return ("contrast.json or run.json does not record the model's weights (written by an earlier version): "
+                "whether the contrast was computed with this run's model cannot be checked.")
+    return None
+
+
+def _contrast_weights(contrast: Any) -> str | None:
+    model = contrast.get("model") if isinstance(contrast, dict) else None
+    digest = model.get("weights_sha256") if isinstance(model, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
+def _run_weights(info: dict[str, Any]) -> str | None:
+    plan = info.get("plan")
+    digest = plan.get("weights") if isinstance(plan, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
 @dataclass
 class ReportData:
     """What the report can show: provenance, tables, maps and extra results, plus notices.
@@ -333,6 +372,14 @@ def read_report_data(path: str | Path) -> ReportData:
                 data.extra_json[name] = json.loads(file.read_text(encoding="utf-8"))
             except (OSError, ValueError) as error:
                 notices.append(f"{file.name} could not be read ({error}).")
+    if "contrast" in data.extras or "contrast" in data.extra_json:
+        reason = contrast_mismatch(info, data.extra_json.get("contrast"))
+        if reason:  # a contrast of another network, written into this folder: not this run's
+            data.extras.pop("contrast", None)
+            data.extra_json.pop("contrast", None)
+            info["warnings"] = [*(info.get("warnings") or []), reason]
+        elif "contrast" in data.extras and contrast_unchecked(info, data.extra_json.get("contrast")):
+            notices.append(contrast_unchecked(info, data.extra_json.get("contrast")))
     from augsense.report.paper_figures import PAPER_FILES
     from augsense.report.trust import foreign_tables_warning
 
