@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -161,6 +162,22 @@ def test_planted_accuracy_drops_more_under_guided_than_random(planted_run):
         assert (planted_run / f"{name}.parquet").exists()
     assert set(result.spearman.augmentation) == {"clean", *FACTORS}
     assert result.classes.groupby(["config", "augmentation"]).n.sum().max() <= 2 * len(images)
+
+
+def test_a_partially_labelled_set_is_masked_without_copying_its_labelled_pixels(planted_run, tmp_path, monkeypatch):
+    """Only the labelled images count, in order, gathered batch by batch: the same tables as their copied subset."""
+    bundle, base = planted_bundle(), planted_images()
+    with torch.inference_mode():
+        predicted = bundle.module(base.batch(torch.arange(len(base)))).argmax(1)
+    labels = torch.where(torch.arange(len(base)) % 3 == 1, torch.full_like(predicted, -1), predicted)
+    partial = ImageSet(base.pixels, labels, base.sources)
+    options = MaskingOptions(quantiles=(0.9,), alphas=(0.0,), n_random=2, augmentations="all", n_draws=2, batch_size=3)
+    copied = run_masking(planted_run, options, model=bundle, images=partial.labelled(), write=False)
+    monkeypatch.setattr(ImageSet, "labelled", lambda self: pytest.fail("the labelled pixels were copied"))
+    viewed = run_masking(planted_run, options, model=bundle, images=partial, write=False)
+    pd.testing.assert_frame_equal(viewed.table, copied.table)
+    pd.testing.assert_frame_equal(viewed.classes, copied.classes)
+    assert viewed.timings["forwards"] == copied.timings["forwards"]
 
 
 class CapturedBatch(nn.Module):

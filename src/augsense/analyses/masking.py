@@ -286,7 +286,7 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
                    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                    n_labels: int | None = None, progress: bool = False, channels_last: bool | None = None,
                    count_predictions: bool = False, layouts: Mapping[str, str] | None = None,
-                   reduction: str = "mean") -> Tally:
+                   reduction: str = "mean", rows: torch.Tensor | None = None) -> Tally:
     """Run every planned (augmentation, configuration) pair over the images.
 
     Args:
@@ -304,6 +304,8 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
         count_predictions: also count top-1 predictions per model output (``Tally.class_predicted``).
         layouts, reduction: the run's declared layouts and reduction (:func:`~augsense.probe.masks.layout_options`),
             so masks on NHWC and token layers act along the right axis.
+        rows: (n',) int64, evaluate only these images of ``images`` (e.g. the labelled ones), in this order,
+            gathered batch by batch (a memory-mapped set is not copied); default every image.
     Returns:
         A :class:`Tally` of sample counts, correct top-1 / top-5, changes and Jaccard sums.
     """
@@ -314,13 +316,15 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
     module = fast if fast is not None else module
     n_aug, n_configs = plan.shape
     labels = images.labels
+    if labels is not None and rows is not None:
+        n_labels = n_labels or (int(labels[rows].max()) + 1 if len(rows) else 1)
     n_labels = n_labels or (int(labels.max()) + 1 if labels is not None and len(labels) else 1)
     shape = (n_aug, n_configs)
     tally = Tally(*(np.zeros(shape) for _ in range(5)), np.zeros(shape + (n_labels,)), np.zeros(shape + (n_labels,)),
                   *(np.zeros(n_aug) for _ in range(3)), np.zeros((n_aug, n_labels)), np.zeros((n_aug, n_labels)))
     bank = {layer: torch.from_numpy(m).to(device) for layer, m in multipliers.items()}
     cand = torch.from_numpy(candidates).to(device) if candidates is not None else None
-    n_images = len(images)
+    n_images = len(rows) if rows is not None else len(images)
     total = int((plan[0].sum() + plan[1:].sum() * n_draws) * n_images) if n_aug else 0
     bar = Progress(total=total, unit="img", description="masking", enabled=progress)
     with torch.inference_mode(), heap_allocations(), MaskedForward(module, bank, layouts=layouts,
@@ -330,10 +334,11 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
             draws = [None] if factor is None else single_augmentation_draws(factor, n_images, n_draws, seed, a)
             for u in draws:
                 for start in range(0, n_images, batch_size):
-                    index = torch.arange(start, min(start + batch_size, n_images))
+                    position = torch.arange(start, min(start + batch_size, n_images))  # among the evaluated images
+                    index = rows[position] if rows is not None else position             # in ``images``
                     x = images.batch(index, device)
                     if factor is not None and u is not None:
-                        x = factor.apply_unit(x, u[index].to(device))
+                        x = factor.apply_unit(x, u[position].to(device))
                     if transform is not None:
                         x = transform(x)
                     x = normalise(x).contiguous(memory_format=layout)
@@ -660,10 +665,11 @@ def run_masking(run_dir: str | Path | RunFolder, options: MaskingOptions | None 
     if image_set.labels is None or not bool((image_set.labels >= 0).any()):
         raise AugsenseError("masking measures accuracy, but these images have no labels; pass --images with a "
                             "folder of class sub-folders (or an ImageSet with labels)")
-    image_set = image_set.labelled()
+    labelled = torch.nonzero(image_set.labels >= 0).flatten()  # gathered batch by batch: the pixels are not copied
+    rows = labelled if len(labelled) < len(image_set) else None
     if not layers:
         with torch.inference_mode():
-            n_classes = int(bundle.module(bundle.normalise(image_set.batch(torch.arange(1), device))).shape[-1])
+            n_classes = int(bundle.module(bundle.normalise(image_set.batch(labelled[:1], device))).shape[-1])
         logits = output_layer(folder, n_classes)
         if logits is not None and [name for name in folder.layer_names if name not in (OUTPUT, logits)] == []:
             raise AugsenseError(f"the run's only layer {logits!r} is the classifier output, which is not masked by "
@@ -680,11 +686,11 @@ def run_masking(run_dir: str | Path | RunFolder, options: MaskingOptions | None 
                            seed=options.seed, batch_size=options.batch_size, max_batch=options.max_batch,
                            device=device, top_k=options.top_k, transform=transform,
                            n_labels=len(bundle.class_names) if bundle.class_names else None, progress=progress,
-                           **layout_options(folder.info))
+                           rows=rows, **layout_options(folder.info))
     table, classes = masking_tables(specs, names, plan, tally, bundle.class_names)
     spearman, gap = specificity(table, options.confidence)
     timings = {"setup_s": setup, "total_s": time.perf_counter() - started,
-               "forwards": float((plan[0].sum() + plan[1:].sum() * options.n_draws) * len(image_set))}
+               "forwards": float((plan[0].sum() + plan[1:].sum() * options.n_draws) * len(labelled))}
     pairs, pair_rho, linkage = cluster_pairs(table)
     result = MaskingResult(table, classes, spearman, gap, timings, layers, pairs, pair_rho, linkage)
     if write:
