@@ -378,8 +378,10 @@ def read_report_data(path: str | Path) -> ReportData:
             data.extras.pop("contrast", None)
             data.extra_json.pop("contrast", None)
             info["warnings"] = [*(info.get("warnings") or []), reason]
-        elif "contrast" in data.extras and contrast_unchecked(info, data.extra_json.get("contrast")):
-            notices.append(contrast_unchecked(info, data.extra_json.get("contrast")))
+        elif "contrast" in data.extras:
+            notice = contrast_unchecked(info, data.extra_json.get("contrast"))
+            if notice:
+                notices.append(notice)
     from augsense.report.paper_figures import PAPER_FILES
     from augsense.report.trust import foreign_tables_warning
 
