@@ -20,8 +20,8 @@ printed as a range).
 The floor leaves out the interpreter's start and ``import torch``, which the run process pays, so the
 script also times, as processes of their own (median of three): ``python -c pass``, ``import torch`` and
 ``import torch, torchvision``; and the *process floor*: one process that imports torch and torchvision,
-builds AlexNet and forwards the same number of random images in the floor's faster layout and pass size (the run's work minus
-augsense's). Ratios are printed raw, with the ``import torch`` process
+builds AlexNet and forwards the same number of random images in the floor's faster layout and pass
+size (the run's work minus augsense's). Ratios are printed raw, with the ``import torch`` process
 subtracted from the run, and against the process floor; each also in CPU seconds (user + sys of the
 process), which a shared machine's load disturbs less than wall time.
 """

@@ -48,8 +48,9 @@ AUGMENT_CHUNK = 128
 #: On the CPU the model sees at most this many images per forward pass; ``batch_size`` still sets the design's
 #: blocks and how many evaluations are grouped. Larger CPU passes are no faster (channels-last, 2 cores: AlexNet
 #: 218 / 203 img/s, ResNet18 60 / 47, EfficientNet-B0 38 / 28 at 64 / 512 images) and their activations cost
-#: memory (the reference workload at batch 512: peak RSS 2.49–2.64 → 1.48–1.51 GB). In eval mode a sample's outputs do not
-#: depend on which images share its pass: equal to a full-batch forward up to rounding (bitwise on AlexNet, ResNet18).
+#: memory (the reference workload at batch 512: peak RSS 2.49–2.64 → 1.48–1.51 GB). In eval mode a sample's
+#: outputs do not depend on which images share its pass: equal to a full-batch forward up to rounding (bitwise on
+#: AlexNet, ResNet18).
 CPU_FORWARD_IMAGES = 64
 
 
