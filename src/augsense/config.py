@@ -65,7 +65,7 @@ class SensitivityConfig:
         n: base rows N of the design (a power of two); evaluations = N × group size.
         seed: seed of the scrambled Sobol' design.
         batch_size: evaluations grouped per forward pass (and the design's rows per block: batch_size //
-            group size); on the CPU the model sees at most 64 of them at a time (faster, less memory).
+            group size); on the CPU the model sees at most 128 of them at a time (as fast, less memory).
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` …
         preprocessing: ``"standard"`` or ``"paper"`` (per-image per-channel min-max stretch first).
         confidence: level of the confidence intervals.

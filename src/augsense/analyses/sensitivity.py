@@ -46,12 +46,12 @@ from augsense.progress import Progress
 #: images augmented at once inside a forward batch (their temporaries are several copies of the images)
 AUGMENT_CHUNK = 128
 #: On the CPU the model sees at most this many images per forward pass; ``batch_size`` still sets the design's
-#: blocks and how many evaluations are grouped. Larger CPU passes are no faster (channels-last, 2 cores: AlexNet
-#: 218 / 203 img/s, ResNet18 60 / 47, EfficientNet-B0 38 / 28 at 64 / 512 images) and their activations cost
-#: memory (the reference workload at batch 512: peak RSS 2.49–2.64 → 1.48–1.51 GB). In eval mode a sample's
-#: outputs do not depend on which images share its pass: equal to a full-batch forward up to rounding (bitwise on
-#: AlexNet, ResNet18).
-CPU_FORWARD_IMAGES = 64
+#: blocks and how many evaluations are grouped. Larger CPU passes are no faster (bare channels-last forward, 2 cores,
+#: images/s at 128 / 512 per pass: AlexNet 215 / 197, ResNet18 56 / 46, EfficientNet-B0 38 / 26; 64 was slower inside
+#: the run) and their activations cost memory (the reference workload at batch 512: peak RSS 2.30–2.64 → 1.71–1.75
+#: GB). In eval mode a sample's outputs do not depend on which images share its pass: equal to a full-batch forward
+#: up to rounding (bitwise on AlexNet, ResNet18).
+CPU_FORWARD_IMAGES = 128
 
 
 def forward_images(batch_size: int, device: torch.device) -> int:
