@@ -247,6 +247,8 @@ def test_a_contrast_of_the_runs_own_network_is_shown_and_another_networks_is_not
     (run / "contrast.json").write_text(json.dumps(info))
     page = write_report(run).read_text(encoding="utf-8")
     assert "<table" in _section(page, "contrast") and "cannot be checked" in page
+    (run / "contrast.json").write_text("[1, 2]")              # not an object: shown, with a notice
+    assert "contrast.json is not a JSON object" in write_report(run).read_text(encoding="utf-8")
     (run / "contrast.json").unlink()                          # no record at all: shown, with a notice
     page = write_report(run).read_text(encoding="utf-8")
     assert "<table" in _section(page, "contrast") and "has no contrast.json beside it" in page

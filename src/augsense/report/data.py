@@ -59,9 +59,11 @@ def contrast_mismatch(info: dict[str, Any], contrast: Any) -> str | None:
 
 def contrast_unchecked(info: dict[str, Any], contrast: Any) -> str | None:
     """A notice when it cannot be told whether ``contrast.parquet`` describes the run's network, or None."""
-    if not isinstance(contrast, dict):
+    if contrast is None:
         return ("contrast.parquet has no contrast.json beside it: the model and images it was computed with are "
                 "not recorded.")
+    if not isinstance(contrast, dict):
+        return "contrast.json is not a JSON object: the model the contrast was computed with cannot be checked."
     if _contrast_weights(contrast) is None or _run_weights(info) is None:
         return ("contrast.json or run.json does not record the model's weights (written by an earlier version): "
                 "whether the contrast was computed with this run's model cannot be checked.")
