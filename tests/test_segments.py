@@ -348,3 +348,26 @@ def test_neuron_table_sums_a_neurons_units_per_input_channel():
     assert table.loc[(5, "h"), "attributed"] and not table.loc[(5, "v"), "attributed"]  # a tie: the first channel
     assert np.isnan(table.loc[(9, "h"), "share"]) and not table.loc[(9, "h"), "attributed"]  # moves under none
     assert table.loc[(5, "h"), "selected_for"] == "hue,brightness" and table.loc[(9, "h"), "selected_for"] == ""
+
+
+def test_segment_tables_at_a_run_folders_top_are_shown_only_for_the_runs_network(tmp_path):
+    """augsense segments --out RUN: its tables describe whatever network it was given; the report checks the weights."""
+    from augsense.analyses.sensitivity import run_sensitivity
+    from augsense.report.html import write_report
+
+    run, bundle = tmp_path / "run", band_bundle()  # one instance: BandNet's fc is drawn afresh in every one
+    run_sensitivity(segment_config(), model=bundle, images=orange_images(), out_dir=run, progress=False)
+    run_segments(segment_config(), "features.0-1", model=bundle, images=orange_images(), out_dir=run,
+                 progress=False)
+    assert json.loads((run / "segments.json").read_text())["model"]["weights_sha256"]
+    page = write_report(run).read_text(encoding="utf-8")
+    assert 'id="fig-paper-segment-indices"' in page and "not shown" not in page
+    other = band_bundle()  # the same architecture, other weights (fc)
+    run_segments(segment_config(), "features.0-1", model=other, images=orange_images(), out_dir=run,
+                 progress=False, overwrite=True)
+    page = write_report(run).read_text(encoding="utf-8")
+    assert 'id="fig-paper-segment-indices"' not in page
+    assert "segments_indices.parquet not shown: it was computed with other weights" in page
+    (run / "segments.json").unlink()  # written before the weights were recorded: shown, with a notice
+    page = write_report(run).read_text(encoding="utf-8")
+    assert 'id="fig-paper-segment-indices"' in page and "has no segments.json beside it" in page

@@ -433,11 +433,21 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
     indices = segment_indices(runs)
     summary = neuron_table(attribution, selected_for)
     if out is not None:
-        from augsense.io.provenance import write_parquet  # atomic: no reader sees half a table
+        from augsense.analyses.plan import weights_digest
+        from augsense.io.provenance import atomic_write, write_parquet  # atomic: no reader sees half a table
+        from augsense.io.results import versions
 
         write_parquet(attribution, out / "segments.parquet")
         write_parquet(indices, out / "segments_indices.parquet")
         write_parquet(summary, out / "segments_neurons.parquet")
+        # which network the tables describe: a run folder's report shows them only for the run's own weights
+        record = {"model": {"name": bundle.name, "weights": bundle.weights,
+                            "weights_sha256": weights_digest(bundle.module)},
+                  "segment": segment, "channels": chosen, "layers": probe_layers,
+                  "neurons": {name: [int(i) for i in units] for name, units in selection.items()},
+                  "versions": versions()}
+        text = json.dumps(record, indent=2, default=str)
+        atomic_write(out / "segments.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return SegmentRuns(parsed, runs, attribution, indices, out, neurons=selection, neuron_summary=summary)
 
 

@@ -41,37 +41,41 @@ QUANTITY_LABELS = {"first_order": "first-order S", "total_order": "total-order S
                    "interactions": "pairwise Shapley interaction", "second_order": "second-order S2"}
 
 
-def contrast_mismatch(info: dict[str, Any], contrast: Any) -> str | None:
-    """Why ``contrast.parquet`` in a run folder describes another network than the run's, or None.
+#: Analyses with forward passes of their own, whose tables can be written into any folder: table file → the JSON
+#: beside it that records the model (``model.weights_sha256``). Shown in a run's report only for the run's weights.
+OWN_MODEL_TABLES = {"contrast.parquet": "contrast.json", "segments.parquet": "segments.json",
+                    "segments_indices.parquet": "segments.json", "segments_neurons.parquet": "segments.json"}
 
-    ``augsense contrast`` is an analysis of its own (its own forward passes), so any contrast can be written
-    into any folder: the weights' SHA-256 in contrast.json is compared with the run plan's. None when either
-    is not recorded (:func:`contrast_unchecked` says so).
-    """
-    theirs, ours = _contrast_weights(contrast), _run_weights(info)
+
+def model_mismatch(table: str, record: Any, info: dict[str, Any]) -> str | None:
+    """Why ``table`` (a key of :data:`OWN_MODEL_TABLES`) in a run folder describes another network than the run's,
+    or None: the weights' SHA-256 in its JSON ``record`` is compared with the run plan's. None when either is not
+    recorded (:func:`model_unchecked` says so)."""
+    theirs, ours = _recorded_weights(record), _run_weights(info)
     if theirs is None or ours is None or theirs == ours:
         return None
-    model = contrast["model"]
+    model = record["model"]
     name = f" ({model.get('name')}, weights {model.get('weights')})" if model.get("name") else ""
-    return (f"contrast.parquet not shown: it was computed with other weights{name}: SHA-256 {theirs[:12]}…, this "
-            f"run's {ours[:12]}…; run augsense contrast --out on this folder with the run's model to recompute it")
+    command = "contrast" if table.startswith("contrast") else "segments"
+    return (f"{table} not shown: it was computed with other weights{name}: SHA-256 {theirs[:12]}…, this run's "
+            f"{ours[:12]}…; run augsense {command} --out on this folder with the run's model to recompute it")
 
 
-def contrast_unchecked(info: dict[str, Any], contrast: Any) -> str | None:
-    """A notice when it cannot be told whether ``contrast.parquet`` describes the run's network, or None."""
-    if contrast is None:
-        return ("contrast.parquet has no contrast.json beside it: the model and images it was computed with are "
-                "not recorded.")
-    if not isinstance(contrast, dict):
-        return "contrast.json is not a JSON object: the model the contrast was computed with cannot be checked."
-    if _contrast_weights(contrast) is None or _run_weights(info) is None:
-        return ("contrast.json or run.json does not record the model's weights (written by an earlier version): "
-                "whether the contrast was computed with this run's model cannot be checked.")
+def model_unchecked(table: str, record: Any, info: dict[str, Any]) -> str | None:
+    """A notice when it cannot be told whether ``table`` describes the run's network, or None."""
+    beside = OWN_MODEL_TABLES[table]
+    if record is None:
+        return f"{table} has no {beside} beside it: the model it was computed with is not recorded."
+    if not isinstance(record, dict):
+        return f"{beside} is not a JSON object: the model {table} was computed with cannot be checked."
+    if _recorded_weights(record) is None or _run_weights(info) is None:
+        return (f"{beside} or run.json does not record the model's weights (written by an earlier version): "
+                f"whether {table} was computed with this run's model cannot be checked.")
     return None
 
 
-def _contrast_weights(contrast: Any) -> str | None:
-    model = contrast.get("model") if isinstance(contrast, dict) else None
+def _recorded_weights(record: Any) -> str | None:
+    model = record.get("model") if isinstance(record, dict) else None
     digest = model.get("weights_sha256") if isinstance(model, dict) else None
     return digest if isinstance(digest, str) else None
 
@@ -109,15 +113,37 @@ class ReportData:
 
     def analysis_table(self, name: str) -> pd.DataFrame | None:
         """``<name>.parquet`` from the run folder, else from its ``segments/`` sub-folder; None when absent,
-        unreadable (a notice says so) or of another result set (listed in ``foreign``)."""
+        unreadable (a notice says so), of another result set (listed in ``foreign``) or, for a table of an
+        analysis with its own forward passes at the folder's top (``augsense segments --out RUN``), of another
+        network (named in the banner's warnings)."""
         if name not in self._tables:
             table = None
             for relative in (f"{name}.parquet", f"segments/{name}.parquet"):
                 if (self.path / relative).is_file():
+                    if relative in OWN_MODEL_TABLES and not self._own_model(relative):
+                        break
                     table = read_table(self, relative, pd.read_parquet)
                     break
             self._tables[name] = table
         return self._tables[name]
+
+    def _own_model(self, table: str) -> bool:
+        """Whether ``table`` (a key of :data:`OWN_MODEL_TABLES`) may be shown: not of another network's weights.
+        A mismatch goes into the banner's warnings, an unchecked table gets a notice."""
+        try:
+            record = json.loads((self.path / OWN_MODEL_TABLES[table]).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            record = None
+        except (OSError, ValueError):
+            record = []  # unreadable: not an object
+        reason = model_mismatch(table, record, self.info)
+        if reason:
+            self.info["warnings"] = [*(self.info.get("warnings") or []), reason]
+            return False
+        notice = model_unchecked(table, record, self.info)
+        if notice and notice not in self.notices:
+            self.notices.append(notice)
+        return True
 
     @property
     def players(self) -> list[str]:
@@ -375,13 +401,13 @@ def read_report_data(path: str | Path) -> ReportData:
             except (OSError, ValueError) as error:
                 notices.append(f"{file.name} could not be read ({error}).")
     if "contrast" in data.extras or "contrast" in data.extra_json:
-        reason = contrast_mismatch(info, data.extra_json.get("contrast"))
+        reason = model_mismatch("contrast.parquet", data.extra_json.get("contrast"), info)
         if reason:  # a contrast of another network, written into this folder: not this run's
             data.extras.pop("contrast", None)
             data.extra_json.pop("contrast", None)
             info["warnings"] = [*(info.get("warnings") or []), reason]
         elif "contrast" in data.extras:
-            notice = contrast_unchecked(info, data.extra_json.get("contrast"))
+            notice = model_unchecked("contrast.parquet", data.extra_json.get("contrast"), info)
             if notice:
                 notices.append(notice)
     from augsense.report.paper_figures import PAPER_FILES
