@@ -343,3 +343,16 @@ def test_masking_run_writes_the_pair_clustering(planted_run):
     assert len(pairs) == len(result.pairs) == 4 * 2  # (clean + the run's 3 factors) × 2 mask factors
     linkage = pd.read_parquet(planted_run / "masking_linkage.parquet")
     assert len(linkage) == len(pairs) - 1 and linkage["size"].iloc[-1] == len(pairs)
+
+
+def test_the_cli_max_batch_default_is_the_options_default():
+    import argparse
+
+    from augsense.analyses.masking import MAX_BATCH
+    from augsense.analyses.single_class import ClassDecayOptions, SingleClassOptions
+    from augsense.commands.mask import add_common
+
+    parser = argparse.ArgumentParser()
+    add_common(parser)
+    assert parser.parse_args(["run"]).max_batch == MaskingOptions().max_batch == MAX_BATCH == 64
+    assert SingleClassOptions().max_batch == ClassDecayOptions().max_batch == MAX_BATCH

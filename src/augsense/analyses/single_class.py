@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from augsense.analyses.masking import (CLEAN, MaskingOptions, MaskSpec, augmentation_plan, build_masks,
+from augsense.analyses.masking import (CLEAN, MAX_BATCH, MaskingOptions, MaskSpec, augmentation_plan, build_masks,
                                        check_factors, check_options, evaluate_masks, factor_map, load_inputs,
                                        mask_layers)
 from augsense.errors import AugsenseError
@@ -58,7 +58,7 @@ class SingleClassOptions:
     n_draws: int = 1
     seed: int = 0
     batch_size: int = 32
-    max_batch: int = 256
+    max_batch: int = MAX_BATCH
     device: str = "auto"
     limit_images: int | None = None
     null_method: str = "auto"
@@ -245,7 +245,7 @@ class ClassDecayOptions:
     classes: str = "candidates"
     seed: int = 0
     batch_size: int = 32
-    max_batch: int = 256
+    max_batch: int = MAX_BATCH
     device: str = "auto"
     limit_images: int | None = None
 

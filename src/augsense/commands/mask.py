@@ -51,8 +51,10 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         "output layer, e.g. _fc: name it here to mask logits)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
-    parser.add_argument("--max-batch", type=int, default=256,
-                        help="images × mask configurations in one forward pass (memory)")
+    parser.add_argument("--max-batch", type=int, default=64,  # MaskingOptions.max_batch (a test keeps them equal)
+                        help="images × mask configurations in one forward pass (default 64: memory and, on the CPU, "
+                        "speed; raise it when only deep layers are masked: the layers before the first masked one "
+                        "run once per pass)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit-images", type=int, default=None)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
