@@ -322,9 +322,8 @@ def evaluate_masks(module: nn.Module, normalise: Callable[[torch.Tensor], torch.
     module = fast if fast is not None else module
     n_aug, n_configs = plan.shape
     labels = images.labels
-    if labels is not None and rows is not None:
-        n_labels = n_labels or (int(labels[rows].max()) + 1 if len(rows) else 1)
-    n_labels = n_labels or (int(labels.max()) + 1 if labels is not None and len(labels) else 1)
+    evaluated = labels[rows] if labels is not None and rows is not None else labels
+    n_labels = n_labels or (int(evaluated.max()) + 1 if evaluated is not None and len(evaluated) else 1)
     shape = (n_aug, n_configs)
     tally = Tally(*(np.zeros(shape) for _ in range(5)), np.zeros(shape + (n_labels,)), np.zeros(shape + (n_labels,)),
                   *(np.zeros(n_aug) for _ in range(3)), np.zeros((n_aug, n_labels)), np.zeros((n_aug, n_labels)))
@@ -668,10 +667,10 @@ def run_masking(run_dir: str | Path | RunFolder, options: MaskingOptions | None 
         options = dataclasses.replace(options, augmentations=list(wanted))
     bundle, image_set, space, device, transform = load_inputs(folder, model, images, options.device,
                                                               options.limit_images)
-    if image_set.labels is None or not bool((image_set.labels >= 0).any()):
+    labelled = image_set.labelled_rows()  # gathered batch by batch: the pixels are not copied
+    if not len(labelled):
         raise AugsenseError("masking measures accuracy, but these images have no labels; pass --images with a "
                             "folder of class sub-folders (or an ImageSet with labels)")
-    labelled = torch.nonzero(image_set.labels >= 0).flatten()  # gathered batch by batch: the pixels are not copied
     rows = labelled if len(labelled) < len(image_set) else None
     if not layers:
         with torch.inference_mode():

@@ -226,9 +226,9 @@ def clean_top1(bundle: ModelBundle, images: ImageSet, device: torch.device, batc
 
     The labelled images are gathered batch by batch from the whole set (a partially labelled, memory-mapped
     image set is not copied)."""
-    if images.labels is None or not bool((images.labels >= 0).any()):
+    labelled = images.labelled_rows()
+    if not len(labelled):
         return None
-    labelled = torch.nonzero(images.labels >= 0).flatten()
     correct = 0
     batch_size = forward_images(batch_size, device)
     with torch.inference_mode():

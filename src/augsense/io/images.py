@@ -113,11 +113,18 @@ class ImageSet:
             self.digest = pixels_sha256(self.pixels)
         return self.digest
 
+    def labelled_rows(self) -> torch.Tensor:
+        """(n',) int64 indices of the images with a known label, in order (empty without labels): readers
+        gather them batch by batch (:meth:`batch`), so a memory-mapped set is not copied."""
+        if self.labels is None:
+            return torch.empty(0, dtype=torch.long)
+        return torch.nonzero(self.labels >= 0).flatten()
+
     def labelled(self) -> "ImageSet":
         """The subset with known labels (this set itself when every image has one: no copy of the pixels)."""
         if self.labels is None:
             raise AugsenseError("these images have no labels; use a folder with one sub-folder per class")
-        keep = torch.nonzero(self.labels >= 0).flatten()
+        keep = self.labelled_rows()
         if len(keep) == len(self):
             return self
         return ImageSet(self.pixels[keep], self.labels[keep], [self.sources[i] for i in keep.tolist()],
