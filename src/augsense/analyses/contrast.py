@@ -240,7 +240,7 @@ def summarise_contrast(table: pd.DataFrame) -> pd.DataFrame:
 def write_contrast(run: ContrastRun, out: Path, factor_space: dict[str, Any], images: ImageSet) -> None:
     """Write ``contrast.parquet`` (tidy table) and ``contrast.json`` (provenance) into ``out``, each atomically
     (no reader sees half a file), under the folder's lock (a second writer is refused, naming the holder)."""
-    from augsense.analyses.plan import weights_digest
+    from augsense.analyses.plan import model_record
     from augsense.io.lock import ADVICE, holding, prepare_out_dir
     from augsense.io.provenance import atomic_write, write_parquet
     from augsense.io.results import versions
@@ -249,8 +249,7 @@ def write_contrast(run: ContrastRun, out: Path, factor_space: dict[str, Any], im
     info = {
         "config": run.config.to_dict(),
         # which network the table describes: the report of a run folder shows it only for the run's own weights
-        "model": {"name": run.bundle.name, "weights": run.bundle.weights,
-                  "weights_sha256": weights_digest(run.bundle.module)},
+        "model": model_record(run.bundle),
         "factors": factor_space,
         "draws": run.draws,
         "alpha": run.alpha,

@@ -61,6 +61,12 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def model_record(bundle: Any) -> dict[str, Any]:
+    """Which network a table was computed with, for the JSON beside it: name, weights, and the SHA-256 of the
+    weights (:func:`weights_digest`, as the run plan's ``weights``), which a run's report compares."""
+    return {"name": bundle.name, "weights": bundle.weights, "weights_sha256": weights_digest(bundle.module)}
+
+
 def pixels_digest(pixels: torch.Tensor) -> str:
     """SHA-256 of decoded images (n, 3, S, S) uint8 in order (shape included)."""
     digest = hashlib.sha256(f"{tuple(pixels.shape)}|{pixels.dtype}|".encode())

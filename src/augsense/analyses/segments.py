@@ -433,7 +433,7 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
     indices = segment_indices(runs)
     summary = neuron_table(attribution, selected_for)
     if out is not None:
-        from augsense.analyses.plan import weights_digest
+        from augsense.analyses.plan import model_record
         from augsense.io.provenance import atomic_write, write_parquet  # atomic: no reader sees half a table
         from augsense.io.results import versions
 
@@ -441,9 +441,7 @@ def run_segments(config: SensitivityConfig, segment: str, *, channels: Sequence[
         write_parquet(indices, out / "segments_indices.parquet")
         write_parquet(summary, out / "segments_neurons.parquet")
         # which network the tables describe: a run folder's report shows them only for the run's own weights
-        record = {"model": {"name": bundle.name, "weights": bundle.weights,
-                            "weights_sha256": weights_digest(bundle.module)},
-                  "segment": segment, "channels": chosen, "layers": probe_layers,
+        record = {"model": model_record(bundle), "segment": segment, "channels": chosen, "layers": probe_layers,
                   "neurons": {name: [int(i) for i in units] for name, units in selection.items()},
                   "versions": versions()}
         text = json.dumps(record, indent=2, default=str)

@@ -74,6 +74,20 @@ def model_unchecked(table: str, record: Any, info: dict[str, Any]) -> str | None
     return None
 
 
+def own_model(table: str, record: Any, info: dict[str, Any], notices: list[str]) -> bool:
+    """Whether ``table`` (a key of :data:`OWN_MODEL_TABLES`, its JSON ``record``) may be shown in the run's report:
+    False for another network's weights (the reason goes into ``info``'s warnings, for the banner); True otherwise,
+    with a notice when it cannot be checked."""
+    reason = model_mismatch(table, record, info)
+    if reason:
+        info["warnings"] = [*(info.get("warnings") or []), reason]
+        return False
+    notice = model_unchecked(table, record, info)
+    if notice and notice not in notices:
+        notices.append(notice)
+    return True
+
+
 def _recorded_weights(record: Any) -> str | None:
     model = record.get("model") if isinstance(record, dict) else None
     digest = model.get("weights_sha256") if isinstance(model, dict) else None
@@ -120,30 +134,22 @@ class ReportData:
             table = None
             for relative in (f"{name}.parquet", f"segments/{name}.parquet"):
                 if (self.path / relative).is_file():
-                    if relative in OWN_MODEL_TABLES and not self._own_model(relative):
+                    if relative in OWN_MODEL_TABLES and not own_model(relative, self._record(relative), self.info,
+                                                                      self.notices):
                         break
                     table = read_table(self, relative, pd.read_parquet)
                     break
             self._tables[name] = table
         return self._tables[name]
 
-    def _own_model(self, table: str) -> bool:
-        """Whether ``table`` (a key of :data:`OWN_MODEL_TABLES`) may be shown: not of another network's weights.
-        A mismatch goes into the banner's warnings, an unchecked table gets a notice."""
+    def _record(self, table: str) -> Any:
+        """The JSON beside ``table`` (a key of :data:`OWN_MODEL_TABLES`): None when absent, [] when unreadable."""
         try:
-            record = json.loads((self.path / OWN_MODEL_TABLES[table]).read_text(encoding="utf-8"))
+            return json.loads((self.path / OWN_MODEL_TABLES[table]).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            record = None
+            return None
         except (OSError, ValueError):
-            record = []  # unreadable: not an object
-        reason = model_mismatch(table, record, self.info)
-        if reason:
-            self.info["warnings"] = [*(self.info.get("warnings") or []), reason]
-            return False
-        notice = model_unchecked(table, record, self.info)
-        if notice and notice not in self.notices:
-            self.notices.append(notice)
-        return True
+            return []  # unreadable: not an object
 
     @property
     def players(self) -> list[str]:
@@ -400,16 +406,11 @@ def read_report_data(path: str | Path) -> ReportData:
                 data.extra_json[name] = json.loads(file.read_text(encoding="utf-8"))
             except (OSError, ValueError) as error:
                 notices.append(f"{file.name} could not be read ({error}).")
-    if "contrast" in data.extras or "contrast" in data.extra_json:
-        reason = model_mismatch("contrast.parquet", data.extra_json.get("contrast"), info)
-        if reason:  # a contrast of another network, written into this folder: not this run's
-            data.extras.pop("contrast", None)
+    if "contrast" in data.extras or "contrast" in data.extra_json:  # the table, or its JSON alone
+        said = notices if "contrast" in data.extras else []  # without the table, nothing to call unchecked
+        if not own_model("contrast.parquet", data.extra_json.get("contrast"), info, said):
+            data.extras.pop("contrast", None)  # a contrast of another network, written into this folder
             data.extra_json.pop("contrast", None)
-            info["warnings"] = [*(info.get("warnings") or []), reason]
-        elif "contrast" in data.extras:
-            notice = model_unchecked("contrast.parquet", data.extra_json.get("contrast"), info)
-            if notice:
-                notices.append(notice)
     from augsense.report.paper_figures import PAPER_FILES
     from augsense.report.trust import foreign_tables_warning
 
