@@ -144,45 +144,46 @@ def test_a_layer_that_outputs_nan_or_inf_is_named(bad):
         run_sensitivity(planted_config(), model=bundle, images=planted_images(), progress=False)
 
 
-def test_out_of_memory_halves_the_forward_chunk_and_gives_the_same_indices(monkeypatch):
-    # n = 128: blocks of 4 rows × 5 = 20 images, the batch size, also where designs keep >= 32 blocks
-    reference = run_sensitivity(planted_config(n=128), model=planted_bundle(), images=planted_images(), progress=False)
+def record_forwards(monkeypatch, fits: int | None = None) -> list[int]:
+    """Patch the probe to record the images of each forward pass; passes above ``fits`` run out of CUDA memory."""
     original = ActivationProbe.__call__
     seen: list[int] = []
 
-    def cramped(self, inputs):
+    def recorded(self, inputs):
         seen.append(inputs.shape[0])
-        if inputs.shape[0] > 5:
+        if fits is not None and inputs.shape[0] > fits:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return original(self, inputs)
 
-    monkeypatch.setattr(ActivationProbe, "__call__", cramped)
-    run = run_sensitivity(planted_config(n=128), model=planted_bundle(), images=planted_images(), progress=False)
-    assert seen[:3] == [20, 10, 5] and max(seen[3:]) <= 5  # halved once, then kept small
+    monkeypatch.setattr(ActivationProbe, "__call__", recorded)
+    return seen
+
+
+def assert_same_indices(run, reference) -> None:
     for quantity in ("first_order", "total_order"):
         np.testing.assert_allclose(getattr(run.result, quantity), getattr(reference.result, quantity), rtol=1e-10,
                                    atol=1e-12, equal_nan=True)
+
+
+def test_out_of_memory_halves_the_forward_chunk_and_gives_the_same_indices(monkeypatch):
+    # n = 128: blocks of 4 rows × 5 = 20 images, the batch size, also where designs keep >= 32 blocks
+    reference = run_sensitivity(planted_config(n=128), model=planted_bundle(), images=planted_images(), progress=False)
+    seen = record_forwards(monkeypatch, fits=5)
+    run = run_sensitivity(planted_config(n=128), model=planted_bundle(), images=planted_images(), progress=False)
+    assert seen[:3] == [20, 10, 5] and max(seen[3:]) <= 5  # halved once, then kept small
+    assert_same_indices(run, reference)
 
 
 def test_the_cpu_forward_takes_at_most_cpu_forward_images_and_gives_the_same_indices(monkeypatch):
     # batch 20 below the cap: one 20-image pass per group; with the cap at 8, passes of 8, 8, 4 and the same design
     reference = run_sensitivity(planted_config(n=128), model=planted_bundle(), images=planted_images(), progress=False)
-    original = ActivationProbe.__call__
-    seen: list[int] = []
-
-    def counted(self, inputs):
-        seen.append(inputs.shape[0])
-        return original(self, inputs)
-
-    monkeypatch.setattr(ActivationProbe, "__call__", counted)
+    seen = record_forwards(monkeypatch)
     monkeypatch.setattr(sensitivity, "CPU_FORWARD_IMAGES", 8)
     run = run_sensitivity(planted_config(n=128), model=planted_bundle(), images=planted_images(), progress=False)
     assert max(seen) == 8 and seen[:3] == [8, 8, 4] and sum(seen) == 128 * 5
     assert run.design == reference.design
     assert sensitivity.forward_images(512, torch.device("cuda")) == 512  # the cap is the CPU's
-    for quantity in ("first_order", "total_order"):
-        np.testing.assert_allclose(getattr(run.result, quantity), getattr(reference.result, quantity), rtol=1e-10,
-                                   atol=1e-12, equal_nan=True)
+    assert_same_indices(run, reference)
 
 
 def test_out_of_memory_with_one_image_fails_with_advice(monkeypatch):
