@@ -351,17 +351,25 @@ class FolderListing:
                 for label, folder in zip(self.labels, self.folders)]
 
 
-def _folder_class(parts: tuple[str, ...], classes: ClassList | None) -> tuple[int, str]:
-    """(label, folder key) of a file whose parent folders below the root are ``parts`` (longest match wins)."""
+def _folder_class(parts: tuple[str, ...], classes: ClassList | None) -> tuple[int, str, bool]:
+    """(label, folder key, out of range) of a file whose parent folders below the root are ``parts``.
+
+    The longest match wins. A top folder named by an integer is that class index; an index past the
+    class list (``1243`` for a 1000-class model) leaves the file unlabelled with ``out of range`` set.
+    Only ASCII digits count ("²" or a full-width "９" are matched as names, like any other folder).
+    """
     for k in range(len(parts), 0, -1):
         key = "/".join(parts[:k])
-        if k == 1 and key.isdigit():
-            return int(key), key
+        if k == 1 and key.isascii() and key.isdecimal():
+            index = int(key)
+            if classes is not None and index >= len(classes.names):
+                return -1, key, True
+            return index, key, False
         if classes is not None:
             index = classes.lookup(key)
             if index is not None:
-                return index, key
-    return -1, "/".join(parts)
+                return index, key, False
+    return -1, "/".join(parts), False
 
 
 def list_folder(root: str | Path, *, class_names: Sequence[str] | None = None,
@@ -392,7 +400,7 @@ def list_folder(root: str | Path, *, class_names: Sequence[str] | None = None,
     tops = {parts[0] for parts in parts_of if parts}
     if tops and all(WNID.match(t) for t in tops) and (classes is None or classes.wnids is None):
         classes = wnid_classes(sorted(tops), root)
-    labels, folders, unmatched, missing = [], [], {}, 0
+    labels, folders, unmatched, beyond, missing = [], [], {}, {}, 0
     for path, parts in zip(files, parts_of):
         if not parts:
             label = labelling.truth.get(file_key(path), -1) if labelling.truth is not None else -1
@@ -400,8 +408,10 @@ def list_folder(root: str | Path, *, class_names: Sequence[str] | None = None,
             labels.append(label)
             folders.append("")
             continue
-        label, key = _folder_class(parts, classes)
-        if label < 0:
+        label, key, out_of_range = _folder_class(parts, classes)
+        if out_of_range:
+            beyond[key] = beyond.get(key, 0) + 1
+        elif label < 0:
             unmatched[key] = unmatched.get(key, 0) + 1
         labels.append(label)
         folders.append(key)
@@ -412,6 +422,12 @@ def list_folder(root: str | Path, *, class_names: Sequence[str] | None = None,
                   "(no class list: the model has no class names and no mapping file was found)")
         notices.append(f"{len(names)} class folder(s) name no class {source}: {', '.join(names[:5])}"
                        f"{' …' if len(names) > 5 else ''}; their {sum(unmatched.values())} images are used without a "
+                       "label (not in top-1); rename them or give a mapping file (--label-files)")
+    if beyond:
+        names = sorted(beyond, key=int)
+        notices.append(f"{len(names)} class folder(s) name a class index past the {len(classes.names)} classes in "
+                       f"{classes.source} (0 to {len(classes.names) - 1}): {', '.join(names[:5])}"
+                       f"{' …' if len(names) > 5 else ''}; their {sum(beyond.values())} images are used without a "
                        "label (not in top-1); rename them or give a mapping file (--label-files)")
     if missing:
         notices.append(f"{missing} image(s) lying directly in {str(root)!r} are not in {labelling.truth_source}: used "
