@@ -261,15 +261,59 @@ class DesignAccumulator:
         if state.get("layout", 1) != self.layout:
             raise AugsenseError(f"state has sums in layout {state.get('layout', 1)} of an earlier augsense; this version "
                                 f"keeps {type(self).__name__} sums in layout {self.layout} and cannot read it: start afresh")
-        if state["n_outputs"] != self.n_outputs or state["config"] != self._config():
-            raise AugsenseError("state has a different number of outputs or options")
+        if state["n_outputs"] != self.n_outputs:
+            raise AugsenseError(f"state has {state['n_outputs']} outputs, this accumulator {self.n_outputs}")
+        if state["config"] != self._config():
+            keys = sorted(set(state["config"]) | set(self._config()))
+            differ = [f"{k} = {state['config'].get(k, '(default)')!r} in the state, "
+                      f"{self._config().get(k, '(default)')!r} here" for k in keys
+                      if state["config"].get(k) != self._config().get(k)]
+            raise AugsenseError(f"state has other estimator options: {'; '.join(differ)}")
         g = state["groups"]
         if (g is None) != (self.groups is None) or (g is not None and not torch.equal(g.to(self.device), self.groups)):
             raise AugsenseError("state has different output groups")
-        self.n = int(state["n"])
-        self.blocks_seen = np.asarray(state["blocks_seen"], dtype=bool).copy()
-        self.shift = None if state["shift"] is None else state["shift"].to(self.device, torch.float64)
-        self.sums = {k: self._from_state(k, v.to(self.device, torch.float64)) for k, v in state["sums"].items()}
+        seen, n, shift, sums = self._checked_progress(state)
+        self.n, self.blocks_seen, self.shift = n, seen, shift
+        self.sums = sums
+
+    def _checked_progress(self, state: dict[str, Any]) -> tuple[np.ndarray, int, torch.Tensor | None,
+                                                                  dict[str, torch.Tensor]]:
+        """(blocks_seen, n, shift, sums) of a state, refused unless they describe what the sums could
+        hold: one flag per design block, n = the rows of the flagged blocks, a finite shift once rows were
+        added, and exactly this accumulator's sums, each of its shape and finite. A state that passed its
+        file's checksum can still be crafted or written by a faulty program; none of it may turn into numbers.
+        """
+        seen = np.asarray(state["blocks_seen"])
+        if seen.shape != (self.design.n_blocks,) or seen.dtype != bool:
+            raise AugsenseError(f"state flags {seen.shape} blocks of dtype {seen.dtype}; the design has "
+                                f"{self.design.n_blocks} blocks (bool flags)")
+        size, total = self.design.block_size, self.design.n
+        rows = int(sum(min(size, total - k * size) for k in np.flatnonzero(seen)))
+        n = int(state["n"])
+        if n != rows:
+            raise AugsenseError(f"state counts {n} base rows, but its {int(seen.sum())} finished blocks hold {rows}")
+        shift = state["shift"]
+        if shift is not None:
+            shift = torch.as_tensor(shift).to(self.device, torch.float64)
+            if tuple(shift.shape) != (self.n_outputs,) or not bool(torch.isfinite(shift).all()):
+                raise AugsenseError(f"state has a shift of shape {tuple(shift.shape)} or non-finite values; "
+                                    f"expected ({self.n_outputs},) finite")
+        elif n:
+            raise AugsenseError(f"state counts {n} base rows but has no shift")
+        given = state["sums"]
+        if set(given) != set(self.sums):
+            raise AugsenseError(f"state has sums {sorted(given)}, this accumulator keeps {sorted(self.sums)}")
+        sums = {}
+        for name, value in given.items():
+            value = torch.as_tensor(value)
+            expected = tuple(self._to_state(name, self.sums[name]).shape)
+            if tuple(value.shape) != expected:
+                raise AugsenseError(f"state sum {name!r} has shape {tuple(value.shape)}, expected {expected}")
+            value = value.to(self.device, torch.float64)
+            if not bool(torch.isfinite(value).all()):
+                raise AugsenseError(f"state sum {name!r} holds NaN or inf; sums of finite outputs cannot")
+            sums[name] = self._from_state(name, value)
+        return seen.copy(), n, shift, sums
 
     def _group_sum(self, x: torch.Tensor, outputs: slice, into: torch.Tensor | None, dim: int = 1) -> torch.Tensor:
         """Add x (..., mc along ``dim``, ...) of the outputs ``outputs`` into group sums (n_groups along dim)."""

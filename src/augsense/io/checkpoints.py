@@ -372,7 +372,7 @@ def resume_run_checkpoint(path: str | Path, *, plan: Any, accumulator: Any, shar
                 accumulator.load_state_dict(state["accumulator"])
             except AugsenseError as error:  # e.g. sums in the layout of an earlier version
                 raise AugsenseError(f"checkpoint {str(path)!r} cannot be resumed: {error}") from None
-            except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as error:
                 raise AugsenseError(f"checkpoint {str(path)!r} holds sums that do not fit this run ({error!r}); "
                                     "start afresh without --resume") from None
             outcome = [finished_blocks(state).ranges]
