@@ -145,12 +145,16 @@ def test_checkpoint_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
     save_checkpoint(path, {"fingerprint": "x", "value": np.arange(4)})
     assert load_checkpoint(path, fingerprint="x")["value"].tolist() == [0, 1, 2, 3]
     assert sorted(p.name for p in path.parent.iterdir()) == ["c.pt"]
-    (path.parent / ".c.pt.tmp12345").write_bytes(b"left by a writer killed mid-write")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (path.parent / f".c.pt.tmp{dead.pid}").write_bytes(b"left by a writer killed mid-write")
+    live = os.getppid()
+    (path.parent / f".c.pt.tmp{live}").write_bytes(b"being written by a live process")
     assert load_checkpoint(path)["value"].tolist() == [0, 1, 2, 3]  # the last complete checkpoint still reads
     with pytest.raises(AugsenseError, match="another design"):
         load_checkpoint(path, fingerprint="y")
-    remove_checkpoint(path)  # another writer's temporary file (another PID) is not ours to delete
-    assert [p.name for p in path.parent.iterdir()] == [".c.pt.tmp12345"]
+    remove_checkpoint(path)  # a dead writer's leftover goes; a live process's file is not ours to delete
+    assert [p.name for p in path.parent.iterdir()] == [f".c.pt.tmp{live}"]
 
 
 # -- checkpoints cannot carry code --------------------------------------------------------------------

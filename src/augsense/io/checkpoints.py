@@ -73,13 +73,39 @@ def checkpoint_path(run_dir: str | Path) -> Path:
 
 
 def remove_checkpoint(path: str | Path) -> None:
-    """Delete a checkpoint and this process's temporary file beside it (``.<name>.tmp<pid>``).
+    """Delete a checkpoint, this process's temporary file beside it (``.<name>.tmp<pid>``) and those
+    of writers that died mid-write (a checkpoint-sized file each).
 
-    Temporary files named with another PID belong to another writer and are left alone.
+    A temporary file named with the PID of a live process here may belong to another writer and is
+    left alone.
     """
     path = Path(path)
     path.unlink(missing_ok=True)
     path.with_name(f".{path.name}.tmp{os.getpid()}").unlink(missing_ok=True)
+    prefix = f".{path.name}.tmp"
+    try:
+        leftovers = [p for p in path.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for leftover in leftovers:
+        pid = leftover.name[len(prefix):]
+        if pid.isascii() and pid.isdecimal() and not _alive(int(pid)):
+            try:
+                if leftover.is_file() and not leftover.is_symlink():
+                    leftover.unlink()
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this PID runs on this machine (one we may not signal counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
 
 def _digest(data: bytes | memoryview) -> str:
