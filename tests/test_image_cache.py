@@ -258,3 +258,81 @@ def test_a_pixel_file_changed_behind_the_index_is_stale_and_rebuilt(tmp_path, mo
     assert again.digest == pixels_digest(expected)
     decoded.clear()
     assert torch.equal(load_folder(tmp_path, 16, cache="auto").pixels, expected) and not decoded  # reused again
+
+
+@pytest.mark.parametrize("how", ["cp -p", "touch -r"])
+def test_an_image_replaced_with_its_size_and_mtime_kept_is_decoded_again(tmp_path, how):
+    """Size and mtime are not enough: the ctime (users cannot set it) and inode of every source image are recorded."""
+    import os
+    import shutil
+
+    images = tmp_path / "images"
+    write_set(images, 8)
+    first = load_folder(images, 16, cache="auto")
+    target = Path(first.sources[0])
+    before = target.stat()
+    # other pixels, the same byte count: a plain red PNG padded to the old length (bytes after IEND are ignored)
+    replacement = tmp_path / "replacement.png"
+    Image.new("RGB", (40, 48), (255, 0, 0)).save(replacement)
+    data = replacement.read_bytes()
+    assert len(data) <= before.st_size
+    replacement.write_bytes(data + b"\0" * (before.st_size - len(data)))
+    time.sleep(0.01)
+    if how == "cp -p":
+        os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
+        shutil.copy2(replacement, target)
+    else:
+        target.write_bytes(replacement.read_bytes())
+        os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = target.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    second = load_folder(images, 16, cache="auto")
+    assert second.pixels[0, 0].float().mean() > 250  # the new pixels, not the cached old ones
+    assert second.digest != first.digest and torch.equal(second.pixels[1:], first.pixels[1:])
+
+
+def test_an_index_of_the_older_file_record_is_rebuilt_once(tmp_path, monkeypatch):
+    write_set(tmp_path, 6)
+    first = load_folder(tmp_path, 16, cache="auto")
+    index_path = next((tmp_path / image_cache.CACHE_NAME).glob("*.json"))
+    index = json.loads(index_path.read_text())
+    index["files"] = [entry[:3] for entry in index["files"]]  # [i, size, mtime] as older versions wrote
+    index_path.write_text(json.dumps(index))
+    decoded = []
+    decode = images_module._decode_one
+    monkeypatch.setattr(images_module, "_decode_one", lambda *a, **k: decoded.append(1) or decode(*a, **k))
+    assert torch.equal(load_folder(tmp_path, 16, cache="auto").pixels, first.pixels) and decoded
+    decoded.clear()
+    assert torch.equal(load_folder(tmp_path, 16, cache="auto").pixels, first.pixels) and not decoded
+
+
+@pytest.mark.parametrize("where", ["data names a folder", "a folder at the data file's name", "leftover tmp folder",
+                                   "data names the index"])
+def test_folders_in_the_cache_are_passed_over_without_a_traceback(tmp_path, where):
+    write_set(tmp_path, 6)
+    first = load_folder(tmp_path, 16, cache="auto")
+    folder = tmp_path / image_cache.CACHE_NAME
+    index_path = next(folder.glob("*.json"))
+    key = index_path.stem
+    index = json.loads(index_path.read_text())
+    if where == "data names a folder":
+        (folder / f"{key}-dir.u8").mkdir()
+        (folder / f"{key}-dir.u8" / "keep").write_bytes(b"")
+        index["data"] = f"{key}-dir.u8"
+        index["files"] = []  # stale, so the build replaces this index and removes its "previous" data
+    elif where == "a folder at the data file's name":
+        data = folder / index["data"]
+        data.unlink()
+        data.mkdir()
+    elif where == "leftover tmp folder":
+        (folder / f".{key}-1-x.u8.tmp").mkdir()
+        index["files"] = []
+        index["rows"] = []
+    else:
+        index["data"] = index_path.name
+        index["rows"] = []
+    index_path.write_text(json.dumps(index))
+    again = load_folder(tmp_path, 16, cache="auto")
+    assert torch.equal(again.pixels, first.pixels)
+    assert index_path.is_file()
+    assert torch.equal(load_folder(tmp_path, 16, cache="auto").pixels, first.pixels)

@@ -10,14 +10,17 @@ A cache folder (config ``image_cache``: ``"auto"``, a folder, or ``"off"``; ``"a
 
 - ``<key>.json``, the index: format, shape, the data file's name and its identity (size,
   modification and status-change times in ns, inode), every file decoded or tried (its listing index,
-  size and modification time), the row of each image, the failures with their reasons, and the
+  size, modification and status-change times in ns, and inode), the row of each image, the failures with their reasons, and the
   SHA-256 of the pixels (so the run plan need not read 7.5 GB to hash them);
 - ``<key>-<build>.u8``, the pixels, raw C-order uint8;
 - ``<key>.lock``, taken (``fcntl.flock``) by a builder, so concurrent ranks or runs decode once.
 
 ``key`` hashes the format, the preprocessing (size, resize, decoder version, Pillow and torchvision
 versions), the file list and the subset chosen: another subset or size is another cache. An index
-whose files changed (size or modification time) is stale and rebuilt. A build writes the pixels to a
+whose files changed (size, modification or status-change time, inode) is stale and rebuilt: an image
+replaced by other pixels of the same size and modification time (``cp -p``, ``touch -r``) still
+changes its ctime (which users cannot set) or inode. An index of an older augsense, which recorded
+size and modification time only, no longer matches and is rebuilt once. A build writes the pixels to a
 fresh file, fsyncs it and the index, and then replaces the index atomically (``os.replace``), so a
 reader sees the old set or the new one, never a half-written one, and a process still mapping the old
 pixels keeps them. Delete the folder to reclaim the space.
@@ -111,11 +114,16 @@ def cache_key(files: Sequence[str], preprocessing: dict[str, Any], selection: An
 
 
 def _stat(path: Path) -> list[int]:
+    """What the index records of a source image: size, mtime_ns, ctime_ns and inode (any change: stale).
+
+    Size and mtime alone miss a file replaced by other pixels of the same size with its mtime kept
+    (``cp -p``, ``touch -r``); the ctime cannot be set by users and the inode changes on a replace.
+    """
     try:
         info = os.stat(path)
     except OSError:
-        return [-1, -1]
-    return [int(info.st_size), int(info.st_mtime_ns)]
+        return [-1, -1, -1, -1]
+    return [int(info.st_size), int(info.st_mtime_ns), int(info.st_ctime_ns), int(info.st_ino)]
 
 
 def _identity(path: Path) -> dict[str, int]:
@@ -172,14 +180,16 @@ def _open(directory: Path, key: str, paths: Sequence[Path]) -> Decoded | None:
         if Path(name).name != name or not (name.startswith(f"{key}-") and name.endswith(".u8")):
             return None  # only a pixel file of this key, inside the cache folder (a crafted index names others)
         data = directory / name
+        if not data.is_file():
+            return None  # a folder (or nothing) where the pixel file should be
         if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3] or min(shape) < 0 \
                 or len(index["rows"]) != shape[0] or (shape[0] and data.stat().st_size != int(np.prod(shape))):
             return None
         if index["pixels"] != _identity(data):
             return None  # the pixel file was edited in place, replaced or copied since the build: stale
-        for i, size, mtime in index["files"]:
-            if not 0 <= i < len(paths) or _stat(paths[i]) != [size, mtime]:
-                return None  # a file changed: stale
+        for i, *recorded in index["files"]:
+            if not 0 <= i < len(paths) or _stat(paths[i]) != recorded:
+                return None  # a file changed (or an older index recorded less of it): stale
         rows = [int(i) for i in index["rows"]]
         failed = [(int(i), str(reason)) for i, reason in index["failed"]]
         digest = str(index["sha256"])
@@ -207,7 +217,7 @@ def load_or_build(directory: Path, key: str, paths: Sequence[Path],
         if found is not None:
             return found
         for left in directory.glob(f".{key}-*.tmp"):  # files of a builder killed mid-way (we hold the lock)
-            left.unlink(missing_ok=True)
+            _remove(left)
         stats = [_stat(path) for path in paths]  # before decoding: a file changed meanwhile makes the cache stale
         build = f"{os.getpid()}-{os.urandom(4).hex()}"
         data = directory / f"{key}-{build}.u8"
@@ -248,13 +258,27 @@ def load_or_build(directory: Path, key: str, paths: Sequence[Path],
                 data.unlink(missing_ok=True)
                 (directory / f".{key}-{build}.json.tmp").unlink(missing_ok=True)
         if previous is not None and previous != data.name:
-            (directory / previous).unlink(missing_ok=True)  # processes still mapping it keep its pages
+            _remove(directory / previous)  # processes still mapping it keep its pages
         return Decoded(_map(data, final), filled, failed, digest, reused=False)
 
 
 def _previous_data(index: Path) -> str | None:
+    """The pixel file named by the index being replaced: only a ``<key>-….u8`` name inside the cache folder."""
     try:
         value = json.loads(index.read_text(encoding="utf-8")).get("data")
     except (OSError, ValueError, AttributeError):
         return None
-    return value if isinstance(value, str) and "/" not in value else None
+    key = index.name[:-len(".json")]
+    if not isinstance(value, str) or Path(value).name != value or not (value.startswith(f"{key}-")
+                                                                        and value.endswith(".u8")):
+        return None
+    return value
+
+
+def _remove(path: Path) -> None:
+    """Delete a leftover file; a folder or anything else that cannot be removed is left alone, silently."""
+    try:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+    except OSError:
+        pass
