@@ -122,3 +122,41 @@ def test_result_counts_shares_outside_the_unit_interval():
     result = SensitivityResult(n=8, dead=np.array([False, False, True]), first_order=first,
                                total_order=np.array([[0.3, 1e-9], [1.0 + 1e-9, 0.1], [np.nan, np.nan]]))
     assert result.outside_unit_interval() == (2, 8)
+
+
+class _Marker:
+    """A pickle that would create a file if it were ever unpickled with code allowed."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.path}",)
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "whole module", "code", "garbage"])
+def test_a_weights_file_that_is_not_a_state_dict_is_refused_in_one_line(folder, tmp_path, capsys, kind):
+    import pickle
+
+    path = tmp_path / "bad.pt"
+    marker = tmp_path / "executed"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("hello world\nthese are not weights\n")
+    elif kind == "whole module":
+        torch.save(torchvision.models.resnet18(weights=None), path)
+    elif kind == "code":
+        path.write_bytes(pickle.dumps(_Marker(marker)))
+    else:
+        path.write_bytes(bytes(range(256)) * 3)
+    code = main(["run", "--images", str(folder), "--out", str(tmp_path / "r"), *RUN, "--weights", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("augsense: error: cannot read weights file")
+    assert "\x1b" not in err and "PyTorch 2.6" not in err and "Traceback" not in err
+    if kind == "empty":
+        assert "empty" in err
+    else:
+        assert "not a state dict of tensors" in err and "weights_only=True" in err and "state_dict()" in err
+    assert not marker.exists()  # the pickled code never ran

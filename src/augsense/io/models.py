@@ -17,7 +17,10 @@ import difflib
 import hashlib
 import io
 import math
+import pickle
+import re
 import types
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -109,15 +112,19 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     prefixes (DataParallel) removed. ``.safetensors`` files are read with safetensors."""
     if not path.is_file():
         raise AugsenseError(f"weights file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise AugsenseError(f"cannot read weights file {str(path)!r}: the file is empty (0 bytes)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says what matters
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
-        raise AugsenseError(f"cannot read weights file {str(path)!r}: {str(error).splitlines()[0][:200]}") from error
+        raise AugsenseError(f"cannot read weights file {str(path)!r}: {_load_failure(path, error)}") from error
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -125,6 +132,22 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise AugsenseError(f"weights file {str(path)!r} does not hold a state dict (names → tensors)")
     return {str(key).removeprefix("module."): value for key, value in state.items()}
+
+
+#: What a pickle that the weights-only unpickler refuses (a whole nn.Module, code, a text file) is told.
+NOT_A_STATE_DICT = ("not a state dict of tensors (augsense loads with weights_only=True, so pickled models and code "
+                    "are refused); save model.state_dict() with torch.save")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _load_failure(path: Path, error: Exception) -> str:
+    """One line for why ``torch.load`` / safetensors refused ``path`` (no ANSI codes, no PyTorch essay)."""
+    text = _ANSI.sub("", str(error))
+    if path.suffix != ".safetensors" and (isinstance(error, (pickle.UnpicklingError, KeyError, EOFError))
+                                          or "Weights only load failed" in text):
+        return NOT_A_STATE_DICT
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return first[:200] or f"{type(error).__name__} (not a weights file?)"
 
 
 def state_mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
