@@ -120,3 +120,10 @@ def test_classifier_output_layer_is_masked_only_when_named(run_dir, capsys):
     named = pd.read_parquet(run_dir / "masking.parquet")
     guided = (default.kind == "guided"), (named.kind == "guided")
     assert default[guided[0]].n_units.max() <= 64 < named[guided[1]].n_units.max()  # layer1 has 64 channels
+
+
+@pytest.mark.parametrize("command", ["mask", "single-class"])
+def test_a_negative_seed_is_one_clear_error(run_dir, capsys, command):
+    code, _, stderr = run([command, run_dir, "--device", "cpu", "--seed", "-1"], capsys)
+    assert code == 2 and stderr.count("\n") == 1
+    assert stderr.startswith("augsense: error: ") and "seed must be a non-negative integer, got -1" in stderr

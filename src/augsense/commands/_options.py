@@ -43,6 +43,16 @@ def parse_number(key: str, text: str, kind: type) -> Any:
                             f"got {text!r}") from None
 
 
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    """``seed`` when it is a non-negative integer (what numpy's and torch's generators take), else an AugsenseError.
+
+    The same rule and words as ``run`` / ``stimuli`` (the design refuses a negative seed there).
+    """
+    if int(seed) < 0:
+        raise AugsenseError(f"{flag}: seed must be a non-negative integer, got {seed}")
+    return int(seed)
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     from augsense.config import SensitivityConfig
 

@@ -62,7 +62,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 def cmd_mask(args: argparse.Namespace) -> int:
     from augsense.analyses.masking import MaskingOptions, run_masking
+    from augsense.commands._options import check_seed
 
+    check_seed(args.seed)  # before the run folder is locked or anything is loaded
     augmentations: Any = args.augmentations
     if augmentations not in ("own", "all", "clean"):
         augmentations = names(augmentations) or "own"

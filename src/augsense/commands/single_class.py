@@ -9,6 +9,9 @@ from augsense.commands.mask import add_common, names, parse_floats, run_folder_l
 
 
 def cmd_single_class(args: argparse.Namespace) -> int:
+    from augsense.commands._options import check_seed
+
+    check_seed(args.seed)  # before the run folder is locked or anything is loaded
     with run_folder_lock(args.run_dir):  # the analyses and their writes: one writer at a time
         return _single_class(args)
 
