@@ -127,3 +127,33 @@ def test_a_negative_seed_is_one_clear_error(run_dir, capsys, command):
     code, _, stderr = run([command, run_dir, "--device", "cpu", "--seed", "-1"], capsys)
     assert code == 2 and stderr.count("\n") == 1
     assert stderr.startswith("augsense: error: ") and "seed must be a non-negative integer, got -1" in stderr
+
+
+@pytest.mark.parametrize("command", ["mask", "single-class"])
+def test_a_masked_layer_whose_map_is_all_nan_is_refused_naming_layer_and_factor(run_dir, tmp_path, capsys, command):
+    """Every unit dead: the soft mask out·M would zero the whole layer (changed = 1.0) instead of masking nothing."""
+    import numpy as np
+
+    dead = tmp_path / "dead"
+    shutil.copytree(run_dir, dead)
+    with np.load(dead / "maps.npz") as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    assert "layer1/total_order" in arrays
+    arrays["layer1/total_order"] = np.full_like(arrays["layer1/total_order"], np.nan)
+    np.savez(dead / "maps.npz", **arrays)
+    extra = SMALL if command == "mask" else ["--device", "cpu", "--quiet", "--limit-images", "2"]
+    code, _, stderr = run([command, dead, *extra], capsys)
+    assert code == 2 and stderr.count("\n") == 1 and stderr.startswith("augsense: error: ")
+    assert "layer 'layer1'" in stderr and "factor 'hue'" in stderr and "no finite value" in stderr
+
+
+def test_the_soft_multiplier_refuses_a_map_without_a_finite_value():
+    import numpy as np
+
+    from augsense.errors import AugsenseError
+    from augsense.probe.masks import soft_multiplier
+
+    with pytest.raises(AugsenseError, match="no finite value"):
+        soft_multiplier(np.full((4,), np.nan))
+    partly = soft_multiplier(np.array([np.nan, 0.5, 2.0]))
+    assert partly.tolist() == [0.0, 0.5, 1.0]

@@ -222,6 +222,12 @@ def build_masks(folder: RunFolder, factors: Sequence[str], layers: Sequence[str]
     for factor in factors:
         j = players.index(factor)
         maps = {layer: factor_map(folder, layer, options.quantity, j) for layer in layers}
+        for layer in layers:
+            if not np.isfinite(maps[layer]).any():  # every unit dead: the soft mask would zero the whole layer
+                raise AugsenseError(
+                    f"the {options.quantity} map of factor {factor!r} in layer {layer!r} has no finite value (every "
+                    "unit is dead or constant over the run's images): no unit can be ranked; leave the layer out "
+                    "with --mask-layers or the factor out with --factors")
         guided: list[tuple[float, dict[str, np.ndarray]]] = []
         for q in options.quantiles:
             selected = {layer: quantile_units(maps[layer], q) for layer in layers}

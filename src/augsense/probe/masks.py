@@ -103,8 +103,15 @@ def selection_multiplier(selected: NDArray[np.bool_], alpha: float) -> NDArray[n
 
 
 def soft_multiplier(values: ArrayLike, inverse: bool = False) -> NDArray[np.float32]:
-    """The soft mask M (index clipped to [0, 1], dead units 0) or 1 − M: (*unit_shape,) float32."""
-    array = np.clip(np.nan_to_num(_finite(values), nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    """The soft mask M (index clipped to [0, 1], dead units 0) or 1 − M: (*unit_shape,) float32.
+
+    A map with no finite value (every unit dead) is refused: M would zero the whole layer.
+    """
+    array = _finite(values)
+    if not np.isfinite(array).any():
+        raise AugsenseError("the sensitivity map has no finite value (every unit is dead): no soft mask can be "
+                            "built from it")
+    array = np.clip(np.nan_to_num(array, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
     return (1.0 - array if inverse else array).astype(np.float32)
 
 
