@@ -17,8 +17,10 @@ A run folder holds
 - ``config.toml``: the config that reproduces the run (also written at the start).
 
 The results are committed as one set (:func:`write_run`): every file is written into a staging
-folder inside the run folder and fsynced, then renamed into place with ``run.json`` last, so a
-failure (disk full, killed) leaves the previous complete set, or run.json saying "failed".
+folder inside the run folder and fsynced; run.json is then set to "committing" (the old set no longer
+reads as complete) and the files are renamed into place with ``run.json`` last, so a failure (disk full,
+killed) leaves the previous complete set, or run.json saying "committing"/"failed", which load_run refuses
+and the report flags (the tables may mix two sets).
 """
 
 from __future__ import annotations
@@ -407,6 +409,15 @@ def write_run(run: Any, out: str | Path, *, status: str | None = None) -> None:
                 "run.json could not be updated either"
         raise AugsenseError(f"cannot write the results into {str(out)!r}: {error.strerror or error} ({kept}; "
                             "free space, then run again, with --resume if the folder has a checkpoint)") from None
+    # The files are renamed one by one: first turn the old run.json (maybe "complete") into "committing", so a
+    # process killed between two renames leaves a folder that says its tables may mix two sets, never one that
+    # reads as a complete run (run.json, renamed last, says "complete" again once every table is in place).
+    if not mark_run(out, "committing", committing=_now(), reason="a commit of new results did not finish: the "
+                    "tables may mix two runs", **{RESULT_SET: info[RESULT_SET]}):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise AugsenseError(f"cannot commit the results into {str(out)!r}: run.json could not be updated (the "
+                            "files there are unchanged; free space, then run again, with --resume if the folder "
+                            "has a checkpoint)")
     moved: list[str] = []
     try:
         for name in RESULT_FILES:
@@ -500,6 +511,10 @@ def load_run(path: str | Path) -> RunFolder:
         key, expected = malformed[0]
         raise AugsenseError(f"run.json in {str(path)!r} is malformed: {key} must be {expected}, got "
                             f"{json.dumps(info[key], default=str)[:60]}")
+    if info.get("status") != "complete" and info.get("committing"):
+        raise AugsenseError(f"the results in {str(path)!r} are incomplete: a commit of new results was stopped "
+                            f"midway (status: {info.get('status')}), so its tables may mix two runs; run it again "
+                            "with --overwrite (or --resume if the folder has a checkpoint)")
     folder = RunFolder(path, info)
     for name, attribute in (("indices.parquet", "stored_indices"), ("layers.parquet", "layers")):
         try:

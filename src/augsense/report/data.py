@@ -286,6 +286,11 @@ def _status_notice(path: Path, info: dict[str, Any]) -> str | None:
     status = info.get("status")
     resume = "finish it with `augsense run CONFIG --resume --out RUN_DIR`" if (path / "checkpoint.pt").exists() \
         else "it left no checkpoint, so run it again"
+    if info.get("committing") and status != "complete":
+        return (f"A commit of new results into this folder was stopped midway (status: {status}, "
+                f"{info.get('committing')}): its tables may mix two runs and must not be trusted; run it again with "
+                "`augsense run CONFIG --overwrite --out RUN_DIR`"
+                + (" (or --resume: its checkpoint is here)." if (path / "checkpoint.pt").exists() else "."))
     if status == "running":
         holder = holder_of(path) or {}
         pid, host = info.get("pid", holder.get("pid")), info.get("host", holder.get("host"))

@@ -1,0 +1,96 @@
+"""A run folder never reads as one complete run while its files come from two: a commit killed between
+renames, tables copied in from another run, damaged maps, a full disk while writing the report or the lock."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from augsense.analyses.sensitivity import run_sensitivity
+from augsense.cli import main
+from augsense.config import SensitivityConfig
+from augsense.errors import AugsenseError
+from augsense.io import results
+from augsense.io.results import load_run, write_run
+from augsense.report.data import read_report_data
+from planted import PLANTED_CONFIG, planted_bundle, planted_images
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """(run folder, its SensitivityRun): a small finished run of the planted network."""
+    values = {k: v for k, v in PLANTED_CONFIG.items() if k not in ("model", "images", "layers")}
+    out = tmp_path_factory.mktemp("planted_integrity") / "run"
+    run = run_sensitivity(SensitivityConfig(**values, layers=["readout", "output"], n=64), model=planted_bundle(),
+                          images=planted_images(), out_dir=out, progress=False)
+    return out, run
+
+
+@pytest.fixture
+def folder(planted, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(planted[0], copy)
+    return copy
+
+
+class Killed(BaseException):
+    """SIGKILL: nothing after it runs (no except OSError clause)."""
+
+
+def _die_after(monkeypatch, k: int) -> None:
+    real = os.replace
+    calls = [0]
+
+    def replace(src, dst):
+        calls[0] += 1
+        if calls[0] > k:
+            raise Killed()
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+@pytest.mark.parametrize("k", range(9))  # 3 staged tables, the marker, 5 renames
+def test_a_commit_killed_between_renames_never_reads_as_complete(planted, folder, monkeypatch, k):
+    before = json.loads((folder / "run.json").read_text())
+    assert before["status"] == "complete"
+    _die_after(monkeypatch, k)
+    with pytest.raises(Killed):
+        write_run(planted[1], folder)
+    monkeypatch.undo()
+    info = json.loads((folder / "run.json").read_text())
+    if info == before:  # died before anything of the new set reached the folder
+        assert load_run(folder).missing == []
+    elif info.get("status") == "complete":  # the commit finished (run.json renamed last)
+        assert info["result_set"] != before["result_set"]
+        assert load_run(folder).missing == []
+    else:  # a partial commit: flagged by load_run and the report
+        assert info["status"] == "committing"
+        with pytest.raises(AugsenseError, match="may mix two runs"):
+            load_run(folder)
+        assert any("may mix two runs" in n for n in read_report_data(folder).notices)
+        write_run(planted[1], folder)  # what a rerun with --overwrite commits
+        assert json.loads((folder / "run.json").read_text())["status"] == "complete"
+        assert load_run(folder).missing == []
+
+
+def test_a_rerun_with_overwrite_recovers_a_killed_commit(planted, folder, monkeypatch, capsys):
+    _die_after(monkeypatch, 5)  # 3 staged tables, the marker, then indices.parquet renamed: killed
+    with pytest.raises(Killed):
+        write_run(planted[1], folder)
+    monkeypatch.undo()
+    assert json.loads((folder / "run.json").read_text())["status"] == "committing"
+    values = {k: v for k, v in PLANTED_CONFIG.items() if k not in ("model", "images", "layers")}
+    config = SensitivityConfig(**values, layers=["readout", "output"], n=64)
+    with pytest.raises(AugsenseError):  # without --overwrite the folder is refused
+        run_sensitivity(config, model=planted_bundle(), images=planted_images(), out_dir=folder, progress=False)
+    run_sensitivity(config, model=planted_bundle(), images=planted_images(), out_dir=folder, progress=False,
+                    overwrite=True)
+    assert json.loads((folder / "run.json").read_text())["status"] == "complete"
+    assert load_run(folder).missing == []
+    assert not any("may mix" in n for n in read_report_data(folder).notices)
