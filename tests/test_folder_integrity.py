@@ -94,3 +94,38 @@ def test_a_rerun_with_overwrite_recovers_a_killed_commit(planted, folder, monkey
     assert json.loads((folder / "run.json").read_text())["status"] == "complete"
     assert load_run(folder).missing == []
     assert not any("may mix" in n for n in read_report_data(folder).notices)
+
+
+def test_the_result_tables_record_the_set_and_a_table_of_another_run_is_noticed(planted, folder, tmp_path, capsys):
+    from augsense.io.provenance import current_result_set, table_stamp
+
+    run_set = current_result_set(folder)
+    assert table_stamp(folder / "indices.parquet") == run_set
+    assert table_stamp(folder / "layers.parquet") == run_set
+    assert "__result_set__" not in load_run(folder).maps  # the stamp is no map
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    write_run(planted[1], other)  # another run (a new set) …
+    for name in ("indices.parquet", "maps.npz"):  # … whose tables are copied into this folder
+        shutil.copy(other / name, folder / name)
+    with pytest.raises(AugsenseError, match="indices.parquet.*maps.npz"):
+        load_run(folder)
+    assert main(["report", str(folder)]) == 0
+    capsys.readouterr()
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    banner = page.split("Before trusting these numbers", 1)[1].split("</div>", 1)[0]
+    assert "result tables of another run" in banner and "indices.parquet" in banner and "maps.npz" in banner
+    assert "layers.parquet" not in banner
+
+
+def test_a_folder_written_before_the_stamp_still_loads(folder):
+    import numpy as np
+    import pandas as pd
+
+    pd.read_parquet(folder / "indices.parquet").to_parquet(folder / "indices.parquet", index=False)
+    with np.load(folder / "maps.npz") as data:
+        arrays = {k: data[k] for k in data.files if k != "__result_set__"}
+    np.savez(folder / "maps.npz", **arrays)
+    loaded = load_run(folder)
+    assert loaded.missing == [] and loaded.maps
+    assert not any("another run" in w for w in read_report_data(folder).info.get("warnings") or [])

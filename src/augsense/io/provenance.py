@@ -43,6 +43,11 @@ RESULT_SET = "result_set"
 #: The Parquet schema-metadata key holding the id of the result set a table was computed from.
 STAMP_KEY = b"augsense.result_set"
 
+#: The key in ``maps.npz`` holding the id of the result set its arrays belong to (a 0-d string array).
+MAPS_STAMP = "__result_set__"
+#: The result tables a commit stamps with its set (``indices.parquet``, ``layers.parquet``: Parquet metadata).
+CORE_TABLES = ("indices.parquet", "layers.parquet")
+
 _TEMPORARY = re.compile(r"^\..+\.tmp(\d+)$")
 
 
@@ -160,6 +165,41 @@ def belongs(stamp: str | None, run_set: str | None) -> bool:
     return run_set is None or run_set.startswith("legacy-")
 
 
+def pop_maps_stamp(maps: dict[str, Any]) -> str | None:
+    """Remove the result-set stamp from the arrays read from ``maps.npz``; the id (None: none recorded)."""
+    value = maps.pop(MAPS_STAMP, None)
+    if value is None:
+        return None
+    try:
+        return str(value.item() if hasattr(value, "item") else value)
+    except (ValueError, TypeError):
+        return "unreadable"
+
+
+def foreign_core_tables(folder: str | Path, run_set: str | None, maps_stamp: str | None) -> list[tuple[str, str]]:
+    """The result tables of ``folder`` whose stamp names another set than ``run_set`` (copied in from another
+    run): (file name, the set it records). Unstamped tables (written before the stamp existed) pass; an
+    unreadable table is left to its reader."""
+    found = []
+    for name in CORE_TABLES:
+        try:
+            stamp = table_stamp(Path(folder) / name)
+        except Exception:  # noqa: BLE001 - missing or damaged: its reader says so
+            continue
+        if stamp is not None and stamp != run_set:
+            found.append((name, stamp))
+    if maps_stamp is not None and maps_stamp != run_set:
+        found.append(("maps.npz", maps_stamp))
+    return found
+
+
+def foreign_core_message(tables: Sequence[tuple[str, str]], run_set: str | None) -> str:
+    items = ", ".join(f"{name} (set {short(stamp)})" for name, stamp in tables)
+    return (f"result tables of another run: {items} — run.json names set {short(run_set)}, so these files were "
+            "copied in from another run (another seed?) and do not belong to this run's header; run it again "
+            "with --overwrite, or copy the whole run folder")
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Remove ``.<name>.tmp<pid>`` files of writers that no longer run on this host (killed mid-write)."""
     removed = []
@@ -254,5 +294,6 @@ def commit_tables(source: Source, tables: Sequence[tuple[str, pd.DataFrame]], *,
     return [target for _, target in staged]
 
 
-__all__ = ["RESULT_SET", "STAMP_KEY", "Source", "atomic_write", "belongs", "commit_tables", "current_result_set",
+__all__ = ["CORE_TABLES", "MAPS_STAMP", "RESULT_SET", "STAMP_KEY", "foreign_core_message", "foreign_core_tables",
+           "pop_maps_stamp", "Source", "atomic_write", "belongs", "commit_tables", "current_result_set",
            "new_result_set_id", "remove_stale_temporaries", "result_set_of", "short", "table_stamp", "write_parquet"]

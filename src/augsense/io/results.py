@@ -42,7 +42,8 @@ import numpy as np
 from augsense._lazy import pandas as pd  # imported at the first table: after a run's loop
 from augsense.errors import AugsenseError
 from augsense.io.lock import pid_alive, prepare_out_dir, read_status  # noqa: F401 - part of the run-folder API
-from augsense.io.provenance import RESULT_SET, current_result_set, new_result_set_id, result_set_of
+from augsense.io.provenance import (MAPS_STAMP, RESULT_SET, _arrow, current_result_set, foreign_core_message,
+                                    foreign_core_tables, new_result_set_id, pop_maps_stamp, result_set_of)
 
 MAP_QUANTITIES = ("first_order", "total_order", "shapley", "second_order", "interactions", "mean", "variance", "cv",
                   "dead")
@@ -92,15 +93,20 @@ def _output_subset(result: Any, keep: np.ndarray) -> Any:
 
 
 def write_result_tables(result: Any, out: str | Path, *, players: list[str], layers: list[str],
-                        slices: dict[str, slice], unit_shapes: dict[str, tuple[int, ...]]) -> None:
+                        slices: dict[str, slice], unit_shapes: dict[str, tuple[int, ...]],
+                        result_set: str | None = None) -> None:
     """Write a SensitivityResult as ``indices.parquet``, ``layers.parquet`` and ``maps.npz`` in ``out``.
 
     ``slices`` give each layer's columns among the result's m outputs, ``unit_shapes`` their shape.
     Per-element layers (:func:`per_element_layers`) are written to ``maps.npz`` only; the tidy table
     holds the other layers' units (:func:`map_rows` rebuilds the rest, and :func:`load_run` does it
     on demand). ``maps.npz`` is stored uncompressed: float64 indices barely compress, and zlib took
-    longer than the rest of the writing.
+    longer than the rest of the writing. ``result_set`` (the id run.json will name) is stamped into each:
+    the Parquet metadata of the tables, the key ``__result_set__`` of ``maps.npz``, so a table copied in
+    from another run is noticed by :func:`load_run` and the report.
     """
+    import pyarrow.parquet as pq
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arrays_only = set(per_element_layers({layer: unit_shapes[layer] for layer in slices}))
@@ -124,13 +130,13 @@ def write_result_tables(result: Any, out: str | Path, *, players: list[str], lay
         tidy = pd.DataFrame({c: pd.Series(dtype=float if c in ("estimate", "ci_low", "ci_high") else
                                           (bool if c == "dead" else (np.int64 if c == "unit" else object)))
                              for c in columns})
-    _atomic_write(out / "indices.parquet", lambda p: tidy.to_parquet(p, index=False))
+    _atomic_write(out / "indices.parquet", lambda p: pq.write_table(_arrow(tidy, result_set), p))
     if result.aggregated is not None:
         grouped = result.aggregated.to_dataframe(output_names=layers, factor_names=players)
         grouped = grouped.rename(columns={"output": "layer"}).drop(columns=["level", "dead"])
     else:
         grouped = pd.DataFrame(columns=["layer", "factor", "factor2", "quantity", "estimate", "ci_low", "ci_high"])
-    _atomic_write(out / "layers.parquet", lambda p: grouped.reset_index(drop=True).to_parquet(p, index=False))
+    _atomic_write(out / "layers.parquet", lambda p: pq.write_table(_arrow(grouped.reset_index(drop=True), result_set), p))
 
     arrays: dict[str, np.ndarray] = {}
     for layer, cols in slices.items():
@@ -146,6 +152,9 @@ def write_result_tables(result: Any, out: str | Path, *, players: list[str], lay
                 else:
                     part = value[cols]
                     arrays[f"{layer}/{name}"] = part.reshape(shape + part.shape[1:])
+
+    if result_set is not None:
+        arrays[MAPS_STAMP] = np.array(result_set)
 
     def write_maps(path: Path) -> None:
         with open(path, "wb") as handle:  # a handle, so numpy does not append ".npz" to the temporary name
@@ -394,7 +403,7 @@ def write_run(run: Any, out: str | Path, *, status: str | None = None) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         write_result_tables(run.result, staging, players=run.players, layers=run.layers, slices=run.slices,
-                            unit_shapes=run.unit_shapes)
+                            unit_shapes=run.unit_shapes, result_set=info[RESULT_SET])
         (staging / "config.toml").write_text(run.config.to_toml(), encoding="utf-8")
         (staging / "run.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
         for name in RESULT_FILES:
@@ -526,6 +535,9 @@ def load_run(path: str | Path) -> RunFolder:
             folder.maps = {key: data[key] for key in data.files}
     except (OSError, ValueError) as error:
         folder.missing.append(f"maps.npz ({type(error).__name__})")
+    foreign = foreign_core_tables(path, result_set_of(info), pop_maps_stamp(folder.maps))
+    if foreign:
+        raise AugsenseError(f"{str(path)!r} holds {foreign_core_message(foreign, result_set_of(info))}")
     if current_result_set(path) != result_set_of(info):  # a new set was committed while the tables were read
         raise AugsenseError(f"the results in {str(path)!r} were replaced while they were read (another run committed "
                             "into the folder); run this again")

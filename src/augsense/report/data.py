@@ -392,6 +392,11 @@ def read_report_data(path: str | Path) -> ReportData:
     except Exception as error:  # noqa: BLE001 - a truncated zip raises BadZipFile, EOFError, ValueError …
         notices.append(f"maps.npz could not be read ({type(error).__name__}: {error}); unit heat maps, spatial "
                        "maps and interaction matrices are omitted.")
+    from augsense.io.provenance import foreign_core_message, foreign_core_tables, pop_maps_stamp
+
+    foreign = foreign_core_tables(path, data.result_set, pop_maps_stamp(data.maps))
+    if foreign:  # shown, but under a banner: the header (run.json) describes another run than these numbers
+        info["warnings"] = [*(info.get("warnings") or []), foreign_core_message(foreign, data.result_set)]
     if data.maps:  # per-element layers are stored as arrays only: their tidy rows come from the maps
         from augsense.io.results import with_map_rows
 
