@@ -129,3 +129,25 @@ def test_a_folder_written_before_the_stamp_still_loads(folder):
     loaded = load_run(folder)
     assert loaded.missing == [] and loaded.maps
     assert not any("another run" in w for w in read_report_data(folder).info.get("warnings") or [])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_damaged_maps_file_is_one_clear_line(folder, capsys, damage):
+    maps = folder / "maps.npz"
+    if damage == "truncate":
+        os.truncate(maps, 5000)
+    else:
+        maps.write_bytes(b"not a zip file at all" * 100)
+    with pytest.raises(AugsenseError, match="maps.npz .* is damaged or unreadable"):
+        load_run(folder)
+    assert main(["maps", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "damaged or unreadable" in err and "Traceback" not in err and "missing" not in err
+
+
+def test_report_of_a_plain_file_says_it_is_not_a_folder(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["report", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert "not a run folder" in err and "does not exist" not in err

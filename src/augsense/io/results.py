@@ -33,6 +33,7 @@ import shutil
 import socket
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -533,8 +534,11 @@ def load_run(path: str | Path) -> RunFolder:
     try:
         with np.load(path / "maps.npz") as data:
             folder.maps = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as error:
+    except FileNotFoundError as error:
         folder.missing.append(f"maps.npz ({type(error).__name__})")
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:  # truncated or garbage
+        raise AugsenseError(f"maps.npz in {str(path)!r} is damaged or unreadable ({type(error).__name__}: "
+                            f"{str(error)[:120]}); run it again with --overwrite to rewrite its results") from None
     foreign = foreign_core_tables(path, result_set_of(info), pop_maps_stamp(folder.maps))
     if foreign:
         raise AugsenseError(f"{str(path)!r} holds {foreign_core_message(foreign, result_set_of(info))}")

@@ -335,6 +335,8 @@ def read_table(data: ReportData, relative: str, reader: Any) -> pd.DataFrame | N
 def read_report_data(path: str | Path) -> ReportData:
     """Read whatever a run folder holds; problems become ``notices`` rather than errors."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AugsenseError(f"{str(path)!r} is a file, not a run folder; give the folder a run wrote (--out DIR)")
     if not path.is_dir():
         raise AugsenseError(f"run folder {str(path)!r} does not exist; run `augsense run --out DIR` or "
                             "`augsense demo --out DIR` first")
