@@ -151,3 +151,46 @@ def test_report_of_a_plain_file_says_it_is_not_a_folder(tmp_path, capsys):
     assert main(["report", str(afile)]) == 2
     err = capsys.readouterr().err
     assert "not a run folder" in err and "does not exist" not in err
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_writing_the_report_page_is_one_line_and_leaves_no_temporary(folder, monkeypatch, capsys):
+    from pathlib import Path as P
+
+    real = P.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self.name.startswith(".report.html.tmp"):
+            real(self, "half a page", encoding="utf-8")  # part of it reached the disk
+            _enospc()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(P, "write_text", write_text)
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "augsense: error: cannot write the report" in err and "No space left" in err and "Traceback" not in err
+    assert not list(folder.glob(".report.html.tmp*"))
+
+
+def test_a_full_disk_while_writing_a_figure_is_one_line_and_leaves_no_half_figure(folder, monkeypatch, capsys):
+    from pathlib import Path as P
+
+    real = P.write_bytes
+    calls = [0]
+
+    def write_bytes(self, data):
+        calls[0] += 1
+        if calls[0] == 2 and self.suffix == ".png":
+            real(self, data[:10])
+            _enospc()
+        return real(self, data)
+
+    monkeypatch.setattr(P, "write_bytes", write_bytes)
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "augsense: error: cannot write the figures" in err and "Traceback" not in err
+    assert all(p.stat().st_size > 10 for p in (folder / "figures").glob("*.png"))
+    assert not list(folder.glob(".report.html.tmp*"))

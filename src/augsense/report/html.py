@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,12 @@ from typing import Any
 import matplotlib
 import pandas as pd
 
+from augsense.errors import AugsenseError
 from augsense.estimators.results import out_of_unit_range
 from augsense.report import figures
 from augsense.report.data import QUANTITY_LABELS, ReportData, read_report_data
 from augsense.report.extras import COMPANIONS, EXTRA_SECTIONS, render_extra
-from augsense.report.page import Page, fixed, format_number, interval
+from augsense.report.page import Page, ReportWriteError, fixed, format_number, interval
 from augsense.report.palette import factor_colours
 from augsense.report.specialists import top_units
 from augsense.report.trust import (input_warnings, skipped_warning, top1_reason,
@@ -49,16 +51,24 @@ def write_report(run_dir: Path, warnings: list[str] | None = None) -> Path:
                        _explorer_section, _gallery_section, _extra_sections):
             try:
                 render(page, data)
+            except ReportWriteError:
+                raise  # the disk is full: nothing more can be written
             except Exception as error:  # noqa: BLE001 - show the rest of the run rather than nothing
                 page.notice(page.sections[0], f"A part of the report ({render.__name__.strip('_')}) could not be "
                                               f"drawn: {type(error).__name__}: {error}")
     elapsed = time.perf_counter() - started
     path = run_dir / REPORT_NAME
-    tmp = run_dir / f".{REPORT_NAME}.tmp"
+    tmp = run_dir / f".{REPORT_NAME}.tmp{os.getpid()}"  # a name of this process's own
     if warnings is not None:
         warnings.extend(banner_warnings(data))
-    tmp.write_text(_document(data, page, elapsed), encoding="utf-8")
-    tmp.replace(path)
+    document = _document(data, page, elapsed)
+    try:
+        tmp.write_text(document, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as error:  # disk full …: one line, no temporary file left behind
+        tmp.unlink(missing_ok=True)
+        raise AugsenseError(f"cannot write the report into {str(run_dir)!r}: {error.strerror or error} (free space, "
+                            "then run `augsense report` again)") from None
     _remove_stale_figures(page)
     return path
 

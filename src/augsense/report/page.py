@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from augsense.errors import AugsenseError
+
 
 @dataclass
 class Section:
@@ -56,6 +58,10 @@ def format_number(value: object) -> str:
     return html.escape(str(value))
 
 
+class ReportWriteError(AugsenseError):
+    """The report's files could not be written (disk full …): stops the report, unlike a figure that fails to draw."""
+
+
 class Page:
     """Collects sections; ``figure`` saves and embeds a matplotlib figure."""
 
@@ -78,17 +84,24 @@ class Page:
         while slug in self._slugs:
             slug += "-2"
         self._slugs.add(slug)
-        self.figure_folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", facecolor="white")
         png = buffer.getvalue()
-        (self.figure_folder / f"{slug}.png").write_bytes(png)
-        self.saved.append(self.figure_folder / f"{slug}.png")
+        try:
+            self.figure_folder.mkdir(parents=True, exist_ok=True)
+            (self.figure_folder / f"{slug}.png").write_bytes(png)
+            self.saved.append(self.figure_folder / f"{slug}.png")
+            if vector or inline_svg:
+                fig.savefig(self.figure_folder / f"{slug}.svg", format="svg", facecolor="white")
+                self.saved.append(self.figure_folder / f"{slug}.svg")
+        except OSError as error:  # disk full: no half-written figure stays, and the report stops with one line
+            for suffix in (".png", ".svg"):
+                (self.figure_folder / f"{slug}{suffix}").unlink(missing_ok=True)
+            raise ReportWriteError(f"cannot write the figures into {str(self.figure_folder)!r}: "
+                                   f"{error.strerror or error} (free space, then run `augsense report` again)") from None
         links = [f'<a href="figures/{slug}.png">PNG</a>']
         svg = ""
         if vector or inline_svg:
-            fig.savefig(self.figure_folder / f"{slug}.svg", format="svg", facecolor="white")
-            self.saved.append(self.figure_folder / f"{slug}.svg")
             links.append(f'<a href="figures/{slug}.svg">SVG</a>')
             if inline_svg:
                 text = (self.figure_folder / f"{slug}.svg").read_text(encoding="utf-8")
