@@ -179,8 +179,11 @@ def pop_maps_stamp(maps: dict[str, Any]) -> str | None:
 def foreign_core_tables(folder: str | Path, run_set: str | None, maps_stamp: str | None) -> list[tuple[str, str]]:
     """The result tables of ``folder`` whose stamp names another set than ``run_set`` (copied in from another
     run): (file name, the set it records). Unstamped tables (written before the stamp existed) pass; an
-    unreadable table is left to its reader."""
-    found = []
+    unreadable table is left to its reader. A run.json that records no set (written before ids existed)
+    cannot be checked against: nothing is reported."""
+    found: list[tuple[str, str]] = []
+    if run_set is None or run_set.startswith("legacy-"):
+        return found
     for name in CORE_TABLES:
         try:
             stamp = table_stamp(Path(folder) / name)
