@@ -194,3 +194,42 @@ def test_a_full_disk_while_writing_a_figure_is_one_line_and_leaves_no_half_figur
     assert "augsense: error: cannot write the figures" in err and "Traceback" not in err
     assert all(p.stat().st_size > 10 for p in (folder / "figures").glob("*.png"))
     assert not list(folder.glob(".report.html.tmp*"))
+
+
+def test_a_full_disk_while_writing_the_lock_is_one_line_and_leaves_no_lock_file(tmp_path, monkeypatch):
+    from augsense.io import lock
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    monkeypatch.setattr(lock.os, "write", _enospc)
+    with pytest.raises(AugsenseError, match="cannot write the lock file .*No space left"):
+        lock.acquire(folder)
+    monkeypatch.undo()
+    assert not (folder / lock.LOCK_NAME).exists()
+    with lock.acquire(folder):  # nothing stale is left to trip the next writer
+        pass
+
+
+def test_a_lock_record_not_yet_written_by_the_winner_is_read_again(tmp_path, monkeypatch):
+    from augsense.io import lock
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    held = lock.acquire(folder, command="augsense run winner")
+    try:
+        real = lock._read_record
+        calls = [0]
+
+        def racing(fd):  # the first read lands between the winner's truncate and its write
+            calls[0] += 1
+            return None if calls[0] == 1 else real(fd)
+
+        monkeypatch.setattr(lock, "_read_record", racing)
+        monkeypatch.setattr(lock, "_HELD", {})  # as another process would: not a nested handle
+        with pytest.raises(AugsenseError) as refused:
+            lock._acquire(folder, command=None, advice="wait")
+        message = str(refused.value)
+        assert f"PID {os.getpid()}" in message and "augsense run winner" in message and "PID ?" not in message
+    finally:
+        monkeypatch.undo()
+        held.release()

@@ -208,6 +208,11 @@ def _acquire(folder: str | Path, *, command: str | None, advice: str) -> RunLock
             got = _flock(fd)
             holder = _read_record(fd)
             if got is False:
+                for _ in range(8):  # the winner truncates the file before writing its record: read it again briefly
+                    if holder is not None and not holder.get("damaged"):
+                        break
+                    time.sleep(0.025)
+                    holder = _read_record(fd)
                 raise AugsenseError(f"run folder {str(path.parent)!r} is in use by "
                                     f"{describe(holder or {'host': '?', 'pid': '?'})}; {advice}")
             try:  # the file we locked may have been removed by its releasing holder meanwhile
@@ -230,10 +235,21 @@ def _acquire(folder: str | Path, *, command: str | None, advice: str) -> RunLock
                                         f"{str(path)!r} and start again")
                 notice = (f"took over the stale lock of {describe(holder)}, which is no longer running"
                           if not holder.get("damaged") else f"replaced an unreadable lock file {str(path)!r}")
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, json.dumps(me).encode())
-            os.fsync(fd)
+            try:
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                record = json.dumps(me).encode()
+                if os.write(fd, record) != len(record):
+                    raise OSError(errno.ENOSPC, "the lock record was written in part")
+                os.fsync(fd)
+            except OSError as error:  # disk full …: no half-written lock file stays behind
+                try:
+                    if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                        os.unlink(path)
+                except OSError:
+                    pass
+                raise AugsenseError(f"cannot write the lock file {str(path)!r}: {error.strerror or error} (free "
+                                    "space, then run again)") from None
             return RunLock(path, fd, me, notice)
         except BaseException:
             if fd >= 0:
