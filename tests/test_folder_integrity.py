@@ -15,7 +15,6 @@ from augsense.analyses.sensitivity import run_sensitivity
 from augsense.cli import main
 from augsense.config import SensitivityConfig
 from augsense.errors import AugsenseError
-from augsense.io import results
 from augsense.io.results import load_run, write_run
 from augsense.report.data import read_report_data
 from planted import PLANTED_CONFIG, planted_bundle, planted_images
