@@ -15,6 +15,7 @@ from augsense.cli import main
 from augsense.config import SensitivityConfig
 from augsense.design import make_design
 from augsense.errors import AugsenseError
+from augsense.io.provenance import table_stamp
 from augsense.io.results import load_run
 from planted import PLANTED_CONFIG, PlantedNet, planted_bundle, planted_images
 
@@ -197,4 +198,7 @@ def test_responses_into_a_finished_run_folder_needs_overwrite(round_trip, tmp_pa
     assert "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert load_run(run_folder).info["result_set"] == first
     assert main(command + ["--overwrite"]) == 0
-    assert load_run(run_folder).info["result_set"] != first
+    second = load_run(run_folder).info["result_set"]
+    assert second != first
+    # its tables carry the set's stamp like a run's, so tables copied in from another set are noticed
+    assert table_stamp(run_folder / "indices.parquet") == table_stamp(run_folder / "layers.parquet") == second

@@ -346,7 +346,8 @@ def write_response_run(run: ResponseRun, out: str | Path, source: str = "python"
 
     from augsense.io.lock import ADVICE, holding, prepare_out_dir
     from augsense.io.provenance import RESULT_SET, fsync_folder, new_result_set_id
-    from augsense.io.results import ANALYSIS_OUTPUTS, DERIVED, remove_stale_staging, versions, write_result_tables
+    from augsense.io.results import (ANALYSIS_OUTPUTS, DERIVED, mark_run, remove_stale_staging, versions,
+                                     write_result_tables)
 
     out = prepare_out_dir(out)
     m = len(run.units)
@@ -381,13 +382,19 @@ def write_response_run(run: ResponseRun, out: str | Path, source: str = "python"
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
             write_result_tables(run.result, staging, players=run.players, layers=[run.layer],
-                                slices={run.layer: slice(0, m)}, unit_shapes={run.layer: (m,)})
+                                slices={run.layer: slice(0, m)}, unit_shapes={run.layer: (m,)},
+                                result_set=info[RESULT_SET])
             (staging / "run.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
             names = sorted((p.name for p in staging.iterdir()), key=lambda name: name == "run.json")  # run.json last
             for name in names:
                 with open(staging / name, "rb") as handle:
                     os.fsync(handle.fileno())
-            for name in names:
+            if (out / "run.json").exists() and not mark_run(
+                    out, "committing", committing=info["finished"], reason="a commit of new results did not finish: "
+                    "the tables may mix two runs", **{RESULT_SET: info[RESULT_SET]}):
+                raise AugsenseError(f"cannot commit the results into {str(out)!r}: run.json could not be updated "
+                                    "(the files there are unchanged; free space and run again)")
+            for name in names:  # a kill between two renames leaves run.json "committing", never "complete"
                 os.replace(staging / name, out / name)
             (out / "config.toml").unlink(missing_ok=True)  # it would describe the run this set replaces
             fsync_folder(out)
