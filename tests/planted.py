@@ -84,3 +84,14 @@ def planted_images(n: int = 16, size: int = 32, seed: int = 0) -> ImageSet:
 PLANTED_CONFIG = dict(model="planted", images="planted", layers=["readout"], factors=["brightness", "saturation", "hflip"],
                       bounds={"brightness": {"factor": [0.1, 1.0]}, "saturation": {"factor": [0.0, 1.0]}},
                       output="logits", report=False, batch_size=64, device="cpu")
+
+
+def planted_run_folder(out):
+    """(out, its SensitivityRun): a small finished run of the planted network (readout + output layers, n = 64)."""
+    from augsense.analyses.sensitivity import run_sensitivity
+    from augsense.config import SensitivityConfig
+
+    values = {k: v for k, v in PLANTED_CONFIG.items() if k not in ("model", "images", "layers")}
+    run = run_sensitivity(SensitivityConfig(**values, layers=["readout", "output"], n=64), model=planted_bundle(),
+                          images=planted_images(), out_dir=out, progress=False)
+    return out, run

@@ -17,17 +17,13 @@ from augsense.config import SensitivityConfig
 from augsense.errors import AugsenseError
 from augsense.io.results import load_run, write_run
 from augsense.report.data import read_report_data
-from planted import PLANTED_CONFIG, planted_bundle, planted_images
+from planted import PLANTED_CONFIG, planted_bundle, planted_images, planted_run_folder
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """(run folder, its SensitivityRun): a small finished run of the planted network."""
-    values = {k: v for k, v in PLANTED_CONFIG.items() if k not in ("model", "images", "layers")}
-    out = tmp_path_factory.mktemp("planted_integrity") / "run"
-    run = run_sensitivity(SensitivityConfig(**values, layers=["readout", "output"], n=64), model=planted_bundle(),
-                          images=planted_images(), out_dir=out, progress=False)
-    return out, run
+    return planted_run_folder(tmp_path_factory.mktemp("planted_integrity") / "run")
 
 
 @pytest.fixture

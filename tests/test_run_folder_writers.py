@@ -24,10 +24,8 @@ import pandas as pd
 import pytest
 
 from augsense.analyses.masking import MASKING_TABLES, MaskingOptions, run_masking, write_masking
-from augsense.analyses.sensitivity import run_sensitivity
 from augsense.analyses.single_class import ClassDecayOptions, SingleClassOptions, class_decay, run_single_class
 from augsense.cli import main
-from augsense.config import SensitivityConfig
 from augsense.errors import AugsenseError
 from augsense.io.lock import LOCK_NAME, acquire, holding
 from augsense.io.provenance import (RESULT_SET, Source, commit_tables, current_result_set, table_stamp,
@@ -35,7 +33,7 @@ from augsense.io.provenance import (RESULT_SET, Source, commit_tables, current_r
 from augsense.io.results import write_run
 from augsense.report.html import write_report
 from augsense.report.trust import FOREIGN_TABLES
-from planted import PLANTED_CONFIG, planted_bundle, planted_images
+from planted import planted_bundle, planted_images, planted_run_folder
 
 SMALL_MASK = MaskingOptions(quantiles=(0.9,), alphas=(0.0,), n_random=1, least=False, soft=False, augmentations="clean")
 
@@ -43,11 +41,7 @@ SMALL_MASK = MaskingOptions(quantiles=(0.9,), alphas=(0.0,), n_random=1, least=F
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """(run folder, its SensitivityRun): a small finished run of the planted network, readout + output layers."""
-    values = {k: v for k, v in PLANTED_CONFIG.items() if k not in ("model", "images", "layers")}
-    out = tmp_path_factory.mktemp("planted_writers") / "run"
-    run = run_sensitivity(SensitivityConfig(**values, layers=["readout", "output"], n=64), model=planted_bundle(),
-                          images=planted_images(), out_dir=out, progress=False)
-    return out, run
+    return planted_run_folder(tmp_path_factory.mktemp("planted_writers") / "run")
 
 
 @pytest.fixture
