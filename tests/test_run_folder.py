@@ -233,13 +233,17 @@ def test_a_fresh_run_over_a_checkpoint_or_a_finished_run_needs_overwrite(tmp_pat
     assert "choose one" in capsys.readouterr().err
 
 
-def test_a_finishing_run_removes_only_its_own_temporary_files(tmp_path, config_file, planted_cli):
+def test_a_finishing_run_removes_its_own_and_dead_writers_temporary_files(tmp_path, config_file, planted_cli):
     out = tmp_path / "run"
     out.mkdir()
-    foreign = out / f".{CHECKPOINT_NAME}.tmp{os.getpid() + 100000}"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                                       # a writer killed mid-write
+    stale = out / f".{CHECKPOINT_NAME}.tmp{dead.pid}"
+    stale.write_bytes(b"left by a writer killed mid-write")
+    foreign = out / f".{CHECKPOINT_NAME}.tmp{os.getppid()}"           # a live process's: not ours
     foreign.write_bytes(b"another writer's temporary checkpoint")
     assert planted_cli(["run", str(config_file), "--out", str(out), "--quiet", "--checkpoint-every", "0.001"]) == 0
-    assert foreign.read_bytes() == b"another writer's temporary checkpoint"
+    assert foreign.read_bytes() == b"another writer's temporary checkpoint" and not stale.exists()
     assert not (out / f".{CHECKPOINT_NAME}.tmp{os.getpid()}").exists() and not (out / CHECKPOINT_NAME).exists()
 
 
