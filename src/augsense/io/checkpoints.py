@@ -51,6 +51,7 @@ import torch.distributed as dist
 
 from augsense.blockset import BlockSet
 from augsense.errors import AugsenseError
+from augsense.io.lock import pid_alive
 from augsense.parallel import Shard, merged_state, union_blocks
 
 FORMAT = 2
@@ -89,23 +90,13 @@ def remove_checkpoint(path: str | Path) -> None:
         return
     for leftover in leftovers:
         pid = leftover.name[len(prefix):]
-        if pid.isascii() and pid.isdecimal() and not _alive(int(pid)):
+        if pid.isascii() and pid.isdecimal() and not pid_alive(int(pid)):
             try:
                 if leftover.is_file() and not leftover.is_symlink():
                     leftover.unlink()
             except OSError:
                 pass
 
-
-def _alive(pid: int) -> bool:
-    """Whether a process with this PID runs on this machine (one we may not signal counts as running)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
 
 
 def _digest(data: bytes | memoryview) -> str:
