@@ -346,7 +346,7 @@ def write_response_run(run: ResponseRun, out: str | Path, source: str = "python"
 
     from augsense.io.lock import ADVICE, holding, prepare_out_dir
     from augsense.io.provenance import RESULT_SET, fsync_folder, new_result_set_id
-    from augsense.io.results import (ANALYSIS_OUTPUTS, DERIVED, mark_run, remove_stale_staging, versions,
+    from augsense.io.results import (ANALYSIS_OUTPUTS, DERIVED, mark_committing, remove_stale_staging, versions,
                                      write_result_tables)
 
     out = prepare_out_dir(out)
@@ -389,9 +389,7 @@ def write_response_run(run: ResponseRun, out: str | Path, source: str = "python"
             for name in names:
                 with open(staging / name, "rb") as handle:
                     os.fsync(handle.fileno())
-            if (out / "run.json").exists() and not mark_run(
-                    out, "committing", committing=info["finished"], reason="a commit of new results did not finish: "
-                    "the tables may mix two runs", **{RESULT_SET: info[RESULT_SET]}):
+            if (out / "run.json").exists() and not mark_committing(out, info[RESULT_SET]):
                 raise AugsenseError(f"cannot commit the results into {str(out)!r}: run.json could not be updated "
                                     "(the files there are unchanged; free space and run again)")
             for name in names:  # a kill between two renames leaves run.json "committing", never "complete"

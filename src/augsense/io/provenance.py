@@ -121,7 +121,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
     fsync_folder(path.parent)
 
 
-def _arrow(frame: pd.DataFrame, result_set: str | None) -> Any:
+def stamped_table(frame: pd.DataFrame, result_set: str | None) -> Any:
     """The Arrow table ``frame.to_parquet(index=False)`` writes, with ``result_set`` in its schema metadata."""
     import pyarrow as pa
 
@@ -135,7 +135,7 @@ def write_parquet(frame: pd.DataFrame, path: str | Path, *, result_set: str | No
     """``frame.to_parquet(path, index=False)``, atomically, with ``result_set`` in the file's metadata."""
     import pyarrow.parquet as pq
 
-    table = _arrow(frame, result_set)
+    table = stamped_table(frame, result_set)
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
@@ -275,7 +275,7 @@ def commit_tables(source: Source, tables: Sequence[tuple[str, pd.DataFrame]], *,
                 target = folder / f"{name}.parquet"
                 tmp = folder / f".{name}.parquet.tmp{os.getpid()}"
                 staged.append((tmp, target))
-                pq.write_table(_arrow(frame, source.result_set), tmp)
+                pq.write_table(stamped_table(frame, source.result_set), tmp)
                 fd = os.open(tmp, os.O_RDONLY)
                 try:
                     os.fsync(fd)
@@ -299,4 +299,4 @@ def commit_tables(source: Source, tables: Sequence[tuple[str, pd.DataFrame]], *,
 
 __all__ = ["CORE_TABLES", "MAPS_STAMP", "RESULT_SET", "STAMP_KEY", "foreign_core_message", "foreign_core_tables",
            "pop_maps_stamp", "Source", "atomic_write", "belongs", "commit_tables", "current_result_set",
-           "new_result_set_id", "remove_stale_temporaries", "result_set_of", "short", "table_stamp", "write_parquet"]
+           "new_result_set_id", "remove_stale_temporaries", "result_set_of", "short", "stamped_table", "table_stamp", "write_parquet"]

@@ -43,8 +43,9 @@ import numpy as np
 from augsense._lazy import pandas as pd  # imported at the first table: after a run's loop
 from augsense.errors import AugsenseError
 from augsense.io.lock import pid_alive, prepare_out_dir, read_status  # noqa: F401 - part of the run-folder API
-from augsense.io.provenance import (MAPS_STAMP, RESULT_SET, _arrow, current_result_set, foreign_core_message,
-                                    foreign_core_tables, new_result_set_id, pop_maps_stamp, result_set_of)
+from augsense.io.provenance import (MAPS_STAMP, RESULT_SET, current_result_set, foreign_core_message,
+                                    foreign_core_tables, new_result_set_id, pop_maps_stamp, result_set_of,
+                                    stamped_table)
 
 MAP_QUANTITIES = ("first_order", "total_order", "shapley", "second_order", "interactions", "mean", "variance", "cv",
                   "dead")
@@ -131,13 +132,14 @@ def write_result_tables(result: Any, out: str | Path, *, players: list[str], lay
         tidy = pd.DataFrame({c: pd.Series(dtype=float if c in ("estimate", "ci_low", "ci_high") else
                                           (bool if c == "dead" else (np.int64 if c == "unit" else object)))
                              for c in columns})
-    _atomic_write(out / "indices.parquet", lambda p: pq.write_table(_arrow(tidy, result_set), p))
+    _atomic_write(out / "indices.parquet", lambda p: pq.write_table(stamped_table(tidy, result_set), p))
     if result.aggregated is not None:
         grouped = result.aggregated.to_dataframe(output_names=layers, factor_names=players)
         grouped = grouped.rename(columns={"output": "layer"}).drop(columns=["level", "dead"])
     else:
         grouped = pd.DataFrame(columns=["layer", "factor", "factor2", "quantity", "estimate", "ci_low", "ci_high"])
-    _atomic_write(out / "layers.parquet", lambda p: pq.write_table(_arrow(grouped.reset_index(drop=True), result_set), p))
+    grouped = grouped.reset_index(drop=True)
+    _atomic_write(out / "layers.parquet", lambda p: pq.write_table(stamped_table(grouped, result_set), p))
 
     arrays: dict[str, np.ndarray] = {}
     for layer, cols in slices.items():
@@ -271,6 +273,14 @@ def run_info(run: Any, status: str) -> dict[str, Any]:
         "versions": versions(),
     }
     return info
+
+
+def mark_committing(out: str | Path, result_set: str) -> bool:
+    """Turn run.json (maybe "complete") into "committing" before result files are renamed in one by one, so
+    a process killed between two renames leaves a folder that says its tables may mix two sets, never one
+    that reads as complete; False if run.json could not be written."""
+    return mark_run(out, "committing", committing=_now(), reason="a commit of new results did not finish: the "
+                    "tables may mix two runs", **{RESULT_SET: result_set})
 
 
 def _now() -> str:
@@ -422,8 +432,7 @@ def write_run(run: Any, out: str | Path, *, status: str | None = None) -> None:
     # The files are renamed one by one: first turn the old run.json (maybe "complete") into "committing", so a
     # process killed between two renames leaves a folder that says its tables may mix two sets, never one that
     # reads as a complete run (run.json, renamed last, says "complete" again once every table is in place).
-    if not mark_run(out, "committing", committing=_now(), reason="a commit of new results did not finish: the "
-                    "tables may mix two runs", **{RESULT_SET: info[RESULT_SET]}):
+    if not mark_committing(out, info[RESULT_SET]):
         shutil.rmtree(staging, ignore_errors=True)
         raise AugsenseError(f"cannot commit the results into {str(out)!r}: run.json could not be updated (the "
                             "files there are unchanged; free space, then run again, with --resume if the folder "
